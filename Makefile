@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# UPM: user-guided page merging. `make help` lists the targets.
+#
+# Build outputs (kernel trees, per-flavour builds) live in $(UPM_CACHE), outside the repo,
+# so that a fresh clone on the same machine reuses them.
+
+SHELL := /bin/bash
+UPM_CACHE ?= $(HOME)/.cache/upm
+FLAVOUR ?= debug
+KDIR ?= $(UPM_CACHE)/build-$(FLAVOUR)
+export UPM_CACHE
+export RUSTUP_TOOLCHAIN := 1.95.0
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
+CHECKPATCH = $(UPM_CACHE)/linux-6.12/scripts/checkpatch.pl
+
+.PHONY: all module setup kernel kernel-info tests test vm-shell demo check clippy fmt \
+	rust-analyzer clean help
+
+all: module
+
+help:
+	@echo "make                 build src/upm.ko against the cached kernel (FLAVOUR=$(FLAVOUR))"
+	@echo "make setup           install packages, virtme-ng, bindgen (idempotent)"
+	@echo "make kernel          build the patched kernel (FLAVOUR=debug|release)"
+	@echo "make kernel-info     show the cached kernel's version and patches"
+	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
+	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
+	@echo "make demo            boot the VM, load UPM and show a merge with counters"
+	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
+
+module:
+	@test -f $(KDIR)/Module.symvers || { echo "no kernel in $(KDIR): run 'make kernel'"; exit 1; }
+	$(KMAKE) modules
+
+setup:
+	scripts/setup.sh
+
+kernel:
+	scripts/build-kernel.sh $(FLAVOUR)
+
+kernel-info:
+	@cat $(KDIR)/upm-kernel-info
+
+tests:
+	$(MAKE) -C tests
+
+# The whole suite in the debug kernel. Its last line is "N passed, M failed".
+test: setup
+	scripts/build-kernel.sh debug
+	$(MAKE) module FLAVOUR=debug
+	$(MAKE) tests
+	scripts/run-tests.sh $(TESTS)
+
+demo: setup
+	scripts/build-kernel.sh $(FLAVOUR)
+	$(MAKE) module
+	$(MAKE) tests
+	scripts/vm-run.sh --flavour $(FLAVOUR) -- tests/demo.sh
+
+check: fmt clippy
+	@for p in patches/*.patch; do \
+		$(CHECKPATCH) --strict --quiet $$p || exit 1; \
+	done
+	@echo "checkpatch: clean"
+
+fmt:
+	rustfmt --edition 2021 --check src/upm.rs
+
+clippy:
+	@test -f $(KDIR)/Module.symvers || { echo "no kernel in $(KDIR): run 'make kernel'"; exit 1; }
+	rm -f src/*.o src/.*.o.cmd
+	$(KMAKE) CLIPPY=1 KRUSTFLAGS="-Dwarnings" modules
+
+rust-analyzer:
+	$(KMAKE) rust-analyzer
+
+clean:
+	$(KMAKE) clean
+	$(MAKE) -C tests clean

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Build the patched 6.12 kernel for one flavour (debug or release) into the cache.
+#
+#   scripts/build-kernel.sh [debug|release]
+#
+# The source tree is Debian's linux-source-6.12, extracted once into $UPM_CACHE and kept
+# as a git repository whose "upstream" tag is the pristine source. patches/*.patch are
+# applied on top with git am. When the series changes, only the files whose content
+# changes get a new mtime, so make rebuilds incrementally. Each flavour has its own
+# output directory (make O=...), so switching flavour never rebuilds the other.
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/env.sh"
+
+flavour=${1:-$UPM_FLAVOUR}
+case "$flavour" in
+debug | release) ;;
+*) upm_log "unknown flavour '$flavour' (debug or release)"; exit 2 ;;
+esac
+out=$(upm_kbuild_dir "$flavour")
+git_k() { git -C "$UPM_KSRC" -c user.name=upm-build -c user.email=upm-build@localhost "$@"; }
+
+prepare_source() {
+	[ -e "$UPM_KSRC/.git/refs/tags/upstream" ] && return
+	upm_log "extracting /usr/src/linux-source-$UPM_KVER.tar.xz"
+	rm -rf "$UPM_KSRC" "$UPM_KSRC.tmp"
+	mkdir -p "$UPM_KSRC.tmp"
+	tar -xf "/usr/src/linux-source-$UPM_KVER.tar.xz" -C "$UPM_KSRC.tmp" --strip-components=1
+	git -C "$UPM_KSRC.tmp" init -q
+	git -C "$UPM_KSRC.tmp" add -A -f .
+	git -C "$UPM_KSRC.tmp" -c user.name=upm-build -c user.email=upm-build@localhost \
+		commit -q -m "linux-source-$UPM_KVER (Debian)"
+	git -C "$UPM_KSRC.tmp" tag upstream
+	mv "$UPM_KSRC.tmp" "$UPM_KSRC"
+}
+
+# Apply the series if it differs from what the tree carries. Files that end up with
+# the same content as before keep their old mtime, so nothing rebuilds for them.
+apply_series() {
+	local series_id saved f
+	series_id=$(find "$UPM_ROOT/patches" -name '*.patch' | sort | xargs -r cat | sha256sum | cut -d' ' -f1)
+	[ "$(cat "$UPM_KSRC/.upm-series" 2>/dev/null)" = "$series_id" ] && return
+	upm_log "applying patch series ($(find "$UPM_ROOT/patches" -name '*.patch' | wc -l) patches)"
+	saved=$(mktemp -d)
+	git_k am --abort >/dev/null 2>&1 || true
+	mapfile -t touched < <(git_k diff --name-only upstream)
+	for f in "${touched[@]}"; do
+		[ -f "$UPM_KSRC/$f" ] && install -D -p "$UPM_KSRC/$f" "$saved/$f"
+	done
+	git_k reset -q --hard upstream
+	git_k clean -q -fd
+	if compgen -G "$UPM_ROOT/patches/*.patch" >/dev/null; then
+		git_k am -q "$UPM_ROOT"/patches/*.patch
+	fi
+	for f in "${touched[@]}"; do
+		if [ -f "$saved/$f" ] && cmp -s "$saved/$f" "$UPM_KSRC/$f"; then
+			touch -r "$saved/$f" "$UPM_KSRC/$f"
+		fi
+	done
+	rm -rf "$saved"
+	echo "$series_id" >"$UPM_KSRC/.upm-series"
+}
+
+# Regenerate .config from tinyconfig plus our fragments whenever a fragment changed,
+# then check that every option we asked for is really set (Kconfig silently drops
+# options whose dependencies are missing).
+configure() {
+	local frags=("$UPM_ROOT/kernel/lean.config" "$UPM_ROOT/kernel/upm.config"
+		"$UPM_ROOT/kernel/$flavour.config")
+	local config_id
+	config_id=$(cat "${frags[@]}" | sha256sum | cut -d' ' -f1)-$(cat "$UPM_KSRC/.upm-series")
+	if [ -f "$out/.config" ] && [ "$(cat "$out/.upm-config" 2>/dev/null)" = "$config_id" ]; then
+		return
+	fi
+	upm_log "configuring $flavour kernel"
+	mkdir -p "$out"
+	make -s -C "$UPM_KSRC" O="$out" LLVM=1 tinyconfig >/dev/null
+	"$UPM_KSRC/scripts/kconfig/merge_config.sh" -Q -m -O "$out" "$out/.config" "${frags[@]}" >/dev/null
+	make -s -C "$UPM_KSRC" O="$out" LLVM=1 olddefconfig >/dev/null
+	local missing=0 line
+	while read -r line; do
+		case "$line" in
+		CONFIG_*=*) grep -qx "$line" "$out/.config" || { upm_log "config: $line not set"; missing=1; } ;;
+		"# CONFIG_"*" is not set") grep -q "^${line#\# }" "$out/.config" 2>/dev/null ||
+			! grep -q "^${line:2:-11}=" "$out/.config" || { upm_log "config: $line"; missing=1; } ;;
+		esac
+	done < <(cat "${frags[@]}")
+	((missing == 0)) || { upm_log "kernel config incomplete"; exit 1; }
+	echo "$config_id" >"$out/.upm-config"
+}
+
+prepare_source
+apply_series
+configure
+upm_log "building $flavour kernel in $out"
+start=$(date +%s)
+make -s -C "$UPM_KSRC" O="$out" LLVM=1 -j"$(($(nproc) + 1))"
+upm_log "$flavour kernel built in $(($(date +%s) - start)) s"
+{
+	echo "flavour:  $flavour"
+	echo "release:  $(cat "$out/include/config/kernel.release")"
+	echo "source:   Debian linux-source-$UPM_KVER ($(dpkg-query -W -f='${Version}' linux-source-$UPM_KVER 2>/dev/null || echo unknown))"
+	echo "built:    $(date -u +%FT%TZ)"
+	echo "patches:"
+	git_k log --reverse --format='  %h %s' upstream..HEAD
+} >"$out/upm-kernel-info"

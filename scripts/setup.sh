@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the build, the VM and the tests need. Idempotent: a second run
+# only checks and takes seconds.
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/env.sh"
+
+DEB_PACKAGES=(
+	bc bison busybox-static clang cpio flex git kmod libclang-dev libelf-dev
+	libssl-dev lld llvm make pahole python3-pip qemu-system-x86 udev xz-utils
+	linux-source-6.12 rsync
+)
+
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+		missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+	upm_log "installing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q
+	apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v rustup >/dev/null; then
+	upm_log "rustup is missing: these machines ship Rust 1.95.0 through rustup" >&2
+	exit 1
+fi
+installed=$(rustup component list --installed --toolchain "$RUSTUP_TOOLCHAIN")
+for comp in rust-src rustfmt clippy; do
+	grep -q "^$comp" <<<"$installed" ||
+		rustup component add --toolchain "$RUSTUP_TOOLCHAIN" "$comp"
+done
+
+if ! command -v bindgen >/dev/null; then
+	upm_log "installing bindgen-cli from crates.io"
+	cargo install --locked bindgen-cli
+fi
+
+if ! command -v vng >/dev/null; then
+	upm_log "installing virtme-ng from PyPI"
+	python3 -m pip install --quiet virtme-ng
+fi
+command -v vng >/dev/null || { upm_log "vng not on PATH after install"; exit 1; }
+
+if [ ! -f /usr/src/linux-source-$UPM_KVER.tar.xz ]; then
+	upm_log "linux-source-$UPM_KVER is installed but its tarball is missing"
+	exit 1
+fi
+upm_log "setup complete"

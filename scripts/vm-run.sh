@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Boot the cached kernel of one flavour under QEMU with virtme-ng, load upm.ko, run a
+# command in the guest, and bring back its output and exit status.
+#
+#   scripts/vm-run.sh [--flavour debug|release] [--no-module] [--kvm] [--] COMMAND...
+#
+# After the command, the guest's dmesg is checked for kernel splats (BUG, WARNING, KASAN,
+# lockdep, Bad rss-counter...). Any splat fails the run, whatever the command returned, and
+# the offending lines are printed. The guest sees the host's file system read-only, except
+# for $UPM_VM_OUT (a fresh directory per run) which it may write.
+set -euo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/env.sh"
+
+flavour=$UPM_FLAVOUR
+load_module=1
+kvm_flag=--disable-kvm
+while (($#)); do
+	case "$1" in
+	--flavour) flavour=$2; shift 2 ;;
+	--no-module) load_module=0; shift ;;
+	--kvm) kvm_flag=; shift ;;
+	--) shift; break ;;
+	*) break ;;
+	esac
+done
+(($#)) || { upm_log "usage: $0 [--flavour F] [--no-module] [--] COMMAND..."; exit 2; }
+
+kbuild=$(upm_kbuild_dir "$flavour")
+image=$kbuild/arch/x86/boot/bzImage
+module=$UPM_ROOT/src/upm.ko
+[ -f "$image" ] || { upm_log "no $flavour kernel at $image: run 'make kernel'"; exit 2; }
+if ((load_module)) && [ ! -f "$module" ]; then
+	upm_log "no module at $module: run 'make'"
+	exit 2
+fi
+
+out=$(mktemp -d "${TMPDIR:-/tmp}/upm-vm.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+# One argument is a shell command line; several are the words of one command.
+if (($# == 1)); then
+	printf '%s\n' "$1" >"$out/command"
+else
+	printf '%q ' "$@" >"$out/command"
+fi
+
+# Patterns that mean the kernel hit a bug; kept in one place, also used by the self-test.
+splat_re='BUG:|WARNING:|KASAN|Oops|possible circular locking|possible recursive locking'
+splat_re+='|Bad rss-counter|Bad page|RCU stall|rcu_sched self-detected stall|general protection'
+splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsistent lock state'
+
+start=$(date +%s.%N)
+set +e
+vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
+	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module $UPM_ROOT/scripts/vm-guest.sh"
+vng_rc=$?
+set -e
+upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"
+
+if [ ! -f "$out/rc" ]; then
+	upm_log "the guest did not finish its script (vng exit status $vng_rc)"
+	exit 1
+fi
+rc=$(cat "$out/rc")
+if grep -E -q "$splat_re" "$out/dmesg"; then
+	upm_log "kernel splat in guest dmesg:"
+	grep -E -B2 -A20 "$splat_re" "$out/dmesg" | head -200 >&2
+	exit 1
+fi
+exit "$rc"

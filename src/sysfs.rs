@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/sys/kernel/mm/upm/`: counters and tunables.
+//!
+//! The files and their meaning are documented in `Documentation/ABI/testing/sysfs-kernel-mm-upm`
+//! (kernel patch) and in the README. State counters are computed on every read from the stable
+//! tree; activity counters are cumulative since the module was loaded.
+
+use crate::{
+    ffi::{self, SysfsBuf, SysfsFile, SysfsHandler},
+    merge::Upm,
+    stats::{Skip, STATS, TUNABLES},
+};
+use core::{
+    fmt::Write,
+    sync::atomic::{AtomicBool, Ordering},
+};
+use kernel::{c_str, prelude::*};
+
+macro_rules! files {
+    ($($name:ident $(= $writable:literal)?),* $(,)?) => {
+        /// The files, in the order of [`FILES`].
+        #[derive(Clone, Copy)]
+        #[expect(non_camel_case_types)]
+        enum File { $($name),* }
+
+        const ALL: &[File] = &[$(File::$name),*];
+
+        const FILES: &[SysfsFile] = &[$(SysfsFile {
+            name: c_str!(stringify!($name)),
+            writable: files!(@w $($writable)?),
+        }),*];
+    };
+    (@w) => { false };
+    (@w $w:literal) => { $w };
+}
+
+files! {
+    pages_shared,
+    pages_sharing,
+    pages_unshared,
+    stable_nodes,
+    zero_pages,
+    pages_scanned,
+    pages_merged,
+    pages_promoted,
+    pages_zero_merged,
+    pages_already_merged,
+    pages_skipped,
+    pages_skipped_not_present,
+    pages_skipped_vma,
+    pages_skipped_thp,
+    pages_skipped_pinned,
+    pages_skipped_busy,
+    pages_skipped_other,
+    hash_collisions,
+    stable_pages_freed,
+    madvise_calls,
+    unmerge_calls,
+    run = true,
+    use_zero_pages = true,
+    split_thp = true,
+    sweep_millisecs = true,
+}
+
+fn parse_bool(input: &str) -> Result<bool> {
+    match input {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(EINVAL),
+    }
+}
+
+fn store_bool(flag: &AtomicBool, input: &str) -> Result {
+    flag.store(parse_bool(input)?, Ordering::Relaxed);
+    Ok(())
+}
+
+impl SysfsHandler for Upm {
+    const FILES: &'static [SysfsFile] = FILES;
+
+    fn show(&self, index: usize, out: &mut SysfsBuf<'_>) -> Result {
+        let file = *ALL.get(index).ok_or(EINVAL)?;
+        let value: u64 = match file {
+            File::pages_shared => self.tree.counts().shared,
+            File::pages_sharing => self.tree.counts().sharing,
+            File::pages_unshared => self.tree.counts().unshared,
+            File::stable_nodes => self.tree.counts().nodes,
+            File::zero_pages => ffi::zero_pages_mapped(),
+            File::pages_scanned => STATS.pages_scanned.get(),
+            File::pages_merged => STATS.pages_merged.get(),
+            File::pages_promoted => STATS.pages_promoted.get(),
+            File::pages_zero_merged => STATS.pages_zero_merged.get(),
+            File::pages_already_merged => STATS.pages_already_merged.get(),
+            File::pages_skipped => STATS.skipped_total(),
+            File::pages_skipped_not_present => STATS.skipped(Skip::NotPresent),
+            File::pages_skipped_vma => STATS.skipped(Skip::Vma),
+            File::pages_skipped_thp => STATS.skipped(Skip::Large),
+            File::pages_skipped_pinned => STATS.skipped(Skip::Pinned),
+            File::pages_skipped_busy => STATS.skipped(Skip::Busy),
+            File::pages_skipped_other => STATS.skipped(Skip::Other),
+            File::hash_collisions => STATS.hash_collisions.get(),
+            File::stable_pages_freed => STATS.stable_pages_freed.get(),
+            File::madvise_calls => STATS.madvise_calls.get(),
+            File::unmerge_calls => STATS.unmerge_calls.get(),
+            File::run => TUNABLES.run.load(Ordering::Relaxed).into(),
+            File::use_zero_pages => TUNABLES.use_zero_pages.load(Ordering::Relaxed).into(),
+            File::split_thp => TUNABLES.split_thp.load(Ordering::Relaxed).into(),
+            File::sweep_millisecs => TUNABLES.sweep_millisecs.load(Ordering::Relaxed).into(),
+        };
+        writeln!(out, "{value}").map_err(|_| EINVAL)
+    }
+
+    fn store(&self, index: usize, input: &str) -> Result {
+        match *ALL.get(index).ok_or(EINVAL)? {
+            File::run => store_bool(&TUNABLES.run, input),
+            File::use_zero_pages => store_bool(&TUNABLES.use_zero_pages, input),
+            File::split_thp => store_bool(&TUNABLES.split_thp, input),
+            File::sweep_millisecs => {
+                let ms: u32 = input.parse().map_err(|_| EINVAL)?;
+                // The sweep re-arms itself with this period: keep it sane.
+                if !(10..=60_000).contains(&ms) {
+                    return Err(EINVAL);
+                }
+                TUNABLES.sweep_millisecs.store(ms, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(EPERM),
+        }
+    }
+}

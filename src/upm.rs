@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! UPM: user-guided page merging.
+//!
+//! A process calls `madvise(addr, len, MADV_UPM_MERGEABLE)` on memory it knows is shareable;
+//! within that call, identical anonymous pages are merged into write-protected KSM pages. The
+//! kernel patch provides the madvise hook and KSM-based merge primitives; this module provides
+//! the policy: the content-hash tree, the walk of advised ranges, counters and tunables in
+//! `/sys/kernel/mm/upm/`.
+//!
+//! Unloading the module unregisters the hook and drops the module's references on stable pages.
+//! Merged pages stay merged: they are KSM pages that core mm copies on write and frees when the
+//! last mapping goes, without the module. After a reload they count as already merged.
+
+use kernel::{c_str, prelude::*, sync::Arc};
+
+mod ffi;
+mod merge;
+mod stats;
+mod sysfs;
+mod tree;
+
+use ffi::{Periodic, Provider, SysfsDir};
+use merge::Upm;
+
+module! {
+    type: UpmModule,
+    name: "upm",
+    author: "UPM developers",
+    description: "User-guided page merging: synchronous MADV_UPM_MERGEABLE",
+    license: "GPL",
+}
+
+struct UpmModule {
+    // Fields drop in order: first stop new calls, then the files and the sweep, so that
+    // nothing uses the state when its last reference goes.
+    _provider: Provider<Upm>,
+    _sysfs: SysfsDir<Upm>,
+    _sweep: Periodic<Upm>,
+}
+
+impl kernel::Module for UpmModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let upm = Arc::pin_init(Upm::new()?, GFP_KERNEL)?;
+        let sweep_ms = stats::TUNABLES
+            .sweep_millisecs
+            .load(core::sync::atomic::Ordering::Relaxed);
+        let sweep = Periodic::start(upm.clone(), sweep_ms)?;
+        let sysfs = SysfsDir::create(c_str!("upm"), upm.clone())?;
+        let provider = Provider::register(module, upm)?;
+        pr_info!("loaded; madvise(MADV_UPM_MERGEABLE) enabled\n");
+        Ok(Self {
+            _provider: provider,
+            _sysfs: sysfs,
+            _sweep: sweep,
+        })
+    }
+}
+
+impl Drop for UpmModule {
+    fn drop(&mut self) {
+        pr_info!("unloading; merged pages stay merged\n");
+    }
+}
