@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Helpers shared by the UPM tests: memory patterns, pagemap, sysfs counters, module. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "../include/upm.h"
+
+size_t page_size = 4096;
+
+void *map_anon(size_t pages)
+{
+	void *p = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static uint64_t splitmix(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Page i gets pseudo-random contents from seed (and from i when distinct). */
+static void pattern(uint64_t *dst, size_t i, uint64_t seed, int distinct)
+{
+	uint64_t state = seed * 1000003 + (distinct ? i + 1 : 0);
+
+	for (size_t w = 0; w < page_size / 8; w++)
+		dst[w] = splitmix(&state);
+}
+
+void fill_pages(void *p, size_t pages, uint64_t seed, int distinct)
+{
+	for (size_t i = 0; i < pages; i++)
+		pattern((uint64_t *)((char *)p + i * page_size), i, seed, distinct);
+}
+
+/* Returns the index of the first page that differs from its pattern, or -1. */
+int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
+{
+	uint64_t expect[4096 / 8];
+
+	for (size_t i = 0; i < pages; i++) {
+		pattern(expect, i, seed, distinct);
+		if (memcmp(expect, (const char *)p + i * page_size, page_size))
+			return (int)i;
+	}
+	return -1;
+}
+
+uint64_t pfn_of(const void *addr)
+{
+	static int fd = -1;
+	uint64_t entry = 0;
+
+	if (fd < 0)
+		fd = open("/proc/self/pagemap", O_RDONLY);
+	if (pread(fd, &entry, sizeof(entry),
+		  (off_t)((uintptr_t)addr / page_size * sizeof(entry))) != sizeof(entry))
+		return 0;
+	if (!(entry & (1ull << 63)))
+		return 0;
+	return entry & ((1ull << 55) - 1);
+}
+
+/* The frame of the shared zero page, as a read fault maps it. */
+uint64_t zero_pfn(void)
+{
+	volatile char *p = map_anon(1);
+	uint64_t pfn;
+
+	if (!p)
+		return 0;
+	(void)p[0];
+	pfn = pfn_of((const void *)p);
+	munmap((void *)p, page_size);
+	return pfn;
+}
+
+size_t count_pfn_equal(const void *a, const void *b, size_t pages)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < pages; i++) {
+		uint64_t pa = pfn_of((const char *)a + i * page_size);
+
+		if (pa && pa == pfn_of((const char *)b + i * page_size))
+			n++;
+	}
+	return n;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+size_t distinct_pfns(const void *p, size_t pages)
+{
+	uint64_t *pfns = calloc(pages, sizeof(*pfns));
+	size_t n = 0;
+
+	for (size_t i = 0; i < pages; i++)
+		pfns[i] = pfn_of((const char *)p + i * page_size);
+	qsort(pfns, pages, sizeof(*pfns), cmp_u64);
+	for (size_t i = 0; i < pages; i++)
+		if (pfns[i] && (i == 0 || pfns[i] != pfns[i - 1]))
+			n++;
+	free(pfns);
+	return n;
+}
+
+long counter(const char *name)
+{
+	char path[256], buf[64] = "";
+	int fd;
+	ssize_t len;
+
+	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return len > 0 ? strtol(buf, NULL, 10) : -1;
+}
+
+int set_tunable(const char *name, long value)
+{
+	char path[256], buf[32];
+	int fd, len, ret;
+
+	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	len = snprintf(buf, sizeof(buf), "%ld\n", value);
+	ret = write(fd, buf, len) == len ? 0 : -1;
+	close(fd);
+	return ret;
+}
+
+/* Waits until the sweep has dropped every orphaned stable page. */
+int wait_tree_empty(void)
+{
+	for (int i = 0; i < 100; i++) {
+		if (counter("stable_nodes") == 0)
+			return 0;
+		usleep(50 * 1000);
+	}
+	return -1;
+}
+
+int advise(void *p, size_t pages)
+{
+	return madvise(p, pages * page_size, MADV_UPM_MERGEABLE);
+}
+
+int unmerge(void *p, size_t pages)
+{
+	return madvise(p, pages * page_size, MADV_UPM_UNMERGEABLE);
+}
+
+/* RssAnon of this process in KiB. */
+long rss_anon_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+int module_loaded(void)
+{
+	return access(UPM_SYSFS_DIR, F_OK) == 0;
+}
+
+int module_unload(void)
+{
+	/* A madvise in flight holds the module: retry while it is busy. */
+	for (int i = 0; i < 200; i++) {
+		if (syscall(SYS_delete_module, "upm", O_NONBLOCK) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EBUSY)
+			return -1;
+		usleep(10 * 1000);
+	}
+	return -1;
+}
+
+int module_load(void)
+{
+	const char *path = getenv("UPM_MODULE");
+	int fd, ret;
+
+	if (!path)
+		return -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ret = syscall(SYS_finit_module, fd, "", 0);
+	close(fd);
+	return ret;
+}

@@ -1,0 +1,729 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * UPM tests, run inside the debug-kernel VM as root with upm.ko loaded.
+ *
+ *   upm_tests [--list] [NAME...]
+ *
+ * Each test runs in its own child process, checks real outcomes (page contents against the
+ * pattern they were filled with, pagemap frame numbers, RSS, sysfs counters) and leaves no
+ * merged memory behind: every test starts by waiting for an empty stable tree.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/io_uring.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "../include/upm.h"
+
+#define N 128 /* pages per region: big enough to matter, small enough under KASAN */
+
+/* Fork a child that runs fn(arg) and exits with its result. */
+static pid_t spawn(int (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(fn(arg));
+	return pid;
+}
+
+static int wait_exit(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* A region shared between test processes, for reporting frame numbers. */
+static void *map_shared(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/* ---- basic merging ---- */
+
+static enum result test_merge_two_regions(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+	long rss_before, rss_after;
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 1, 1);
+	fill_pages(b, N, 1, 1);
+	rss_before = rss_anon_kb();
+	CHECK(advise(a, N) == 0, "advise a");
+	CHECK(advise(b, N) == 0, "advise b");
+	rss_after = rss_anon_kb();
+	CHECK(count_pfn_equal(a, b, N) == N, "all %d pages share frames, %zu do", N,
+	      count_pfn_equal(a, b, N));
+	CHECK(counter("pages_sharing") == N, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(counter("pages_shared") == N, "pages_shared %ld", counter("pages_shared"));
+	CHECK(counter("pages_unshared") == 0, "pages_unshared %ld", counter("pages_unshared"));
+	/* RssAnon counts mapped anon pages, shared or not; the frames are what drop. */
+	CHECK(rss_after <= rss_before, "rss %ld -> %ld", rss_before, rss_after);
+	CHECK(check_pages(a, N, 1, 1) < 0 && check_pages(b, N, 1, 1) < 0, "contents intact");
+
+	/* A write on either side stays private. */
+	a[5 * page_size] ^= 0xff;
+	CHECK(pfn_of(a + 5 * page_size) != pfn_of(b + 5 * page_size), "COW gave a private copy");
+	CHECK(check_pages(b, N, 1, 1) < 0, "other side unchanged");
+	a[5 * page_size] ^= 0xff;
+	CHECK(check_pages(a, N, 1, 1) < 0, "writer sees its own write");
+	CHECK(counter("pages_sharing") == N - 1, "pages_sharing %ld after COW",
+	      counter("pages_sharing"));
+	return PASS;
+}
+
+static enum result test_same_content_one_process(void)
+{
+	char *a = map_anon(N);
+	long scanned = counter("pages_scanned");
+
+	CHECK(a, "mmap");
+	fill_pages(a, N, 7, 0); /* every page identical */
+	CHECK(advise(a, N) == 0, "advise");
+	CHECK(distinct_pfns(a, N) == 1, "one frame, got %zu", distinct_pfns(a, N));
+	CHECK(counter("pages_shared") == 1, "pages_shared %ld", counter("pages_shared"));
+	CHECK(counter("pages_sharing") == N - 1, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(counter("pages_scanned") - scanned == N, "scanned %ld",
+	      counter("pages_scanned") - scanned);
+	CHECK(check_pages(a, N, 7, 0) < 0, "contents");
+	return PASS;
+}
+
+static enum result test_all_different(void)
+{
+	char *a = map_anon(N);
+
+	CHECK(a, "mmap");
+	fill_pages(a, N, 3, 1);
+	CHECK(advise(a, N) == 0, "advise");
+	CHECK(distinct_pfns(a, N) == N, "distinct frames %zu", distinct_pfns(a, N));
+	CHECK(counter("pages_unshared") == N, "pages_unshared %ld", counter("pages_unshared"));
+	CHECK(counter("pages_sharing") == 0, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(check_pages(a, N, 3, 1) < 0, "contents");
+	/* Advising again finds them merged already and changes nothing. */
+	long already = counter("pages_already_merged");
+
+	CHECK(advise(a, N) == 0, "re-advise");
+	CHECK(counter("pages_already_merged") - already == N, "already merged %ld",
+	      counter("pages_already_merged") - already);
+	CHECK(counter("pages_unshared") == N, "pages_unshared %ld", counter("pages_unshared"));
+	return PASS;
+}
+
+static enum result test_zero_pages(void)
+{
+	char *a = map_anon(N);
+	uint64_t zpfn = zero_pfn();
+	long zero_before = counter("zero_pages");
+
+	CHECK(a && zpfn, "mmap");
+	memset(a, 0, N * page_size); /* faults in N private zero-filled pages */
+	CHECK(pfn_of(a) != zpfn, "private before");
+	CHECK(advise(a, N) == 0, "advise");
+	for (size_t i = 0; i < N; i++)
+		CHECK(pfn_of(a + i * page_size) == zpfn, "page %zu maps the zero page", i);
+	CHECK(counter("zero_pages") - zero_before == N, "zero_pages +%ld",
+	      counter("zero_pages") - zero_before);
+	CHECK(counter("stable_nodes") == 0, "no stable node for zero pages");
+	CHECK(unmerge(a, N) == 0, "unmerge");
+	CHECK(pfn_of(a) != zpfn && pfn_of(a) != 0, "private after unmerge");
+	CHECK(counter("zero_pages") == zero_before, "zero_pages back to %ld: %ld", zero_before,
+	      counter("zero_pages"));
+	for (size_t i = 0; i < N * page_size; i++)
+		CHECK(a[i] == 0, "byte %zu zero", i);
+	/* With the tunable off, zero pages become one stable page instead. */
+	CHECK(set_tunable("use_zero_pages", 0) == 0, "tunable");
+	CHECK(advise(a, N) == 0, "advise");
+	set_tunable("use_zero_pages", 1);
+	CHECK(pfn_of(a) != zpfn && distinct_pfns(a, N) == 1, "one stable zero-filled page");
+	/* A write to the zero page's KSM mapping gets a private page. */
+	a[0] = 1;
+	CHECK(a[1] == 0 && a[page_size] == 0, "contents");
+	return PASS;
+}
+
+static enum result test_unmerge(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 11, 1);
+	fill_pages(b, N, 11, 1);
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	CHECK(count_pfn_equal(a, b, N) == N, "merged");
+	CHECK(unmerge(b, N) == 0, "unmerge b");
+	CHECK(count_pfn_equal(a, b, N) == 0, "b private: %zu shared", count_pfn_equal(a, b, N));
+	CHECK(check_pages(b, N, 11, 1) < 0 && check_pages(a, N, 11, 1) < 0, "contents");
+	CHECK(counter("pages_sharing") == 0, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(counter("pages_unshared") == N, "pages_unshared %ld", counter("pages_unshared"));
+	CHECK(unmerge(a, N) == 0, "unmerge a");
+	CHECK(distinct_pfns(a, N) == N, "a private");
+	CHECK(wait_tree_empty() == 0, "stable nodes swept: %ld", counter("stable_nodes"));
+	return PASS;
+}
+
+static enum result test_unmerge_after_dontneed(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 12, 1);
+	fill_pages(b, N, 12, 1);
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	CHECK(madvise(a, N / 2 * page_size, MADV_DONTNEED) == 0, "dontneed");
+	CHECK(unmerge(a, N) == 0, "unmerge");
+	CHECK(a[0] == 0 && a[N / 2 * page_size - 1] == 0, "dropped half reads zero");
+	CHECK(!memcmp(a + N / 2 * page_size, b + N / 2 * page_size, N / 2 * page_size),
+	      "kept half intact");
+	CHECK(count_pfn_equal(a, b, N) == 0, "a private after unmerge");
+	CHECK(check_pages(b, N, 12, 1) < 0, "other region intact");
+	return PASS;
+}
+
+static enum result test_cross_process(void)
+{
+	uint64_t *pfns = map_shared(2 * N * sizeof(uint64_t));
+	int go[2], ready[2];
+	char *a = map_anon(N);
+	pid_t pid;
+	char c;
+
+	CHECK(pfns && a && pipe(go) == 0 && pipe(ready) == 0, "setup");
+	pid = fork();
+	if (pid == 0) {
+		char *b = map_anon(N);
+
+		fill_pages(b, N, 21, 1);
+		if (advise(b, N))
+			_exit(2);
+		for (size_t i = 0; i < N; i++)
+			pfns[i] = pfn_of(b + i * page_size);
+		if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(3);
+		/* Parent wrote to its copy: ours must be unchanged; then write ours. */
+		if (check_pages(b, N, 21, 1) >= 0)
+			_exit(4);
+		memset(b, 0x5a, page_size);
+		for (size_t i = 0; i < N; i++)
+			pfns[N + i] = pfn_of(b + i * page_size);
+		_exit(write(ready[1], "r", 1) == 1 ? 0 : 5);
+	}
+	fill_pages(a, N, 21, 1);
+	CHECK(advise(a, N) == 0, "advise");
+	CHECK(read(ready[0], &c, 1) == 1, "child ready");
+	size_t same = 0;
+
+	for (size_t i = 0; i < N; i++)
+		same += pfn_of(a + i * page_size) == pfns[i];
+	CHECK(same == N, "%zu of %d frames shared across processes", same, N);
+	CHECK(counter("pages_sharing") == N, "pages_sharing %ld", counter("pages_sharing"));
+	a[page_size] ^= 1;
+	CHECK(write(go[1], "g", 1) == 1 && read(ready[0], &c, 1) == 1, "sync");
+	CHECK(pfns[N] != pfn_of(a), "child's write made a private copy");
+	CHECK(check_pages(a, 1, 21, 1) < 0, "parent page 0 unchanged by child write");
+	CHECK(wait_exit(pid) == 0, "child checks");
+	CHECK(counter("pages_sharing") == 0, "after child exit: sharing %ld",
+	      counter("pages_sharing"));
+	return PASS;
+}
+
+static int child_fill_advise_wait(void *arg)
+{
+	size_t seed = (size_t)arg;
+	char *b = map_anon(N);
+
+	fill_pages(b, N, seed, 1);
+	if (advise(b, N))
+		return 2;
+	pause(); /* killed by the parent */
+	return 0;
+}
+
+static enum result test_sixteen_processes(void)
+{
+	pid_t pids[16];
+	long saved;
+
+	for (int i = 0; i < 16; i++)
+		pids[i] = spawn(child_fill_advise_wait, (void *)31);
+	for (int i = 0; i < 100 && counter("pages_sharing") != 15 * N; i++)
+		usleep(100 * 1000);
+	saved = counter("pages_sharing");
+	for (int i = 0; i < 16; i++)
+		kill(pids[i], SIGKILL);
+	for (int i = 0; i < 16; i++)
+		wait_exit(pids[i]);
+	CHECK(saved == 15 * N, "16 processes x %d pages: pages_sharing %ld", N, saved);
+	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
+	CHECK(counter("pages_shared") == 0 && counter("pages_sharing") == 0 &&
+		      counter("pages_unshared") == 0, "state counters 0");
+	return PASS;
+}
+
+static enum result test_fork_child_writes(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+	pid_t pid;
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 41, 1);
+	fill_pages(b, N, 41, 1);
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	pid = fork();
+	if (pid == 0) {
+		/* Inherited merged pages: same frames, and writes break out privately. */
+		if (count_pfn_equal(a, b, N) != N)
+			_exit(2);
+		memset(a, 0xee, N * page_size);
+		_exit(check_pages(b, N, 41, 1) < 0 ? 0 : 3);
+	}
+	CHECK(wait_exit(pid) == 0, "child");
+	CHECK(check_pages(a, N, 41, 1) < 0, "parent unaffected by the child's writes");
+	CHECK(count_pfn_equal(a, b, N) == N, "parent still merged");
+	return PASS;
+}
+
+static enum result test_prot_none_mem_write(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+	int fd = open("/proc/self/mem", O_RDWR);
+	char x = 0x42;
+
+	CHECK(a && b && fd >= 0, "setup");
+	fill_pages(a, N, 51, 0);
+	fill_pages(b, N, 51, 0);
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	CHECK(mprotect(a, N * page_size, PROT_NONE) == 0, "mprotect");
+	CHECK(pwrite(fd, &x, 1, (off_t)(uintptr_t)a) == 1, "write through /proc/self/mem");
+	CHECK(mprotect(a, N * page_size, PROT_READ) == 0, "mprotect");
+	CHECK(a[0] == 0x42, "write landed");
+	CHECK(check_pages(b, N, 51, 0) < 0, "other mapping unchanged");
+	CHECK(pfn_of(a) != pfn_of(b), "write broke sharing");
+	close(fd);
+	return PASS;
+}
+
+/* ---- what must not merge ---- */
+
+static enum result test_not_merged_shared_and_untouched(void)
+{
+	char *s = mmap(NULL, N * page_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		       -1, 0);
+	char *u = map_anon(N);
+	long vma = counter("pages_skipped_vma");
+	long np = counter("pages_skipped_not_present");
+	long rss = rss_anon_kb();
+
+	CHECK(s != MAP_FAILED && u, "mmap");
+	fill_pages(s, N, 61, 0);
+	CHECK(advise(s, N) == 0, "advise shared");
+	CHECK(distinct_pfns(s, N) == N, "shmem pages untouched");
+	CHECK(counter("pages_skipped_vma") - vma == N, "skipped vma %ld",
+	      counter("pages_skipped_vma") - vma);
+	/* Never-touched private pages: an empty VMA (no anon_vma) is skipped whole. */
+	CHECK(advise(u, N) == 0, "advise untouched");
+	u[0] = 1;
+	CHECK(advise(u, N) == 0, "advise mostly untouched");
+	CHECK(counter("pages_skipped_not_present") - np == N - 1, "not present %ld",
+	      counter("pages_skipped_not_present") - np);
+	CHECK(rss_anon_kb() - rss <= 8, "nothing faulted in: rss +%ld kB", rss_anon_kb() - rss);
+	return PASS;
+}
+
+static enum result test_pinned_not_merged(void)
+{
+	struct io_uring_params params = { 0 };
+	char *a = map_anon(N), *b = map_anon(N);
+	struct iovec iov;
+	long pinned = counter("pages_skipped_pinned");
+	int fd;
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 71, 1);
+	fill_pages(b, N, 71, 1);
+	fd = syscall(__NR_io_uring_setup, 4, &params);
+	SKIP_IF(fd < 0, "io_uring unavailable");
+	iov.iov_base = a;
+	iov.iov_len = N * page_size;
+	CHECK(syscall(__NR_io_uring_register, fd, IORING_REGISTER_BUFFERS, &iov, 1) == 0,
+	      "register buffers (pins the pages)");
+	CHECK(advise(b, N) == 0 && advise(a, N) == 0, "advise");
+	CHECK(count_pfn_equal(a, b, N) == 0, "pinned pages merged: %zu", count_pfn_equal(a, b, N));
+	CHECK(counter("pages_skipped_pinned") - pinned == N, "skipped pinned %ld",
+	      counter("pages_skipped_pinned") - pinned);
+	close(fd); /* the ring's teardown, and the unpin, run asynchronously */
+	for (int i = 0; i < 50 && count_pfn_equal(a, b, N) != N; i++) {
+		usleep(100 * 1000);
+		CHECK(advise(a, N) == 0, "advise after unpin");
+	}
+	CHECK(count_pfn_equal(a, b, N) == N, "merged once unpinned: %zu",
+	      count_pfn_equal(a, b, N));
+	return PASS;
+}
+
+static enum result test_thp(void)
+{
+	size_t huge = 2 << 20, pages = huge / page_size;
+	char *raw = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	char *a = (char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
+	char *b = map_anon(pages);
+	long skipped = counter("pages_skipped_thp");
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	long anon_huge = 0;
+
+	CHECK(raw != MAP_FAILED && b && f, "mmap");
+	CHECK(madvise(a, huge, MADV_HUGEPAGE) == 0, "MADV_HUGEPAGE");
+	fill_pages(a, pages, 81, 1);
+	fill_pages(b, pages, 81, 1);
+	while (fgets(line, sizeof(line), f))
+		sscanf(line, "AnonHugePages: %ld kB", &anon_huge);
+	fclose(f);
+	SKIP_IF(anon_huge < 2048, "no THP was allocated");
+	CHECK(set_tunable("split_thp", 0) == 0, "tunable");
+	CHECK(advise(a, pages) == 0, "advise without split");
+	CHECK(counter("pages_skipped_thp") - skipped == (long)pages, "skipped thp %ld",
+	      counter("pages_skipped_thp") - skipped);
+	CHECK(set_tunable("split_thp", 1) == 0, "tunable");
+	CHECK(advise(b, pages) == 0 && advise(a, pages) == 0, "advise with split");
+	CHECK(count_pfn_equal(a, b, pages) == pages, "merged after split: %zu",
+	      count_pfn_equal(a, b, pages));
+	CHECK(check_pages(a, pages, 81, 1) < 0, "contents");
+	return PASS;
+}
+
+/* ---- bad input ---- */
+
+static enum result test_bad_input(void)
+{
+	char *a = map_anon(4);
+
+	CHECK(a, "mmap");
+	fill_pages(a, 4, 91, 0);
+	errno = 0;
+	CHECK(madvise(a + 1, page_size, MADV_UPM_MERGEABLE) == -1 && errno == EINVAL, "unaligned");
+	errno = 0;
+	CHECK(madvise(a, (size_t)-page_size, MADV_UPM_MERGEABLE) == -1 && errno == EINVAL,
+	      "length overflow");
+	CHECK(madvise(a, 0, MADV_UPM_MERGEABLE) == 0, "zero length");
+	errno = 0;
+	CHECK(madvise(a, page_size, 106) == -1 && errno == EINVAL, "unknown advice");
+	/* A hole in the middle: ENOMEM, and the mapped parts are merged all the same. */
+	CHECK(munmap(a + page_size, page_size) == 0, "hole");
+	errno = 0;
+	CHECK(madvise(a, 4 * page_size, MADV_UPM_MERGEABLE) == -1 && errno == ENOMEM, "gap");
+	CHECK(pfn_of(a) == pfn_of(a + 2 * page_size) && pfn_of(a) == pfn_of(a + 3 * page_size),
+	      "mapped parts merged");
+	errno = 0;
+	CHECK(madvise(a, 4 * page_size, MADV_UPM_UNMERGEABLE) == -1 && errno == ENOMEM,
+	      "unmerge gap");
+	CHECK(pfn_of(a) != pfn_of(a + 2 * page_size), "mapped parts unmerged");
+	return PASS;
+}
+
+/* ---- process_madvise ---- */
+
+static int target_fill_wait(void *arg)
+{
+	char **where = arg;
+	char *b = map_anon(N);
+
+	fill_pages(b, N, 101, 0);
+	*where = b;
+	pause();
+	return 0;
+}
+
+static enum result test_process_madvise(void)
+{
+	char **where = map_shared(page_size);
+	pid_t pid = spawn(target_fill_wait, where);
+	int pidfd, ret, err;
+	struct iovec iov;
+
+	CHECK(where, "mmap");
+	for (int i = 0; i < 100 && !*where; i++)
+		usleep(10000);
+	CHECK(*where, "target ready");
+	usleep(100000); /* let it finish filling */
+	pidfd = syscall(SYS_pidfd_open, pid, 0);
+	CHECK(pidfd >= 0, "pidfd_open");
+	iov.iov_base = *where;
+	iov.iov_len = N * page_size;
+
+	/* Same user, but without CAP_SYS_NICE: EPERM. */
+	pid_t unpriv = fork();
+
+	if (unpriv == 0) {
+		struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+		struct __user_cap_data_struct caps[2];
+
+		if (syscall(SYS_capget, &hdr, caps))
+			_exit(2);
+		caps[0].effective &= ~(1u << CAP_SYS_NICE);
+		caps[0].permitted &= ~(1u << CAP_SYS_NICE);
+		if (syscall(SYS_capset, &hdr, caps))
+			_exit(3);
+		ret = syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_UPM_MERGEABLE, 0);
+		_exit(ret == -1 && errno == EPERM ? 0 : 10 + errno);
+	}
+	ret = wait_exit(unpriv);
+	CHECK(ret == 0, "no CAP_SYS_NICE: EPERM expected, child said %d", ret);
+	/* Another user, without ptrace access to the target: EACCES from mm_access(). */
+	unpriv = fork();
+	if (unpriv == 0) {
+		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
+			_exit(2);
+		ret = syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_UPM_MERGEABLE, 0);
+		_exit(ret == -1 && errno == EACCES ? 0 : 10 + errno);
+	}
+	ret = wait_exit(unpriv);
+	CHECK(ret == 0, "other user: EACCES expected, child said %d", ret);
+	CHECK(counter("stable_nodes") == 0, "refused calls merged nothing");
+
+	ret = syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_UPM_MERGEABLE, 0);
+	CHECK(ret == (int)(N * page_size), "process_madvise returned %d", ret);
+	CHECK(counter("pages_sharing") == N - 1, "target merged: sharing %ld",
+	      counter("pages_sharing"));
+
+	kill(pid, SIGKILL);
+	wait_exit(pid);
+	errno = 0;
+	ret = syscall(SYS_process_madvise, pidfd, &iov, 1, MADV_UPM_MERGEABLE, 0);
+	err = errno;
+	CHECK(ret == -1 && err == ESRCH, "exited target: ESRCH (got %d)", err);
+	close(pidfd);
+	return PASS;
+}
+
+/* ---- module lifecycle ---- */
+
+static enum result test_no_module_einval(void)
+{
+	char *a = map_anon(2);
+
+	CHECK(a, "mmap");
+	fill_pages(a, 2, 111, 0);
+	CHECK(module_unload() == 0, "rmmod");
+	errno = 0;
+	CHECK(advise(a, 2) == -1 && errno == EINVAL, "no module: EINVAL");
+	errno = 0;
+	CHECK(unmerge(a, 2) == -1 && errno == EINVAL, "no module: EINVAL for unmerge");
+	CHECK(module_load() == 0, "insmod");
+	CHECK(advise(a, 2) == 0, "module back: works");
+	CHECK(pfn_of(a) == pfn_of(a + page_size), "merged");
+	return PASS;
+}
+
+static enum result test_rmmod_keeps_contents(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 121, 1);
+	fill_pages(b, N, 121, 1);
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	CHECK(module_unload() == 0, "rmmod");
+	CHECK(count_pfn_equal(a, b, N) == N, "still merged without the module");
+	CHECK(check_pages(a, N, 121, 1) < 0 && check_pages(b, N, 121, 1) < 0, "contents");
+	a[0] ^= 1;
+	CHECK(check_pages(b, N, 121, 1) < 0, "COW without the module");
+	a[0] ^= 1;
+	CHECK(module_load() == 0, "insmod");
+	long already = counter("pages_already_merged");
+
+	CHECK(advise(b, N) == 0, "advise after reload");
+	CHECK(counter("pages_already_merged") - already == N, "recognised as merged");
+	CHECK(check_pages(a, N, 121, 1) < 0 && check_pages(b, N, 121, 1) < 0, "contents");
+	CHECK(unmerge(b, N) == 0, "unmerge pages merged by the previous load");
+	CHECK(count_pfn_equal(a, b, N) == 0, "private");
+	return PASS;
+}
+
+struct churn {
+	volatile int stop;
+	long calls, ok, einval, other;
+};
+
+static void *advise_loop(void *arg)
+{
+	struct churn *c = arg;
+	char *a = map_anon(16);
+
+	while (!c->stop) {
+		fill_pages(a, 16, 131, 0);
+		int ret = advise(a, 16);
+
+		__atomic_add_fetch(&c->calls, 1, __ATOMIC_RELAXED);
+		if (ret == 0)
+			__atomic_add_fetch(&c->ok, 1, __ATOMIC_RELAXED);
+		else if (errno == EINVAL)
+			__atomic_add_fetch(&c->einval, 1, __ATOMIC_RELAXED);
+		else
+			__atomic_add_fetch(&c->other, 1, __ATOMIC_RELAXED);
+		if (check_pages(a, 16, 131, 0) >= 0)
+			__atomic_add_fetch(&c->other, 1000000, __ATOMIC_RELAXED);
+		a[0] = 0; /* break one page out each round */
+	}
+	munmap(a, 16 * page_size);
+	return NULL;
+}
+
+static enum result test_rmmod_during_madvise(void)
+{
+	struct churn c = { 0 };
+	pthread_t t[3];
+	int cycles = 0;
+
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t[i], NULL, advise_loop, &c);
+	for (int i = 0; i < 15; i++) {
+		usleep(50 * 1000);
+		if (module_unload() == 0)
+			cycles++;
+		usleep(20 * 1000);
+		if (!module_loaded())
+			CHECK(module_load() == 0, "insmod");
+	}
+	c.stop = 1;
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	if (!module_loaded())
+		CHECK(module_load() == 0, "insmod");
+	fprintf(stderr, "    %d unload cycles, %ld calls: %ld ok, %ld EINVAL\n", cycles, c.calls,
+		c.ok, c.einval);
+	CHECK(cycles >= 5, "module cycled %d times", cycles);
+	CHECK(c.other == 0, "only 0 or EINVAL, contents intact: %ld bad", c.other);
+	CHECK(c.ok > 0 && c.einval > 0, "both outcomes seen");
+	return PASS;
+}
+
+static enum result test_run_tunable(void)
+{
+	char *a = map_anon(N);
+	long calls = counter("madvise_calls");
+
+	CHECK(a, "mmap");
+	fill_pages(a, N, 141, 0);
+	CHECK(set_tunable("run", 0) == 0, "run=0");
+	CHECK(advise(a, N) == 0, "accepted");
+	CHECK(distinct_pfns(a, N) == N, "nothing merged with run=0");
+	CHECK(set_tunable("run", 1) == 0, "run=1");
+	CHECK(advise(a, N) == 0, "advise");
+	CHECK(distinct_pfns(a, N) == 1, "merged with run=1");
+	CHECK(counter("madvise_calls") - calls == 2, "calls counted");
+	errno = 0;
+	CHECK(set_tunable("run", 2) == -1 && errno == EINVAL, "bad value rejected");
+	return PASS;
+}
+
+static const struct test tests[] = {
+	{ "merge_two_regions", test_merge_two_regions, "identical regions share frames; COW" },
+	{ "same_content_one_process", test_same_content_one_process, "N copies -> 1 frame" },
+	{ "all_different", test_all_different, "distinct pages stay distinct; re-advise" },
+	{ "zero_pages", test_zero_pages, "zero pages map the zero page; unmerge" },
+	{ "unmerge", test_unmerge, "MADV_UPM_UNMERGEABLE restores private frames" },
+	{ "unmerge_after_dontneed", test_unmerge_after_dontneed, "KSM functional test port" },
+	{ "cross_process", test_cross_process, "two processes share; writes stay private" },
+	{ "sixteen_processes", test_sixteen_processes, "16 processes; counters 0 after exit" },
+	{ "fork_child_writes", test_fork_child_writes, "fork inherits merged pages" },
+	{ "prot_none_mem_write", test_prot_none_mem_write, "write via /proc/self/mem COWs" },
+	{ "not_merged_shared_untouched", test_not_merged_shared_and_untouched,
+	  "MAP_SHARED skipped; nothing faulted in" },
+	{ "pinned_not_merged", test_pinned_not_merged, "io_uring-pinned pages never merged" },
+	{ "thp", test_thp, "THP skipped or split per split_thp" },
+	{ "bad_input", test_bad_input, "EINVAL/ENOMEM as madvise(2)" },
+	{ "process_madvise", test_process_madvise, "advise another process; EPERM; ESRCH" },
+	{ "run_tunable", test_run_tunable, "run=0 accepts and merges nothing" },
+	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
+	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
+	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+};
+
+static enum result run_one(const struct test *t)
+{
+	pid_t pid;
+	int status;
+
+	if (wait_tree_empty()) {
+		fprintf(stderr, "    stable tree not empty before the test: %ld nodes\n",
+			counter("stable_nodes"));
+		return FAIL;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0)
+		_exit(t->fn());
+	if (waitpid(pid, &status, 0) != pid)
+		return FAIL;
+	if (!WIFEXITED(status)) {
+		fprintf(stderr, "    killed by signal %d\n", WTERMSIG(status));
+		return FAIL;
+	}
+	if (WEXITSTATUS(status) == PASS && wait_tree_empty()) {
+		fprintf(stderr, "    left %ld stable nodes behind after exit\n",
+			counter("stable_nodes"));
+		return FAIL;
+	}
+	return WEXITSTATUS(status);
+}
+
+int main(int argc, char **argv)
+{
+	int passed = 0, failed = 0, skipped = 0;
+	size_t n = sizeof(tests) / sizeof(tests[0]);
+
+	page_size = sysconf(_SC_PAGESIZE);
+	if (argc > 1 && !strcmp(argv[1], "--list")) {
+		for (size_t i = 0; i < n; i++)
+			printf("%-30s %s\n", tests[i].name, tests[i].what);
+		return 0;
+	}
+	if (!module_loaded()) {
+		fprintf(stderr, "upm module not loaded\n");
+		return 2;
+	}
+	for (size_t i = 0; i < n; i++) {
+		int selected = argc == 1;
+
+		for (int a = 1; a < argc; a++)
+			selected |= !strcmp(argv[a], tests[i].name);
+		if (!selected)
+			continue;
+		printf("RUN  %s\n", tests[i].name);
+		fflush(stdout);
+		switch (run_one(&tests[i])) {
+		case PASS:
+			printf("ok   %s\n", tests[i].name);
+			passed++;
+			break;
+		case SKIP:
+			printf("skip %s\n", tests[i].name);
+			skipped++;
+			break;
+		default:
+			printf("FAIL %s\n", tests[i].name);
+			failed++;
+		}
+		fflush(stdout);
+	}
+	printf("vm: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
+	return failed ? 1 : 0;
+}
