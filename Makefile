@@ -14,9 +14,8 @@ export RUSTUP_TOOLCHAIN := 1.95.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
-CHECKPATCH = $(UPM_CACHE)/linux-6.12/scripts/checkpatch.pl
 
-.PHONY: all module setup kernel kernel-info tests test vm-shell demo check clippy fmt \
+.PHONY: all module setup kernel kernel-info tests test demo check checkpatch clippy fmt \
 	rust-analyzer clean help
 
 all: module
@@ -60,14 +59,17 @@ demo: setup
 	$(MAKE) tests
 	scripts/vm-run.sh --flavour $(FLAVOUR) -- tests/demo.sh
 
-check: fmt clippy
-	@for p in patches/*.patch; do \
-		$(CHECKPATCH) --strict --quiet $$p || exit 1; \
+check: setup fmt clippy checkpatch
+
+# checkpatch.pl must run from the kernel tree to know its files.
+checkpatch:
+	@for p in $(CURDIR)/patches/*.patch; do \
+		(cd $(UPM_CACHE)/linux-6.12 && scripts/checkpatch.pl --strict --quiet $$p) || exit 1; \
 	done
-	@echo "checkpatch: clean"
+	@echo "checkpatch --strict: clean"
 
 fmt:
-	rustfmt --edition 2021 --check src/upm.rs
+	rustfmt --edition 2021 --config-path .rustfmt.toml --check src/*.rs
 
 clippy:
 	@test -f $(KDIR)/Module.symvers || { echo "no kernel in $(KDIR): run 'make kernel'"; exit 1; }

@@ -44,6 +44,12 @@ if ! command -v vng >/dev/null; then
 fi
 command -v vng >/dev/null || { upm_log "vng not on PATH after install"; exit 1; }
 
+# checkpatch.pl runs scripts/spdxcheck.py with the python3 on PATH.
+if ! python3 -c 'import ply, git' 2>/dev/null; then
+	upm_log "installing ply and GitPython from PyPI (checkpatch's SPDX check)"
+	python3 -m pip install --quiet ply GitPython
+fi
+
 if [ ! -f /usr/src/linux-source-$UPM_KVER.tar.xz ]; then
 	upm_log "linux-source-$UPM_KVER is installed but its tarball is missing"
 	exit 1

@@ -313,9 +313,8 @@ impl Vma<'_> {
     /// Gives every merged page in `start..end` a private copy (KSM's `break_ksm()`).
     pub(crate) fn unmerge(&self, start: usize, end: usize) -> Result {
         // SAFETY: The VMA is valid and locked; `start..end` lies inside it.
-        let ret = unsafe {
-            bindings::upm_unmerge_range(self.as_ptr(), start as c_ulong, end as c_ulong)
-        };
+        let ret =
+            unsafe { bindings::upm_unmerge_range(self.as_ptr(), start as c_ulong, end as c_ulong) };
         if ret == 0 {
             Ok(())
         } else {
@@ -406,13 +405,20 @@ impl<T: AdviseHandler> Provider<T> {
     ) -> c_int {
         // SAFETY: `ops` is the first field of a `#[repr(C)]` `ProviderOps<T>`, which stays alive
         // while registered (the caller holds the owner module, whose exit unregisters it).
-        let provider = unsafe { &*ops.byte_sub(offset_of!(ProviderOps<T>, ops)).cast::<ProviderOps<T>>() };
+        let provider = unsafe {
+            &*ops
+                .byte_sub(offset_of!(ProviderOps<T>, ops))
+                .cast::<ProviderOps<T>>()
+        };
         let Some(mm) = NonNull::new(mm) else {
             return -(bindings::EINVAL as c_int);
         };
         // INVARIANT: The kernel holds a reference on `mm` during the call.
         let mm = Mm(mm);
-        match provider.handler.advise(&mm, start as usize, end as usize, advice) {
+        match provider
+            .handler
+            .advise(&mm, start as usize, end as usize, advice)
+        {
             Ok(()) => 0,
             Err(e) => e.to_errno(),
         }
@@ -532,7 +538,8 @@ impl<T: SysfsHandler> SysfsDir<T> {
         group.attrs = table.as_mut_ptr();
 
         // SAFETY: `mm_kobj` is created at boot and never freed; `name` is a valid C string.
-        let kobj = unsafe { bindings::kobject_create_and_add(name.as_char_ptr(), bindings::mm_kobj) };
+        let kobj =
+            unsafe { bindings::kobject_create_and_add(name.as_char_ptr(), bindings::mm_kobj) };
         let kobj = NonNull::new(kobj).ok_or(ENOMEM)?;
         // SAFETY: `kobj` is live; `group` and the attributes it points to live until `drop`,
         // which removes the files before freeing them.

@@ -20,6 +20,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -634,6 +635,220 @@ static enum result test_run_tunable(void)
 	return PASS;
 }
 
+/* ---- randomized stress ---- */
+
+#define STRESS_PROCS 4
+#define STRESS_THREADS 3
+#define STRESS_PAGES 48
+
+struct stress_report {
+	volatile int ready;	 /* threads stopped, pfns published */
+	volatile int release;	 /* parent read the pfns: exit */
+	volatile long ops, bad;
+	uint64_t pfns[STRESS_THREADS * STRESS_PAGES];
+};
+
+struct stress_thread {
+	uint64_t rng;
+	char *region;		/* STRESS_PAGES pages, owned by this thread */
+	char *shadow;		/* what the region must contain */
+	volatile int *stop;
+	long ops, bad;
+};
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static int verify_region(const char *region, const char *shadow, size_t first, size_t n)
+{
+	return memcmp(region + first * page_size, shadow + first * page_size, n * page_size) != 0;
+}
+
+static void *stress_thread(void *arg)
+{
+	struct stress_thread *t = arg;
+
+	while (!*t->stop) {
+		size_t first = rnd(&t->rng) % STRESS_PAGES;
+		size_t n = 1 + rnd(&t->rng) % (STRESS_PAGES - first);
+		size_t bytes = n * page_size;
+		char *at = t->region + first * page_size;
+		pid_t pid;
+		char *moved;
+
+		switch (rnd(&t->rng) % 10) {
+		case 0: case 1: case 2:
+			if (advise(at, n) && errno != EINTR)
+				t->bad++;
+			break;
+		case 3:
+			if (unmerge(at, n))
+				t->bad++;
+			break;
+		case 4: { /* write one byte: region and shadow */
+			size_t off = rnd(&t->rng) % bytes;
+
+			at[off]++;
+			t->shadow[first * page_size + off]++;
+			break;
+		}
+		case 5:
+			t->bad += verify_region(t->region, t->shadow, first, n);
+			break;
+		case 6: /* drop pages: they read back as zeroes */
+			madvise(at, bytes, MADV_DONTNEED);
+			memset(t->shadow + first * page_size, 0, bytes);
+			break;
+		case 7: /* mprotect round trip */
+			mprotect(at, bytes, PROT_READ);
+			t->bad += verify_region(t->region, t->shadow, first, n);
+			mprotect(at, bytes, PROT_READ | PROT_WRITE);
+			break;
+		case 8: /* move the whole region elsewhere */
+			moved = mmap(NULL, STRESS_PAGES * page_size, PROT_NONE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (moved != MAP_FAILED)
+				moved = mremap(t->region, STRESS_PAGES * page_size,
+					       STRESS_PAGES * page_size,
+					       MREMAP_MAYMOVE | MREMAP_FIXED, moved);
+			if (moved == MAP_FAILED)
+				t->bad++;
+			else
+				t->region = moved;
+			break;
+		case 9: /* fork: the child sees the same contents, writes, exits */
+			pid = fork();
+			if (pid == 0) {
+				int bad = verify_region(t->region, t->shadow, 0, STRESS_PAGES);
+
+				memset(t->region, 0x77, page_size);
+				_exit(bad);
+			}
+			if (pid < 0 || wait_exit(pid) != 0)
+				t->bad++;
+			break;
+		}
+		t->ops++;
+	}
+	t->bad += verify_region(t->region, t->shadow, 0, STRESS_PAGES);
+	return NULL;
+}
+
+static void stress_process(struct stress_report *r, uint64_t seed, int secs)
+{
+	struct stress_thread t[STRESS_THREADS];
+	pthread_t th[STRESS_THREADS];
+	volatile int stop = 0;
+
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		t[i] = (struct stress_thread){ .rng = seed * 7919 + i + 1, .stop = &stop };
+		t[i].region = map_anon(STRESS_PAGES);
+		t[i].shadow = malloc(STRESS_PAGES * page_size);
+		/* Half the pages are the same in every thread and process, half are not. */
+		fill_pages(t[i].region, STRESS_PAGES / 2, 151, 1);
+		fill_pages(t[i].region + STRESS_PAGES / 2 * page_size, STRESS_PAGES / 2,
+			   seed * 31 + i, 1);
+		memcpy(t[i].shadow, t[i].region, STRESS_PAGES * page_size);
+		pthread_create(&th[i], NULL, stress_thread, &t[i]);
+	}
+	sleep(secs);
+	stop = 1;
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		pthread_join(th[i], NULL);
+		r->ops += t[i].ops;
+		r->bad += t[i].bad;
+		for (int p = 0; p < STRESS_PAGES; p++)
+			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
+	}
+	r->ready = 1;
+	while (!r->release)
+		usleep(10 * 1000);
+	_exit(0);
+}
+
+static int kpage_is_ksm(uint64_t pfn)
+{
+	static int fd = -1;
+	uint64_t flags = 0;
+
+	if (fd < 0)
+		fd = open("/proc/kpageflags", O_RDONLY);
+	if (pread(fd, &flags, sizeof(flags), (off_t)(pfn * sizeof(flags))) != sizeof(flags))
+		return 0;
+	return (flags >> 21) & 1; /* KPF_KSM */
+}
+
+static int cmp_pfn(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static enum result test_stress(void)
+{
+	const char *env_secs = getenv("UPM_STRESS_SECS"), *env_seed = getenv("UPM_STRESS_SEED");
+	int secs = env_secs ? atoi(env_secs) : 60;
+	uint64_t seed = env_seed ? strtoull(env_seed, NULL, 0) : (uint64_t)time(NULL);
+	struct stress_report *r = map_shared(STRESS_PROCS * sizeof(*r));
+	size_t total = STRESS_PROCS * STRESS_THREADS * STRESS_PAGES;
+	uint64_t *all = calloc(total, sizeof(*all)), zpfn = zero_pfn();
+	long shared = 0, sharing = 0, unshared = 0, ops = 0, bad = 0;
+	pid_t pids[STRESS_PROCS];
+
+	fprintf(stderr, "    seed %llu, %d s (UPM_STRESS_SEED, UPM_STRESS_SECS)\n",
+		(unsigned long long)seed, secs);
+	CHECK(r && all, "alloc");
+	for (int p = 0; p < STRESS_PROCS; p++) {
+		pids[p] = fork();
+		if (pids[p] == 0)
+			stress_process(&r[p], seed + p, secs);
+	}
+	for (int p = 0; p < STRESS_PROCS; p++)
+		while (!r[p].ready)
+			usleep(50 * 1000);
+	/* Everyone is stopped: the counters must describe exactly what pagemap shows. */
+	for (int p = 0; p < STRESS_PROCS; p++) {
+		memcpy(all + p * STRESS_THREADS * STRESS_PAGES, r[p].pfns, sizeof(r[p].pfns));
+		ops += r[p].ops;
+		bad += r[p].bad;
+	}
+	qsort(all, total, sizeof(*all), cmp_pfn);
+	for (size_t i = 0, j; i < total; i = j) {
+		for (j = i + 1; j < total && all[j] == all[i]; j++)
+			;
+		if (!all[i] || all[i] == zpfn || !kpage_is_ksm(all[i]))
+			continue;
+		if (j - i == 1) {
+			unshared++;
+		} else {
+			shared++;
+			sharing += j - i - 1;
+		}
+	}
+	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
+	long k_unshared = counter("pages_unshared");
+
+	for (int p = 0; p < STRESS_PROCS; p++)
+		r[p].release = 1;
+	for (int p = 0; p < STRESS_PROCS; p++)
+		wait_exit(pids[p]);
+	fprintf(stderr, "    %ld operations; pagemap: shared %ld sharing %ld unshared %ld\n", ops,
+		shared, sharing, unshared);
+	CHECK(bad == 0, "%ld failed operations or content mismatches", bad);
+	CHECK(ops > 100, "only %ld operations", ops);
+	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
+	      "sysfs shared %ld sharing %ld unshared %ld", k_shared, k_sharing, k_unshared);
+	CHECK(sharing > 0, "something was merged");
+	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
+	return PASS;
+}
+
 static const struct test tests[] = {
 	{ "merge_two_regions", test_merge_two_regions, "identical regions share frames; COW" },
 	{ "same_content_one_process", test_same_content_one_process, "N copies -> 1 frame" },
@@ -655,6 +870,7 @@ static const struct test tests[] = {
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+	{ "stress", test_stress, "random advise/unmerge/write/fork/mremap/mprotect, seeded" },
 };
 
 static enum result run_one(const struct test *t)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Run the whole test suite against the cached debug kernel and module:
+#   1. host: the advice values in include/upm.h match the patched kernel's uapi headers;
+#   2. VM:   tests/build/upm_tests (optionally only the named tests) with upm.ko loaded,
+#            failing on any kernel splat in dmesg;
+#   3. VM:   the splat detector itself: a guest that provokes a real WARNING must fail the
+#            run (skipped when tests are named).
+# The last line is "N passed, M failed[, K skipped]".
+#
+#   scripts/run-tests.sh [TEST...]
+set -uo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/env.sh"
+cd "$UPM_ROOT" || exit 1
+
+kbuild=$(upm_kbuild_dir debug)
+passed=0 failed=0 skipped=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+result() { # name status(0=pass)
+	if [ "$2" = 0 ]; then
+		echo "ok   $1"
+		passed=$((passed + 1))
+	else
+		echo "FAIL $1"
+		failed=$((failed + 1))
+	fi
+}
+
+if (($# == 0)); then
+	make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 headers_install >/dev/null 2>&1
+	make -s -C tests abi-check KHDR="$kbuild/usr/include"
+	result abi_check $?
+fi
+
+start=$(date +%s)
+scripts/vm-run.sh --flavour debug -- tests/build/upm_tests "$@" 2>&1 | tee "$log"
+vm_rc=${PIPESTATUS[0]}
+summary=$(grep -E '^vm: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$log" | tail -1)
+if [ -n "$summary" ]; then
+	read -r vp vf vs < <(sed -E 's/vm: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped/\1 \2 \3/' <<<"$summary")
+	passed=$((passed + vp)) failed=$((failed + vf)) skipped=$((skipped + vs))
+fi
+# A splat, a crash or a guest that never finished fails the run even if every test passed.
+if [ "$vm_rc" != 0 ] && { [ -z "$summary" ] || [ "$vf" = 0 ]; }; then
+	result vm_clean_run 1
+fi
+upm_log "VM suite took $(($(date +%s) - start)) s"
+
+if (($# == 0)); then
+	# LKDTM's WARNING test prints a real "WARNING:" splat; the runner must fail on it.
+	scripts/vm-run.sh --flavour debug --no-module -- \
+		'echo WARNING > /sys/kernel/debug/provoke-crash/DIRECT' >"$log" 2>&1
+	det_rc=$?
+	if [ "$det_rc" != 0 ] && grep -q "kernel splat in guest dmesg" "$log" &&
+		grep -q "WARNING:" "$log"; then
+		result splat_detector 0
+	else
+		cat "$log"
+		result splat_detector 1
+	fi
+fi
+
+if ((skipped)); then
+	echo "$passed passed, $failed failed, $skipped skipped"
+else
+	echo "$passed passed, $failed failed"
+fi
+((failed == 0))
