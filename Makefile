@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info tests test demo check checkpatch clippy fmt \
+.PHONY: all module setup kernel kernel-info tests test demo bench check checkpatch clippy fmt \
 	rust-analyzer clean help
 
 all: module
@@ -28,10 +28,14 @@ help:
 	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
 	@echo "make demo            boot the VM, load UPM and show a merge with counters"
+	@echo "make bench           UPM against KSM in the release-kernel VM (BENCH_MIB=64)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
 
+# The objects in src/ belong to one kernel: switching KDIR cleans them first.
 module:
 	@test -f $(KDIR)/Module.symvers || { echo "no kernel in $(KDIR): run 'make kernel'"; exit 1; }
+	@if [ "$$(cat src/.upm-kdir 2>/dev/null)" != "$(KDIR)" ]; then \
+		$(KMAKE) clean >/dev/null; echo "$(KDIR)" >src/.upm-kdir; fi
 	$(KMAKE) modules
 
 setup:
@@ -58,6 +62,13 @@ demo: setup
 	$(MAKE) module
 	$(MAKE) tests
 	scripts/vm-run.sh --flavour $(FLAVOUR) -- tests/demo.sh
+
+# UPM against KSM in the same VM, on the release kernel (no debug options).
+bench: setup
+	scripts/build-kernel.sh release
+	$(MAKE) module FLAVOUR=release
+	$(MAKE) tests
+	scripts/vm-run.sh --flavour release -- tests/build/upm_bench $(BENCH_MIB)
 
 check: setup fmt clippy checkpatch
 

@@ -149,22 +149,23 @@ impl Upm {
         let hash = page.content_hash();
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
-                Ok(()) => return Ok(STATS.pages_zero_merged.inc()),
+                Ok(()) => {
+                    STATS.pages_zero_merged.inc();
+                    return Ok(());
+                }
                 // Hashes like zeroes but is not: treat it as any other page.
                 Err(MergeError::Differ) => STATS.hash_collisions.inc(),
                 Err(e) => return Err(e),
             }
         }
-        let mut nth = 0;
-        while let Some(stable) = self.tree.candidate(hash, nth) {
-            match vma.merge(&page, &stable) {
-                Ok(()) => return Ok(STATS.pages_merged.inc()),
-                Err(MergeError::Differ) => {
-                    STATS.hash_collisions.inc();
-                    nth += 1;
-                }
-                Err(e) => return Err(e),
-            }
+        if self.merge_with_candidates(vma, &page, hash)? {
+            return Ok(());
+        }
+        // No stable page has these contents: promote this one, unless a concurrent adviser
+        // promoted the same contents while we looked.
+        let _promotion = self.tree.lock_promotion();
+        if self.merge_with_candidates(vma, &page, hash)? {
+            return Ok(());
         }
         let stable = vma.promote(page)?;
         // The contents may have changed between the first hash and the write protection; now
@@ -176,6 +177,30 @@ impl Upm {
             STATS.pages_promoted.inc();
         }
         Ok(())
+    }
+
+    /// Merges `page` with the first stable page of equal contents; `Ok(false)` if none.
+    fn merge_with_candidates(
+        &self,
+        vma: &Vma<'_>,
+        page: &PageRef,
+        hash: u64,
+    ) -> Result<bool, MergeError> {
+        let mut nth = 0;
+        while let Some(stable) = self.tree.candidate(hash, nth) {
+            match vma.merge(page, &stable) {
+                Ok(()) => {
+                    STATS.pages_merged.inc();
+                    return Ok(true);
+                }
+                Err(MergeError::Differ) => {
+                    STATS.hash_collisions.inc();
+                    nth += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// Frees orphaned stable pages; returns the delay until the next sweep.

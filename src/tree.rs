@@ -14,19 +14,28 @@
 //! # Lock order
 //!
 //! 1. `mmap_lock` of the advised mm (read), held by `merge.rs` for a batch of pages;
-//! 2. the folio lock and the page table lock, inside the C merge primitives;
-//! 3. [`StableTree::nodes`], a spinlock.
+//! 2. [`StableTree::promotion`], a mutex held while a page is promoted to a stable page;
+//! 3. the folio lock and the page table lock, inside the C merge primitives;
+//! 4. [`StableTree::nodes`], a spinlock.
 //!
 //! The tree lock is innermost and never held across anything that can sleep: under it we only
 //! walk the tree, read page counts and take page references. Nodes are allocated before taking
 //! it and orphans are freed (`put_page()`) after dropping it.
+//!
+//! Merging into an existing stable page needs only the tree lock, so advisers in different
+//! processes merge in parallel. Promotion is serialised by the promotion mutex, and whoever
+//! holds it looks the hash up again first: two advisers of the same new contents thus end up
+//! with one stable page, not two.
 
 use crate::ffi::{PageRef, StablePage};
 use kernel::{
-    new_spinlock,
+    new_mutex, new_spinlock,
     prelude::*,
     rbtree::{RBTree, RBTreeNode, RBTreeNodeReservation},
-    sync::SpinLock,
+    sync::{
+        lock::{mutex::MutexBackend, Guard},
+        Mutex, SpinLock,
+    },
 };
 
 /// Content hash, then page identity.
@@ -53,6 +62,8 @@ pub(crate) struct TreeCounts {
 pub(crate) struct StableTree {
     #[pin]
     nodes: SpinLock<RBTree<Key, StablePage>>,
+    #[pin]
+    promotion: Mutex<()>,
 }
 
 /// Whether the tree's reference is the only thing keeping `page` alive.
@@ -65,7 +76,13 @@ impl StableTree {
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             nodes <- new_spinlock!(RBTree::new(), "upm_stable_tree"),
+            promotion <- new_mutex!((), "upm_promotion"),
         })
+    }
+
+    /// Serialises promotions; see the lock order above.
+    pub(crate) fn lock_promotion(&self) -> Guard<'_, (), MutexBackend> {
+        self.promotion.lock()
     }
 
     /// The `nth` (from 0) live stable page whose contents hash to `hash`, with a new reference.

@@ -60,10 +60,16 @@ int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
 uint64_t pfn_of(const void *addr)
 {
 	static int fd = -1;
+	static pid_t owner;
 	uint64_t entry = 0;
 
-	if (fd < 0)
+	/* An fd opened before fork() still reads the parent's page tables. */
+	if (fd < 0 || owner != getpid()) {
+		if (fd >= 0)
+			close(fd);
 		fd = open("/proc/self/pagemap", O_RDONLY);
+		owner = getpid();
+	}
 	if (pread(fd, &entry, sizeof(entry),
 		  (off_t)((uintptr_t)addr / page_size * sizeof(entry))) != sizeof(entry))
 		return 0;

@@ -644,7 +644,7 @@ static enum result test_run_tunable(void)
 struct stress_report {
 	volatile int ready;	 /* threads stopped, pfns published */
 	volatile int release;	 /* parent read the pfns: exit */
-	volatile long ops, bad;
+	volatile long ops, bad, ksm_kb;
 	uint64_t pfns[STRESS_THREADS * STRESS_PAGES];
 };
 
@@ -690,11 +690,12 @@ static void *stress_thread(void *arg)
 			if (unmerge(at, n))
 				t->bad++;
 			break;
-		case 4: { /* write one byte: region and shadow */
-			size_t off = rnd(&t->rng) % bytes;
+		case 4: { /* write one byte of the private half: region and shadow */
+			size_t half = STRESS_PAGES / 2 * page_size;
+			size_t off = half + rnd(&t->rng) % half;
 
-			at[off]++;
-			t->shadow[first * page_size + off]++;
+			t->region[off]++;
+			t->shadow[off]++;
 			break;
 		}
 		case 5:
@@ -739,6 +740,22 @@ static void *stress_thread(void *arg)
 	return NULL;
 }
 
+/* KSM-page mappings of this process in kB (smaps "KSM:", from folio_test_ksm()). */
+static long ksm_kb_self(void)
+{
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	long kb = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "KSM: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
 static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 {
 	struct stress_thread t[STRESS_THREADS];
@@ -765,22 +782,11 @@ static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 		for (int p = 0; p < STRESS_PAGES; p++)
 			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
 	}
+	r->ksm_kb = ksm_kb_self();
 	r->ready = 1;
 	while (!r->release)
 		usleep(10 * 1000);
 	_exit(0);
-}
-
-static int kpage_is_ksm(uint64_t pfn)
-{
-	static int fd = -1;
-	uint64_t flags = 0;
-
-	if (fd < 0)
-		fd = open("/proc/kpageflags", O_RDONLY);
-	if (pread(fd, &flags, sizeof(flags), (off_t)(pfn * sizeof(flags))) != sizeof(flags))
-		return 0;
-	return (flags >> 21) & 1; /* KPF_KSM */
 }
 
 static int cmp_pfn(const void *a, const void *b)
@@ -798,7 +804,7 @@ static enum result test_stress(void)
 	struct stress_report *r = map_shared(STRESS_PROCS * sizeof(*r));
 	size_t total = STRESS_PROCS * STRESS_THREADS * STRESS_PAGES;
 	uint64_t *all = calloc(total, sizeof(*all)), zpfn = zero_pfn();
-	long shared = 0, sharing = 0, unshared = 0, ops = 0, bad = 0;
+	long shared = 0, sharing = 0, unshared, ksm_mappings = 0, ops = 0, bad = 0;
 	pid_t pids[STRESS_PROCS];
 
 	fprintf(stderr, "    seed %llu, %d s (UPM_STRESS_SEED, UPM_STRESS_SECS)\n",
@@ -817,20 +823,20 @@ static enum result test_stress(void)
 		memcpy(all + p * STRESS_THREADS * STRESS_PAGES, r[p].pfns, sizeof(r[p].pfns));
 		ops += r[p].ops;
 		bad += r[p].bad;
+		ksm_mappings += r[p].ksm_kb * 1024 / (long)page_size;
 	}
 	qsort(all, total, sizeof(*all), cmp_pfn);
 	for (size_t i = 0, j; i < total; i = j) {
 		for (j = i + 1; j < total && all[j] == all[i]; j++)
 			;
-		if (!all[i] || all[i] == zpfn || !kpage_is_ksm(all[i]))
+		/* Once fork children are gone, only merged pages are mapped twice. */
+		if (!all[i] || all[i] == zpfn || j - i == 1)
 			continue;
-		if (j - i == 1) {
-			unshared++;
-		} else {
-			shared++;
-			sharing += j - i - 1;
-		}
+		shared++;
+		sharing += j - i - 1;
 	}
+	/* Every KSM mapping is one of a shared page's or an unshared page's only one. */
+	unshared = ksm_mappings - shared - sharing;
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
 	long k_unshared = counter("pages_unshared");
 
@@ -838,13 +844,13 @@ static enum result test_stress(void)
 		r[p].release = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
 		wait_exit(pids[p]);
-	fprintf(stderr, "    %ld operations; pagemap: shared %ld sharing %ld unshared %ld\n", ops,
-		shared, sharing, unshared);
+	fprintf(stderr, "    %ld operations; pagemap and smaps: shared %ld sharing %ld unshared %ld\n",
+		ops, shared, sharing, unshared);
 	CHECK(bad == 0, "%ld failed operations or content mismatches", bad);
 	CHECK(ops > 100, "only %ld operations", ops);
 	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
 	      "sysfs shared %ld sharing %ld unshared %ld", k_shared, k_sharing, k_unshared);
-	CHECK(sharing > 0, "something was merged");
+	CHECK(ksm_mappings > 0, "something was merged");
 	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
 	return PASS;
 }
@@ -885,10 +891,14 @@ static enum result run_one(const struct test *t)
 	}
 	fflush(NULL);
 	pid = fork();
-	if (pid == 0)
+	if (pid == 0) {
+		setpgid(0, 0); /* the test and every process it starts */
 		_exit(t->fn());
+	}
+	setpgid(pid, pid);
 	if (waitpid(pid, &status, 0) != pid)
 		return FAIL;
+	kill(-pid, SIGKILL); /* helpers a failed test left behind */
 	if (!WIFEXITED(status)) {
 		fprintf(stderr, "    killed by signal %d\n", WTERMSIG(status));
 		return FAIL;

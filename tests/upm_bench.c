@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * UPM against KSM, in the same VM and the same run: how long until two 64 MiB regions of
+ * identical pages share their frames.
+ *
+ *   upm_bench [MiB]         (default 64)
+ *
+ * UPM: one madvise(MADV_UPM_MERGEABLE) per region; the time of the second call is the
+ * merge (the first promotes its pages to stable pages). KSM: MADV_MERGEABLE on both regions,
+ * ksmd unthrottled (pages_to_scan 10000, sleep_millisecs 0) and at its defaults (100 pages
+ * per 20 ms); the time until pages_sharing reaches the expected count. Frames are verified
+ * with pagemap in both cases.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "../include/upm.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static long ksm_read(const char *name)
+{
+	char path[128], buf[64] = "";
+	int fd;
+
+	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
+	fd = open(path, O_RDONLY);
+	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) < 0)
+		buf[0] = 0;
+	if (fd >= 0)
+		close(fd);
+	return strtol(buf, NULL, 10);
+}
+
+static int ksm_write(const char *name, long value)
+{
+	char path[128], buf[32];
+	int fd, len, ret;
+
+	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	len = snprintf(buf, sizeof(buf), "%ld", value);
+	ret = write(fd, buf, len) == len ? 0 : -1;
+	close(fd);
+	return ret;
+}
+
+/* Seconds until KSM shares `pages` pages, or -1 after `limit` seconds. */
+static double ksm_time(size_t pages, long to_scan, long sleep_ms, double limit)
+{
+	char *a = map_anon(pages), *b = map_anon(pages);
+	double t0, t = -1;
+
+	fill_pages(a, pages, 4242, 1);
+	fill_pages(b, pages, 4242, 1);
+	ksm_write("pages_to_scan", to_scan);
+	ksm_write("sleep_millisecs", sleep_ms);
+	madvise(a, pages * page_size, MADV_MERGEABLE);
+	madvise(b, pages * page_size, MADV_MERGEABLE);
+	t0 = now_s();
+	ksm_write("run", 1);
+	while (now_s() - t0 < limit) {
+		if (ksm_read("pages_sharing") >= (long)pages) {
+			t = now_s() - t0;
+			break;
+		}
+		usleep(5 * 1000);
+	}
+	ksm_write("run", 0);
+	if (t >= 0 && count_pfn_equal(a, b, pages) != pages)
+		t = -2;
+	ksm_write("run", 2); /* unmerge everything KSM merged */
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+	ksm_write("run", 0);
+	return t;
+}
+
+int main(int argc, char **argv)
+{
+	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 64;
+	size_t pages = mib << 20 >> 12;
+	char *a = map_anon(pages), *b = map_anon(pages);
+	double t0, t_first, t_second, t_ksm_fast, t_ksm_default;
+
+	if (!a || !b || !module_loaded() || ksm_read("run") != 0) {
+		fprintf(stderr, "needs memory, upm.ko loaded and ksmd stopped\n");
+		return 2;
+	}
+	fill_pages(a, pages, 4242, 1);
+	fill_pages(b, pages, 4242, 1);
+	t0 = now_s();
+	if (advise(a, pages))
+		return 1;
+	t_first = now_s() - t0;
+	t0 = now_s();
+	if (advise(b, pages))
+		return 1;
+	t_second = now_s() - t0;
+	if (count_pfn_equal(a, b, pages) != pages || check_pages(b, pages, 4242, 1) >= 0) {
+		fprintf(stderr, "UPM did not merge every page\n");
+		return 1;
+	}
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+	if (wait_tree_empty())
+		return 1;
+
+	t_ksm_fast = ksm_time(pages, 10000, 0, 120);
+	t_ksm_default = ksm_time(pages, 100, 20, 60);
+
+	printf("merge of %zu MiB of duplicate pages (two regions of %zu pages):\n", mib, pages);
+	printf("  UPM  madvise, first region (promote):  %8.3f s (%.0f MiB/s)\n", t_first,
+	       mib / t_first);
+	printf("  UPM  madvise, second region (merge):   %8.3f s (%.0f MiB/s)\n", t_second,
+	       mib / t_second);
+	printf("  KSM  unthrottled (10000 pages, 0 ms):  %8.3f s%s\n", t_ksm_fast,
+	       t_ksm_fast < 0 ? " (did not finish)" : "");
+	if (t_ksm_default < 0)
+		printf("  KSM  defaults (100 pages / 20 ms):     not done after 60 s\n");
+	else
+		printf("  KSM  defaults (100 pages / 20 ms):     %8.3f s\n", t_ksm_default);
+	if (t_ksm_fast > 0)
+		printf("  UPM (both calls) is %.1fx faster than unthrottled KSM\n",
+		       t_ksm_fast / (t_first + t_second));
+	return 0;
+}
