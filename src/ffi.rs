@@ -238,13 +238,13 @@ impl Vma<'_> {
     /// First address of the VMA.
     pub(crate) fn start(&self) -> usize {
         // SAFETY: The VMA is valid and its bounds are stable under `mmap_lock`.
-        unsafe { (*self.as_ptr()).__bindgen_anon_1.__bindgen_anon_1.vm_start as usize }
+        unsafe { (*self.as_ptr()).__bindgen_anon_1.__bindgen_anon_1.vm_start }
     }
 
     /// First address after the VMA.
     pub(crate) fn end(&self) -> usize {
         // SAFETY: As in `start()`.
-        unsafe { (*self.as_ptr()).__bindgen_anon_1.__bindgen_anon_1.vm_end as usize }
+        unsafe { (*self.as_ptr()).__bindgen_anon_1.__bindgen_anon_1.vm_end }
     }
 
     /// Whether UPM may merge pages of this VMA (KSM's rules; see `upm_vma_mergeable()`).
@@ -415,10 +415,7 @@ impl<T: AdviseHandler> Provider<T> {
         };
         // INVARIANT: The kernel holds a reference on `mm` during the call.
         let mm = Mm(mm);
-        match provider
-            .handler
-            .advise(&mm, start as usize, end as usize, advice)
-        {
+        match provider.handler.advise(&mm, start, end, advice) {
             Ok(()) => 0,
             Err(e) => e.to_errno(),
         }
@@ -567,6 +564,9 @@ impl<T: SysfsHandler> SysfsDir<T> {
         unsafe { &*attr.cast::<SysfsAttr<T>>() }
     }
 
+    /// # Safety
+    ///
+    /// Called by sysfs only, with one of our attributes and a page-sized buffer.
     unsafe extern "C" fn show_callback(
         _kobj: *mut bindings::kobject,
         attr: *mut bindings::kobj_attribute,
@@ -583,6 +583,9 @@ impl<T: SysfsHandler> SysfsDir<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by sysfs only, with one of our attributes and `count` readable bytes at `buf`.
     unsafe extern "C" fn store_callback(
         _kobj: *mut bindings::kobject,
         attr: *mut bindings::kobj_attribute,
@@ -676,6 +679,9 @@ impl<T: PeriodicHandler> Periodic<T> {
         };
     }
 
+    /// # Safety
+    ///
+    /// Called by the workqueue only, with the work item of a live `Periodic<T>`.
     unsafe extern "C" fn work_callback(work: *mut bindings::work_struct) {
         // SAFETY: `work` is the `work` field of the `delayed_work` that is the first field of a
         // live `#[repr(C)]` `PeriodicInner<T>` (drop cancels the work before freeing it).
