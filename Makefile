@@ -49,6 +49,8 @@ kernel-info:
 
 tests:
 	$(MAKE) -C tests
+	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
+	cargo test --quiet --release --manifest-path userspace/upm/Cargo.toml
 
 # The whole suite in the debug kernel. Its last line is "N passed, M failed".
 test: setup
@@ -81,11 +83,13 @@ checkpatch:
 
 fmt:
 	rustfmt --edition 2021 --config-path .rustfmt.toml --check src/*.rs
+	cargo fmt --manifest-path userspace/upm/Cargo.toml --check
 
 clippy:
 	@test -f $(KDIR)/Module.symvers || { echo "no kernel in $(KDIR): run 'make kernel'"; exit 1; }
 	rm -f src/*.o src/.*.o.cmd
 	$(KMAKE) CLIPPY=1 KRUSTFLAGS="-Dwarnings" modules
+	cargo clippy --quiet --release --all-targets --manifest-path userspace/upm/Cargo.toml -- -D warnings
 
 rust-analyzer:
 	$(KMAKE) rust-analyzer

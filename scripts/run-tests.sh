@@ -35,15 +35,21 @@ if (($# == 0)); then
 fi
 
 start=$(date +%s)
-scripts/vm-run.sh --flavour debug -- tests/build/upm_tests "$@" 2>&1 | tee "$log"
-vm_rc=${PIPESTATUS[0]}
-summary=$(grep -E '^vm: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$log" | tail -1)
-if [ -n "$summary" ]; then
-	read -r vp vf vs < <(sed -E 's/vm: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped/\1 \2 \3/' <<<"$summary")
-	passed=$((passed + vp)) failed=$((failed + vf)) skipped=$((skipped + vs))
+if (($# == 0)); then
+	# Both suites in one boot: the userspace suite needs the same kernel and module.
+	vm_cmd='tests/build/upm_tests; a=$?; tests/userspace.sh; b=$?; exit $((a | b))'
+else
+	vm_cmd="tests/build/upm_tests $*"
 fi
+scripts/vm-run.sh --flavour debug -- "$vm_cmd" 2>&1 | tee "$log"
+vm_rc=${PIPESTATUS[0]}
+suite_failed=0
+while read -r vp vf vs; do
+	passed=$((passed + vp)) failed=$((failed + vf)) skipped=$((skipped + ${vs:-0}))
+	suite_failed=$((suite_failed + vf))
+done < <(sed -nE 's/^(vm|userspace): ([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?$/\2 \3 \5/p' "$log")
 # A splat, a crash or a guest that never finished fails the run even if every test passed.
-if [ "$vm_rc" != 0 ] && { [ -z "$summary" ] || [ "$vf" = 0 ]; }; then
+if [ "$vm_rc" != 0 ] && [ "$suite_failed" = 0 ]; then
 	result vm_clean_run 1
 fi
 upm_log "VM suite took $(($(date +%s) - start)) s"

@@ -44,6 +44,12 @@ if ! command -v vng >/dev/null; then
 fi
 command -v vng >/dev/null || { upm_log "vng not on PATH after install"; exit 1; }
 
+# The Python helper's test uses numpy, as function runtimes do.
+if ! python3 -c 'import numpy' 2>/dev/null; then
+	upm_log "installing numpy from PyPI"
+	python3 -m pip install --quiet numpy
+fi
+
 # checkpatch.pl runs scripts/spdxcheck.py with the python3 on PATH.
 if ! python3 -c 'import ply, git' 2>/dev/null; then
 	upm_log "installing ply and GitPython from PyPI (checkpatch's SPDX check)"

@@ -8,7 +8,7 @@ if [ "$UPM_LOAD_MODULE" = 1 ]; then
 	insmod "$UPM_MODULE" || rc=$?
 fi
 if [ "$rc" = 0 ]; then
-	eval "$(cat "$out/command")"
+	bash -c "$(cat "$out/command")"
 	rc=$?
 fi
 # Let deferred work (the stable-page sweep, RCU callbacks) run, then look for leaks.

@@ -1,0 +1,273 @@
+//! UPM from userspace: advise memory of this process or of another one for synchronous
+//! merging, undo it, and read what is shared.
+//!
+//! ```no_run
+//! let weights = vec![0u8; 64 << 20];
+//! if upm::is_supported() {
+//!     upm::advise(upm::page_range(weights.as_ptr() as usize, weights.len()))?;
+//! }
+//! # Ok::<(), upm::Error>(())
+//! ```
+
+use std::{collections::BTreeMap, fmt, fs, io, ops::Range, path::Path};
+
+include!(concat!(env!("OUT_DIR"), "/advice.rs"));
+
+/// Where the module's counters and tunables live.
+pub const SYSFS_DIR: &str = "/sys/kernel/mm/upm";
+
+/// Why a UPM call failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The kernel has no UPM hook, or the module is not loaded (`EINVAL`).
+    NotSupported,
+    /// Bad arguments: unaligned or overflowing range (`EINVAL` with the module loaded).
+    InvalidRange,
+    /// Part of the range is not mapped; the mapped parts were processed (`ENOMEM`).
+    Unmapped,
+    /// Not allowed: `CAP_SYS_NICE` or ptrace access to the target is missing.
+    PermissionDenied,
+    /// The process does not exist (any more).
+    NoSuchProcess,
+    /// Any other system error.
+    Os(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotSupported => {
+                write!(
+                    f,
+                    "UPM is not available: module not loaded or kernel not patched"
+                )
+            }
+            Error::InvalidRange => write!(f, "invalid range (unaligned or overflowing)"),
+            Error::Unmapped => write!(f, "part of the range is not mapped"),
+            Error::PermissionDenied => {
+                write!(
+                    f,
+                    "permission denied (needs CAP_SYS_NICE and ptrace access)"
+                )
+            }
+            Error::NoSuchProcess => write!(f, "no such process"),
+            Error::Os(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result of UPM calls.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn last_error() -> Error {
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) if !Path::new(SYSFS_DIR).exists() => Error::NotSupported,
+        Some(libc::EINVAL) => Error::InvalidRange,
+        Some(libc::ENOMEM) => Error::Unmapped,
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::PermissionDenied,
+        Some(libc::ESRCH) => Error::NoSuchProcess,
+        _ => Error::Os(err),
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// The whole pages inside `[start, start + len)`.
+pub fn page_range(start: usize, len: usize) -> Range<usize> {
+    let page = page_size();
+    let first = start.div_ceil(page) * page;
+    let last = (start + len) / page * page;
+    first..last.max(first)
+}
+
+/// Whether the kernel accepts the UPM advices: hook present and module loaded.
+pub fn is_supported() -> bool {
+    kernel_has_hook() && Path::new(SYSFS_DIR).exists()
+}
+
+/// Whether the running kernel knows the advice (the UPM patch series), loaded module or not.
+pub fn kernel_has_hook() -> bool {
+    // SAFETY: A zero-length madvise touches no memory; it only validates the advice.
+    unsafe { libc::madvise(std::ptr::null_mut(), 0, MADV_UPM_MERGEABLE) == 0 }
+}
+
+fn madvise(range: Range<usize>, advice: i32) -> Result<()> {
+    // SAFETY: madvise with these advices never changes the contents of memory, so any range
+    // is safe; the kernel validates it.
+    let ret = unsafe { libc::madvise(range.start as *mut libc::c_void, range.len(), advice) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(last_error())
+    }
+}
+
+/// Merges identical pages in `range` of this process (`MADV_UPM_MERGEABLE`).
+pub fn advise(range: Range<usize>) -> Result<()> {
+    madvise(range, MADV_UPM_MERGEABLE)
+}
+
+/// Gives the merged pages in `range` of this process private copies again.
+pub fn unmerge(range: Range<usize>) -> Result<()> {
+    madvise(range, MADV_UPM_UNMERGEABLE)
+}
+
+/// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
+/// writable; stacks, vdso/vvar, guard pages and shared or file mappings are left out.
+pub fn anonymous_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NoSuchProcess,
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied,
+        _ => Error::Os(e),
+    })?;
+    Ok(maps.lines().filter_map(parse_anonymous).collect())
+}
+
+fn parse_anonymous(line: &str) -> Option<Range<usize>> {
+    let mut fields = line.split_whitespace();
+    let (addresses, perms) = (fields.next()?, fields.next()?);
+    let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
+    let name = fields.collect::<Vec<_>>().join(" ");
+    let eligible_name = name.is_empty() || name == "[heap]" || name.starts_with("[anon:");
+    if !perms.starts_with("rw") || !perms.ends_with('p') || inode != "0" || !eligible_name {
+        return None;
+    }
+    let (start, end) = addresses.split_once('-')?;
+    Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
+}
+
+/// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
+/// `process_madvise(2)`; returns the bytes advised.
+pub fn advise_process(pid: i32, ranges: Option<Vec<Range<usize>>>, advice: i32) -> Result<usize> {
+    let ranges = match ranges {
+        Some(r) => r,
+        None => anonymous_ranges(pid)?,
+    };
+    // SAFETY: pidfd_open takes plain integers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return Err(last_error());
+    }
+    let mut done = 0;
+    let mut result = Ok(());
+    for range in &ranges {
+        let iov = libc::iovec {
+            iov_base: range.start as *mut libc::c_void,
+            iov_len: range.len(),
+        };
+        // SAFETY: `iov` is one valid iovec; the kernel only reads it.
+        let ret = unsafe { libc::syscall(libc::SYS_process_madvise, pidfd, &iov, 1, advice, 0) };
+        if ret < 0 {
+            match last_error() {
+                // A mapping that went away meanwhile is not an error for a whole-process advise.
+                Error::Unmapped => continue,
+                e => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        done += ret.max(0) as usize;
+    }
+    // SAFETY: `pidfd` is our descriptor.
+    unsafe { libc::close(pidfd) };
+    result.map(|()| done)
+}
+
+/// The module's counters and tunables.
+pub fn stats() -> Result<BTreeMap<String, u64>> {
+    let dir = fs::read_dir(SYSFS_DIR).map_err(|_| Error::NotSupported)?;
+    let mut stats = BTreeMap::new();
+    for entry in dir {
+        let entry = entry.map_err(Error::Os)?;
+        let text = fs::read_to_string(entry.path()).map_err(Error::Os)?;
+        if let Ok(v) = text.trim().parse() {
+            stats.insert(entry.file_name().to_string_lossy().into_owned(), v);
+        }
+    }
+    Ok(stats)
+}
+
+/// How much of a process's anonymous memory is merged, from `/proc/PID/smaps`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessUsage {
+    /// Resident anonymous memory, in KiB.
+    pub anon_kib: u64,
+    /// Of which mapped KSM pages (merged by UPM or KSM), in KiB.
+    pub merged_kib: u64,
+    /// Proportional share of anonymous memory (merged pages divided among sharers), in KiB.
+    pub pss_anon_kib: u64,
+}
+
+/// Reads `/proc/PID/smaps_rollup`.
+pub fn process_usage(pid: i32) -> Result<ProcessUsage> {
+    let text =
+        fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NoSuchProcess,
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied,
+            _ => Error::Os(e),
+        })?;
+    let mut usage = ProcessUsage::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let value: u64 = value.parse().unwrap_or(0);
+        match key {
+            "Anonymous:" => usage.anon_kib = value,
+            "KSM:" => usage.merged_kib = value,
+            "Pss_Anon:" => usage.pss_anon_kib = value,
+            _ => {}
+        }
+    }
+    Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_private_anonymous_rw_mappings() {
+        assert_eq!(
+            parse_anonymous("7f00-8000 rw-p 00000000 00:00 0 "),
+            Some(0x7f00..0x8000)
+        );
+        assert_eq!(
+            parse_anonymous("1000-2000 rw-p 00000000 00:00 0 [heap]"),
+            Some(0x1000..0x2000)
+        );
+        assert_eq!(
+            parse_anonymous("1000-2000 rw-p 00000000 00:00 0 [stack]"),
+            None
+        );
+        assert_eq!(
+            parse_anonymous("1000-2000 rw-s 00000000 00:01 5 /dev/zero"),
+            None
+        );
+        assert_eq!(parse_anonymous("1000-2000 r--p 00000000 00:00 0 "), None);
+        assert_eq!(
+            parse_anonymous("1000-2000 rw-p 00001000 08:01 42 /usr/lib/x.so"),
+            None
+        );
+    }
+
+    #[test]
+    fn page_range_keeps_whole_pages() {
+        let p = page_size();
+        assert_eq!(page_range(p + 1, 3 * p), 2 * p..4 * p);
+        assert_eq!(page_range(p, 10), p..p);
+    }
+
+    #[test]
+    fn advice_values_come_from_the_header() {
+        assert_eq!((MADV_UPM_MERGEABLE, MADV_UPM_UNMERGEABLE), (104, 105));
+    }
+}
