@@ -19,4 +19,29 @@
 #define MADV_UPM_UNMERGEABLE UPM_MADV_UNMERGEABLE
 #endif
 
+#if !defined(__KERNEL__) && !defined(UPM_NO_INLINE_HELPERS)
+#include <stddef.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Non-zero if the kernel has the UPM hook and the module is loaded. */
+static inline int upm_is_supported(void)
+{
+	/* A zero-length call only validates the advice. */
+	return madvise(NULL, 0, UPM_MADV_MERGEABLE) == 0 && access(UPM_SYSFS_DIR, F_OK) == 0;
+}
+
+/* Merge identical pages in [addr, addr + len) now; 0 or -1 with errno (see madvise(2)). */
+static inline int upm_advise(void *addr, size_t len)
+{
+	return madvise(addr, len, UPM_MADV_MERGEABLE);
+}
+
+/* Give merged pages in [addr, addr + len) private copies again. */
+static inline int upm_unmerge(void *addr, size_t len)
+{
+	return madvise(addr, len, UPM_MADV_UNMERGEABLE);
+}
+#endif
+
 #endif /* UPM_USER_H */

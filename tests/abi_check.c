@@ -3,6 +3,7 @@
 #include <linux/mman.h> /* from the patched kernel's headers_install */
 #include <stdio.h>
 
+#define UPM_NO_INLINE_HELPERS /* only the values: no libc headers beside the uapi ones */
 #include "../include/upm.h"
 
 _Static_assert(MADV_UPM_MERGEABLE == UPM_MADV_MERGEABLE, "MADV_UPM_MERGEABLE");
