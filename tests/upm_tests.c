@@ -642,7 +642,9 @@ static enum result test_run_tunable(void)
 #define STRESS_PAGES 48
 
 struct stress_report {
-	volatile int ready;	 /* threads stopped, pfns published */
+	volatile int stopped;	 /* threads joined */
+	volatile int settle;	 /* parent: every process stopped, advise once more */
+	volatile int ready;	 /* pfns published */
 	volatile int release;	 /* parent read the pfns: exit */
 	volatile long ops, bad, ksm_kb;
 	uint64_t pfns[STRESS_THREADS * STRESS_PAGES];
@@ -736,9 +738,6 @@ static void *stress_thread(void *arg)
 		}
 		t->ops++;
 	}
-	/* A last advise of everything: the common half must end up shared. */
-	if (advise(t->region, STRESS_PAGES))
-		t->bad++;
 	t->bad += verify_region(t->region, t->shadow, 0, STRESS_PAGES);
 	return NULL;
 }
@@ -782,6 +781,15 @@ static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 		pthread_join(th[i], NULL);
 		r->ops += t[i].ops;
 		r->bad += t[i].bad;
+	}
+	/* Once nobody writes any more, a last advise must share the common half. */
+	r->stopped = 1;
+	while (!r->settle)
+		usleep(10 * 1000);
+	for (int i = 0; i < STRESS_THREADS; i++) {
+		if (advise(t[i].region, STRESS_PAGES))
+			r->bad++;
+		r->bad += verify_region(t[i].region, t[i].shadow, 0, STRESS_PAGES);
 		for (int p = 0; p < STRESS_PAGES; p++)
 			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
 	}
@@ -818,6 +826,11 @@ static enum result test_stress(void)
 		if (pids[p] == 0)
 			stress_process(&r[p], seed + p, secs);
 	}
+	for (int p = 0; p < STRESS_PROCS; p++)
+		while (!r[p].stopped)
+			usleep(50 * 1000);
+	for (int p = 0; p < STRESS_PROCS; p++)
+		r[p].settle = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
 		while (!r[p].ready)
 			usleep(50 * 1000);
