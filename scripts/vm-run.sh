@@ -49,10 +49,13 @@ splat_re='BUG:|WARNING:|KASAN|Oops|possible circular locking|possible recursive 
 splat_re+='|Bad rss-counter|Bad page|RCU stall|rcu_sched self-detected stall|general protection'
 splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsistent lock state'
 
+# The guest's PATH has no pyenv shims: hand it the interpreter that setup.sh provisioned.
+python=$(python3 -c 'import sys; print(sys.executable)')
+
 start=$(date +%s.%N)
 set +e
 vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
-	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module $UPM_ROOT/scripts/vm-guest.sh"
+	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python $UPM_ROOT/scripts/vm-guest.sh"
 vng_rc=$?
 set -e
 upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"

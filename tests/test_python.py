@@ -19,12 +19,20 @@ def pfn(addr):
     return entry & ((1 << 55) - 1) if entry >> 63 else 0
 
 
+def page_aligned(n):
+    """A float64 array from numpy's own allocator, sliced to start on a page boundary, so that
+    page i of two such arrays holds the same elements."""
+    raw = np.empty(n + PAGE // 8)
+    skip = (-raw.__array_interface__["data"][0] % PAGE) // 8
+    return raw[skip:skip + n]
+
+
 def main():
     assert upm.is_supported(), "module loaded, so UPM must be supported"
     # Two "model instances" with the same weights, 8 MiB each, page aligned.
     weights = np.random.default_rng(42).standard_normal(1 << 20).astype(np.float64)
-    a = np.empty_like(weights)
-    b = np.empty_like(weights)
+    a = page_aligned(weights.size)
+    b = page_aligned(weights.size)
     a[:] = weights
     b[:] = weights
     gc.freeze()

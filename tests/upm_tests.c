@@ -654,6 +654,7 @@ struct stress_thread {
 	uint64_t rng;
 	char *region;		/* STRESS_PAGES pages, owned by this thread */
 	char *shadow;		/* what the region must contain */
+	const char *common;	/* the half that is the same everywhere */
 	volatile int *stop;
 	long ops, bad;
 };
@@ -703,9 +704,15 @@ static void *stress_thread(void *arg)
 		case 5:
 			t->bad += verify_region(t->region, t->shadow, first, n);
 			break;
-		case 6: /* drop pages: they read back as zeroes */
+		case 6: /* drop pages: they read back as zeroes; refill the common half */
 			madvise(at, bytes, MADV_DONTNEED);
 			memset(t->shadow + first * page_size, 0, bytes);
+			for (size_t p = first; p < first + n && p < STRESS_PAGES / 2; p++) {
+				memcpy(t->region + p * page_size, t->common + p * page_size,
+				       page_size);
+				memcpy(t->shadow + p * page_size, t->common + p * page_size,
+				       page_size);
+			}
 			break;
 		case 7: /* mprotect round trip */
 			mprotect(at, bytes, PROT_READ);
@@ -763,13 +770,17 @@ static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 	struct stress_thread t[STRESS_THREADS];
 	pthread_t th[STRESS_THREADS];
 	volatile int stop = 0;
+	char *common = malloc(STRESS_PAGES / 2 * page_size);
+
+	fill_pages(common, STRESS_PAGES / 2, 151, 1);
 
 	for (int i = 0; i < STRESS_THREADS; i++) {
-		t[i] = (struct stress_thread){ .rng = seed * 7919 + i + 1, .stop = &stop };
+		t[i] = (struct stress_thread){ .rng = seed * 7919 + i + 1, .stop = &stop,
+					       .common = common };
 		t[i].region = map_anon(STRESS_PAGES);
 		t[i].shadow = malloc(STRESS_PAGES * page_size);
 		/* Half the pages are the same in every thread and process, half are not. */
-		fill_pages(t[i].region, STRESS_PAGES / 2, 151, 1);
+		memcpy(t[i].region, common, STRESS_PAGES / 2 * page_size);
 		fill_pages(t[i].region + STRESS_PAGES / 2 * page_size, STRESS_PAGES / 2,
 			   seed * 31 + i, 1);
 		memcpy(t[i].shadow, t[i].region, STRESS_PAGES * page_size);
@@ -829,6 +840,13 @@ static enum result test_stress(void)
 	for (int p = 0; p < STRESS_PROCS; p++)
 		while (!r[p].stopped)
 			usleep(50 * 1000);
+	const char *names[] = { "pages_merged", "pages_promoted", "pages_already_merged",
+				"pages_skipped_pinned", "pages_skipped_busy", "pages_skipped_other",
+				"pages_skipped_not_present", "pages_zero_merged" };
+	long at_settle[8];
+
+	for (int i = 0; i < 8; i++)
+		at_settle[i] = counter(names[i]);
 	for (int p = 0; p < STRESS_PROCS; p++)
 		r[p].settle = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
@@ -853,6 +871,10 @@ static enum result test_stress(void)
 	}
 	/* Every KSM mapping is one of a shared page's or an unshared page's only one. */
 	unshared = ksm_mappings - shared - sharing;
+	fprintf(stderr, "    final advise:");
+	for (int i = 0; i < 8; i++)
+		fprintf(stderr, " %s +%ld", names[i] + 6, counter(names[i]) - at_settle[i]);
+	fprintf(stderr, "\n");
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
 	long k_unshared = counter("pages_unshared");
 

@@ -54,7 +54,7 @@ no_module() {
 	[ $rc -ne 0 ] && grep -q "module not loaded" <<<"$out"
 }
 check upmctl_module_not_loaded no_module
-check python_numpy_advise_all python3 tests/test_python.py
+check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py
 
 echo "userspace: $passed passed, $failed failed"
 [ "$failed" = 0 ]
