@@ -45,17 +45,10 @@ static long ksm_read(const char *name)
 
 static int ksm_write(const char *name, long value)
 {
-	char path[128], buf[32];
-	int fd, len, ret;
+	char path[128];
 
 	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -1;
-	len = snprintf(buf, sizeof(buf), "%ld", value);
-	ret = write(fd, buf, len) == len ? 0 : -1;
-	close(fd);
-	return ret;
+	return write_long(path, value);
 }
 
 /* Seconds until KSM shares `pages` pages, or -1 after `limit` seconds. */

@@ -35,19 +35,10 @@ static double now_ms(void)
 
 static long pss_anon_kb(pid_t pid)
 {
-	char path[64], line[256];
-	long kb = -1;
-	FILE *f;
+	char path[64];
 
 	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Pss_Anon: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
+	return proc_kb(path, "Pss_Anon");
 }
 
 static void wait_phase(struct shared *s, int id, int phase, int n)

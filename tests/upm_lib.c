@@ -142,12 +142,11 @@ long counter(const char *name)
 	return len > 0 ? strtol(buf, NULL, 10) : -1;
 }
 
-int set_tunable(const char *name, long value)
+int write_long(const char *path, long value)
 {
-	char path[256], buf[32];
+	char buf[32];
 	int fd, len, ret;
 
-	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
 	fd = open(path, O_WRONLY);
 	if (fd < 0)
 		return -1;
@@ -155,6 +154,14 @@ int set_tunable(const char *name, long value)
 	ret = write(fd, buf, len) == len ? 0 : -1;
 	close(fd);
 	return ret;
+}
+
+int set_tunable(const char *name, long value)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
+	return write_long(path, value);
 }
 
 /* Waits until the sweep has dropped every orphaned stable page. */
@@ -178,20 +185,26 @@ int unmerge(void *p, size_t pages)
 	return madvise(p, pages * page_size, MADV_UPM_UNMERGEABLE);
 }
 
-/* RssAnon of this process in KiB. */
-long rss_anon_kb(void)
+/* The value of a "Key: N kB" line of a /proc file such as status or smaps_rollup. */
+long proc_kb(const char *path, const char *key)
 {
-	char line[256];
+	char line[256], format[64];
 	long kb = -1;
-	FILE *f = fopen("/proc/self/status", "r");
+	FILE *f = fopen(path, "r");
 
 	if (!f)
 		return -1;
+	snprintf(format, sizeof(format), "%s: %%ld kB", key);
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+		if (sscanf(line, format, &kb) == 1)
 			break;
 	fclose(f);
 	return kb;
+}
+
+long rss_anon_kb(void)
+{
+	return proc_kb("/proc/self/status", "RssAnon");
 }
 
 int module_loaded(void)

@@ -386,17 +386,13 @@ static enum result test_thp(void)
 	char *a = (char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
 	char *b = map_anon(pages);
 	long skipped = counter("pages_skipped_thp");
-	FILE *f = fopen("/proc/self/smaps_rollup", "r");
-	char line[256];
-	long anon_huge = 0;
+	long anon_huge;
 
-	CHECK(raw != MAP_FAILED && b && f, "mmap");
+	CHECK(raw != MAP_FAILED && b, "mmap");
 	CHECK(madvise(a, huge, MADV_HUGEPAGE) == 0, "MADV_HUGEPAGE");
 	fill_pages(a, pages, 81, 1);
 	fill_pages(b, pages, 81, 1);
-	while (fgets(line, sizeof(line), f))
-		sscanf(line, "AnonHugePages: %ld kB", &anon_huge);
-	fclose(f);
+	anon_huge = proc_kb("/proc/self/smaps_rollup", "AnonHugePages");
 	SKIP_IF(anon_huge < 2048, "no THP was allocated");
 	CHECK(set_tunable("split_thp", 0) == 0, "tunable");
 	CHECK(advise(a, pages) == 0, "advise without split");
@@ -752,17 +748,7 @@ static void *stress_thread(void *arg)
 /* KSM-page mappings of this process in kB (smaps "KSM:", from folio_test_ksm()). */
 static long ksm_kb_self(void)
 {
-	FILE *f = fopen("/proc/self/smaps_rollup", "r");
-	char line[256];
-	long kb = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "KSM: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
+	return proc_kb("/proc/self/smaps_rollup", "KSM");
 }
 
 static void stress_process(struct stress_report *r, uint64_t seed, int secs)
