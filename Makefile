@@ -91,8 +91,15 @@ clippy:
 	$(KMAKE) CLIPPY=1 KRUSTFLAGS="-Dwarnings" modules
 	cargo clippy --quiet --release --all-targets --manifest-path userspace/upm/Cargo.toml -- -D warnings
 
+# 6.12's `make M=... rust-analyzer` looks for rust/Makefile in the module tree, so call the
+# kernel's generator directly, as rust/Makefile does (core edition 2024 for rustc >= 1.87).
 rust-analyzer:
-	$(KMAKE) rust-analyzer
+	sysroot=$$(rustc --print sysroot); \
+	python3 $(UPM_CACHE)/linux-6.12/scripts/generate_rust_analyzer.py \
+		2024 \
+		$(UPM_CACHE)/linux-6.12 $(KDIR) $$sysroot $$sysroot/lib/rustlib/src/rust/library \
+		$(CURDIR) >rust-project.json
+	@echo "wrote rust-project.json"
 
 clean:
 	$(KMAKE) clean
