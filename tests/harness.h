@@ -43,6 +43,7 @@ struct test {
 extern size_t page_size;
 void *map_anon(size_t pages);
 void fill_pages(void *p, size_t pages, uint64_t seed, int distinct);
+int map_twins(char **a, char **b, size_t pages, uint64_t seed);
 int check_pages(const void *p, size_t pages, uint64_t seed, int distinct);
 uint64_t pfn_of(const void *addr);
 uint64_t zero_pfn(void);

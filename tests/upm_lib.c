@@ -44,6 +44,18 @@ void fill_pages(void *p, size_t pages, uint64_t seed, int distinct)
 		pattern((uint64_t *)((char *)p + i * page_size), i, seed, distinct);
 }
 
+/* Two fresh regions of `pages` pages with the same distinct-per-page contents. */
+int map_twins(char **a, char **b, size_t pages, uint64_t seed)
+{
+	*a = map_anon(pages);
+	*b = map_anon(pages);
+	if (!*a || !*b)
+		return -1;
+	fill_pages(*a, pages, seed, 1);
+	fill_pages(*b, pages, seed, 1);
+	return 0;
+}
+
 /* Returns the index of the first page that differs from its pattern, or -1. */
 int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
 {

@@ -59,12 +59,10 @@ static void *map_shared(size_t bytes)
 
 static enum result test_merge_two_regions(void)
 {
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 	long rss_before, rss_after;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 1, 1);
-	fill_pages(b, N, 1, 1);
+	CHECK(map_twins(&a, &b, N, 1) == 0, "mmap");
 	rss_before = rss_anon_kb();
 	CHECK(advise(a, N) == 0, "advise a");
 	CHECK(advise(b, N) == 0, "advise b");
@@ -161,11 +159,9 @@ static enum result test_zero_pages(void)
 
 static enum result test_unmerge(void)
 {
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 11, 1);
-	fill_pages(b, N, 11, 1);
+	CHECK(map_twins(&a, &b, N, 11) == 0, "mmap");
 	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
 	CHECK(count_pfn_equal(a, b, N) == N, "merged");
 	CHECK(unmerge(b, N) == 0, "unmerge b");
@@ -181,11 +177,9 @@ static enum result test_unmerge(void)
 
 static enum result test_unmerge_after_dontneed(void)
 {
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 12, 1);
-	fill_pages(b, N, 12, 1);
+	CHECK(map_twins(&a, &b, N, 12) == 0, "mmap");
 	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
 	CHECK(madvise(a, N / 2 * page_size, MADV_DONTNEED) == 0, "dontneed");
 	CHECK(unmerge(a, N) == 0, "unmerge");
@@ -279,12 +273,10 @@ static enum result test_sixteen_processes(void)
 
 static enum result test_fork_child_writes(void)
 {
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 	pid_t pid;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 41, 1);
-	fill_pages(b, N, 41, 1);
+	CHECK(map_twins(&a, &b, N, 41) == 0, "mmap");
 	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
 	pid = fork();
 	if (pid == 0) {
@@ -350,14 +342,12 @@ static enum result test_not_merged_shared_and_untouched(void)
 static enum result test_pinned_not_merged(void)
 {
 	struct io_uring_params params = { 0 };
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 	struct iovec iov;
 	long pinned = counter("pages_skipped_pinned");
 	int fd;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 71, 1);
-	fill_pages(b, N, 71, 1);
+	CHECK(map_twins(&a, &b, N, 71) == 0, "mmap");
 	fd = syscall(__NR_io_uring_setup, 4, &params);
 	SKIP_IF(fd < 0, "io_uring unavailable");
 	iov.iov_base = a;
@@ -531,11 +521,9 @@ static enum result test_no_module_einval(void)
 
 static enum result test_rmmod_keeps_contents(void)
 {
-	char *a = map_anon(N), *b = map_anon(N);
+	char *a, *b;
 
-	CHECK(a && b, "mmap");
-	fill_pages(a, N, 121, 1);
-	fill_pages(b, N, 121, 1);
+	CHECK(map_twins(&a, &b, N, 121) == 0, "mmap");
 	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
 	CHECK(module_unload() == 0, "rmmod");
 	CHECK(count_pfn_equal(a, b, N) == N, "still merged without the module");
