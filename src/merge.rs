@@ -108,12 +108,9 @@ impl Upm {
 
     fn unmerge_range(&self, mm: &Mm, start: usize, end: usize) -> Result {
         STATS.unmerge_calls.inc();
-        self.walk(mm, start, end, |vma, from, to| {
-            if vma.is_mergeable() {
-                vma.unmerge(from, to)?;
-            }
-            Ok(())
-        })
+        // Every VMA, not only mergeable ones: a VMA may have changed (mprotect, userfaultfd
+        // registration...) since its pages were merged; the primitive skips what cannot hold any.
+        self.walk(mm, start, end, |vma, from, to| vma.unmerge(from, to))
     }
 
     /// Merges the page at `addr`, if it is a small anonymous page; counts the outcome.

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
 
 enum result { PASS, FAIL, SKIP };
 
@@ -45,20 +46,36 @@ void *map_anon(size_t pages);
 void fill_pages(void *p, size_t pages, uint64_t seed, int distinct);
 int map_twins(char **a, char **b, size_t pages, uint64_t seed);
 int check_pages(const void *p, size_t pages, uint64_t seed, int distinct);
+int page_intact(const void *base, size_t i, uint64_t seed);
+/* /proc/self/pagemap entry bits */
+#define PM_PFN_MASK ((1ull << 55) - 1)
+#define PM_UFFD_WP (1ull << 57)
+#define PM_PRESENT (1ull << 63)
+uint64_t pagemap_entry(const void *addr);
 uint64_t pfn_of(const void *addr);
 uint64_t zero_pfn(void);
 size_t count_pfn_equal(const void *a, const void *b, size_t pages);
 size_t distinct_pfns(const void *p, size_t pages);
+long read_long(const char *path);
 long counter(const char *name);
+int write_str(const char *path, const char *s);
 int write_long(const char *path, long value);
 int set_tunable(const char *name, long value);
 int wait_tree_empty(void);
 int advise(void *p, size_t pages);
 int unmerge(void *p, size_t pages);
 long proc_kb(const char *path, const char *key);
+long key_value(const char *path, const char *key);
 long rss_anon_kb(void);
 int module_loaded(void);
 int module_unload(void);
 int module_load(void);
+pid_t spawn(int (*fn)(void *), void *arg);
+int wait_exit(pid_t pid);
+void *map_shared(size_t bytes);
+
+/* lifecycle_tests.c */
+extern const struct test lifecycle_tests[];
+extern const size_t lifecycle_test_count;
 
 #endif /* UPM_HARNESS_H */

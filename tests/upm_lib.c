@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,7 +70,8 @@ int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
 	return -1;
 }
 
-uint64_t pfn_of(const void *addr)
+/* The raw /proc/self/pagemap entry of addr (0 if unreadable). */
+uint64_t pagemap_entry(const void *addr)
 {
 	static int fd = -1;
 	static pid_t owner;
@@ -85,9 +87,25 @@ uint64_t pfn_of(const void *addr)
 	if (pread(fd, &entry, sizeof(entry),
 		  (off_t)((uintptr_t)addr / page_size * sizeof(entry))) != sizeof(entry))
 		return 0;
-	if (!(entry & (1ull << 63)))
+	return entry;
+}
+
+/* Whether page i of a region filled with fill_pages(seed, distinct=1) still holds its pattern. */
+int page_intact(const void *base, size_t i, uint64_t seed)
+{
+	uint64_t expect[4096 / 8];
+
+	pattern(expect, i, seed, 1);
+	return !memcmp(expect, (const char *)base + i * page_size, page_size);
+}
+
+uint64_t pfn_of(const void *addr)
+{
+	uint64_t entry = pagemap_entry(addr);
+
+	if (!(entry & PM_PRESENT))
 		return 0;
-	return entry & ((1ull << 55) - 1);
+	return entry & PM_PFN_MASK;
 }
 
 /* The frame of the shared zero page, as a read fault maps it. */
@@ -139,14 +157,13 @@ size_t distinct_pfns(const void *p, size_t pages)
 	return n;
 }
 
-long counter(const char *name)
+/* The number a sysfs or procfs file holds, or -1. */
+long read_long(const char *path)
 {
-	char path[256], buf[64] = "";
-	int fd;
+	char buf[64] = "";
+	int fd = open(path, O_RDONLY);
 	ssize_t len;
 
-	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
-	fd = open(path, O_RDONLY);
 	if (fd < 0)
 		return -1;
 	len = read(fd, buf, sizeof(buf) - 1);
@@ -154,18 +171,32 @@ long counter(const char *name)
 	return len > 0 ? strtol(buf, NULL, 10) : -1;
 }
 
+long counter(const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), UPM_SYSFS_DIR "/%s", name);
+	return read_long(path);
+}
+
+int write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t len = strlen(s), ret;
+
+	if (fd < 0)
+		return -1;
+	ret = write(fd, s, len);
+	close(fd);
+	return ret == len ? 0 : -1;
+}
+
 int write_long(const char *path, long value)
 {
 	char buf[32];
-	int fd, len, ret;
 
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -1;
-	len = snprintf(buf, sizeof(buf), "%ld\n", value);
-	ret = write(fd, buf, len) == len ? 0 : -1;
-	close(fd);
-	return ret;
+	snprintf(buf, sizeof(buf), "%ld\n", value);
+	return write_str(path, buf);
 }
 
 int set_tunable(const char *name, long value)
@@ -195,6 +226,24 @@ int advise(void *p, size_t pages)
 int unmerge(void *p, size_t pages)
 {
 	return madvise(p, pages * page_size, MADV_UPM_UNMERGEABLE);
+}
+
+/* The number after "key" on a "key value" line (cgroup event files), or -1. */
+long key_value(const char *path, const char *key)
+{
+	char line[256], name[64];
+	long value = -1, v;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%63s %ld", name, &v) == 2 && !strcmp(name, key)) {
+			value = v;
+			break;
+		}
+	fclose(f);
+	return value;
 }
 
 /* The value of a "Key: N kB" line of a /proc file such as status or smaps_rollup. */
@@ -250,4 +299,31 @@ int module_load(void)
 	ret = syscall(SYS_finit_module, fd, "", 0);
 	close(fd);
 	return ret;
+}
+
+/* Fork a child that runs fn(arg) and exits with its result. */
+pid_t spawn(int (*fn)(void *), void *arg)
+{
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(fn(arg));
+	return pid;
+}
+
+int wait_exit(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* A region shared between test processes, for reporting frame numbers. */
+void *map_shared(size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
 }

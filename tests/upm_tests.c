@@ -28,33 +28,6 @@
 
 #define N 128 /* pages per region: big enough to matter, small enough under KASAN */
 
-/* Fork a child that runs fn(arg) and exits with its result. */
-static pid_t spawn(int (*fn)(void *), void *arg)
-{
-	pid_t pid = fork();
-
-	if (pid == 0)
-		_exit(fn(arg));
-	return pid;
-}
-
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-/* A region shared between test processes, for reporting frame numbers. */
-static void *map_shared(size_t bytes)
-{
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-
-	return p == MAP_FAILED ? NULL : p;
-}
-
 /* ---- basic merging ---- */
 
 static enum result test_merge_two_regions(void)
@@ -926,12 +899,15 @@ static enum result run_one(const struct test *t)
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0, skipped = 0;
-	size_t n = sizeof(tests) / sizeof(tests[0]);
+	size_t n_core = sizeof(tests) / sizeof(tests[0]), n = n_core + lifecycle_test_count;
+	const struct test **all = calloc(n, sizeof(*all));
 
 	page_size = sysconf(_SC_PAGESIZE);
+	for (size_t i = 0; i < n; i++)
+		all[i] = i < n_core ? &tests[i] : &lifecycle_tests[i - n_core];
 	if (argc > 1 && !strcmp(argv[1], "--list")) {
 		for (size_t i = 0; i < n; i++)
-			printf("%-30s %s\n", tests[i].name, tests[i].what);
+			printf("%-30s %s\n", all[i]->name, all[i]->what);
 		return 0;
 	}
 	if (!module_loaded()) {
@@ -939,25 +915,26 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	for (size_t i = 0; i < n; i++) {
+		const struct test *t = all[i];
 		int selected = argc == 1;
 
 		for (int a = 1; a < argc; a++)
-			selected |= !strcmp(argv[a], tests[i].name);
+			selected |= !strcmp(argv[a], t->name);
 		if (!selected)
 			continue;
-		printf("RUN  %s\n", tests[i].name);
+		printf("RUN  %s\n", t->name);
 		fflush(stdout);
-		switch (run_one(&tests[i])) {
+		switch (run_one(t)) {
 		case PASS:
-			printf("ok   %s\n", tests[i].name);
+			printf("ok   %s\n", t->name);
 			passed++;
 			break;
 		case SKIP:
-			printf("skip %s\n", tests[i].name);
+			printf("skip %s\n", t->name);
 			skipped++;
 			break;
 		default:
-			printf("FAIL %s\n", tests[i].name);
+			printf("FAIL %s\n", t->name);
 			failed++;
 		}
 		fflush(stdout);

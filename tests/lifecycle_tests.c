@@ -1,0 +1,564 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * UPM tests of what happens to merged pages afterwards (the VMA lifecycle, userfaultfd,
+ * module load order, memory-cgroup pressure) and of the mappings UPM must leave alone
+ * (file-backed, hugetlb, PFN-mapped). Run by upm_tests, which owns the harness.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "../include/upm.h"
+
+#define N 128 /* pages per region, as in upm_tests.c */
+
+/* Two identical regions, advised and checked to share every frame. */
+static int merged_twins(char **a, char **b, size_t pages, uint64_t seed)
+{
+	if (map_twins(a, b, pages, seed) || advise(*a, pages) || advise(*b, pages))
+		return -1;
+	return count_pfn_equal(*a, *b, pages) == pages ? 0 : -1;
+}
+
+/* Pages of p whose pagemap entry carries the userfaultfd write-protect marker. */
+static size_t uffd_wp_marked(const void *p, size_t pages)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < pages; i++)
+		n += !!(pagemap_entry((const char *)p + i * page_size) & PM_UFFD_WP);
+	return n;
+}
+
+/* ---- userfaultfd (ksm_functional_tests.c: test_unmerge_uffd_wp) ---- */
+
+static enum result test_uffd_wp(void)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	struct uffdio_register reg = { 0 };
+	struct uffdio_writeprotect wp = { 0 };
+	char *a, *b;
+	long vma;
+	int uffd;
+
+	CHECK(merged_twins(&a, &b, N, 201) == 0, "setup");
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	CHECK(uffd >= 0, "userfaultfd");
+	CHECK(ioctl(uffd, UFFDIO_API, &api) == 0, "UFFDIO_API");
+	reg.range.start = (uintptr_t)a;
+	reg.range.len = N * page_size;
+	reg.mode = UFFDIO_REGISTER_MODE_WP;
+	CHECK(ioctl(uffd, UFFDIO_REGISTER, &reg) == 0, "register");
+	wp.range = reg.range;
+	wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+	CHECK(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0, "write-protect");
+	CHECK(uffd_wp_marked(a, N) == N, "marked %zu", uffd_wp_marked(a, N));
+
+	/* Unmerging unshares; it must not raise a write-protect fault nobody serves. */
+	alarm(60);
+	CHECK(unmerge(a, N) == 0, "unmerge a write-protected range");
+	alarm(0);
+	CHECK(count_pfn_equal(a, b, N) == 0, "%zu pages still merged", count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 201, 1) < 0 && check_pages(b, N, 201, 1) < 0, "contents");
+	CHECK(uffd_wp_marked(a, N) == N, "markers kept: %zu", uffd_wp_marked(a, N));
+
+	/* Merging would drop the per-pte marker: the area is skipped. */
+	vma = counter("pages_skipped_vma");
+	CHECK(advise(a, N) == 0, "advise a write-protected range");
+	CHECK(counter("pages_skipped_vma") - vma == N, "skipped %ld",
+	      counter("pages_skipped_vma") - vma);
+	CHECK(count_pfn_equal(a, b, N) == 0, "merged %zu", count_pfn_equal(a, b, N));
+	CHECK(uffd_wp_marked(a, N) == N, "markers kept: %zu", uffd_wp_marked(a, N));
+	close(uffd);
+	return PASS;
+}
+
+/* ---- VMA lifecycle on merged ranges ---- */
+
+static enum result test_munmap_partial(void)
+{
+	char *a, *b;
+	long q = N / 4;
+
+	CHECK(merged_twins(&a, &b, N, 211) == 0, "setup");
+	CHECK(munmap(a + q * page_size, q * page_size) == 0, "munmap a quarter");
+	CHECK(counter("pages_sharing") == N - q, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(counter("pages_unshared") == q, "pages_unshared %ld", counter("pages_unshared"));
+	CHECK((long)count_pfn_equal(a, b, q) + (long)count_pfn_equal(a + 2 * q * page_size,
+							  b + 2 * q * page_size, N - 2 * q) ==
+		      N - q,
+	      "rest still merged");
+	CHECK(check_pages(a, q, 211, 1) < 0 && check_pages(b, N, 211, 1) < 0, "contents");
+	CHECK(munmap(a, N * page_size) == 0, "munmap the rest");
+	CHECK(counter("pages_sharing") == 0, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(check_pages(b, N, 211, 1) < 0, "survivor's contents");
+	CHECK(munmap(b, N * page_size) == 0, "munmap the last mapping");
+	CHECK(wait_tree_empty() == 0, "stable pages freed while the process lives: %ld",
+	      counter("stable_nodes"));
+	return PASS;
+}
+
+static enum result test_mremap_grow(void)
+{
+	char *a, *b, *g;
+	long np = counter("pages_skipped_not_present");
+
+	CHECK(merged_twins(&a, &b, N, 221) == 0, "setup");
+	/* A mapping right after a (ours, or one already there) forces the grown one to move. */
+	CHECK(mmap(a + N * page_size, page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS |
+			   MAP_FIXED_NOREPLACE, -1, 0) != MAP_FAILED || errno == EEXIST, "blocker");
+	g = mremap(a, N * page_size, 2 * N * page_size, MREMAP_MAYMOVE);
+	CHECK(g != MAP_FAILED && g != a, "mremap grow (moved)");
+	CHECK(count_pfn_equal(g, b, N) == N, "merged pages moved: %zu", count_pfn_equal(g, b, N));
+	CHECK(counter("pages_sharing") == N, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(check_pages(g, N, 221, 1) < 0, "moved contents");
+	CHECK(advise(g, 2 * N) == 0, "advise the grown range");
+	CHECK(counter("pages_skipped_not_present") - np == N, "new tail not faulted: %ld",
+	      counter("pages_skipped_not_present") - np);
+	for (size_t i = N * page_size; i < 2 * N * page_size; i++)
+		CHECK(g[i] == 0, "tail reads zero at %zu", i);
+	g[3 * page_size] ^= 0x80;
+	CHECK(check_pages(b, N, 221, 1) < 0, "write after the move is private");
+	CHECK(counter("pages_sharing") == N - 1, "pages_sharing %ld", counter("pages_sharing"));
+	return PASS;
+}
+
+static enum result test_mprotect_roundtrip(void)
+{
+	char *a, *b, *c = map_anon(N);
+
+	CHECK(c && merged_twins(&a, &b, N, 231) == 0, "setup");
+	CHECK(mprotect(a, N * page_size, PROT_READ) == 0, "read-only");
+	CHECK(count_pfn_equal(a, b, N) == N && check_pages(a, N, 231, 1) < 0, "read-only");
+	CHECK(mprotect(a, N * page_size, PROT_NONE) == 0, "PROT_NONE");
+	CHECK(count_pfn_equal(a, b, N) == N, "PROT_NONE keeps the frames");
+	CHECK(mprotect(a, N * page_size, PROT_READ | PROT_WRITE) == 0, "read-write again");
+	CHECK(count_pfn_equal(a, b, N) == N && check_pages(a, N, 231, 1) < 0, "back");
+	/* Writable again, but the merged pages must still be write-protected. */
+	memset(a, 0x11, page_size);
+	CHECK(check_pages(b, N, 231, 1) < 0, "write after the round trip leaked");
+	CHECK(counter("pages_sharing") == N - 1, "pages_sharing %ld", counter("pages_sharing"));
+	/* A read-only range merges too. */
+	fill_pages(c, N, 231, 1);
+	CHECK(mprotect(c, N * page_size, PROT_READ) == 0 && advise(c, N) == 0, "advise r/o");
+	CHECK(count_pfn_equal(b, c, N) == N, "read-only range merged: %zu",
+	      count_pfn_equal(b, c, N));
+	return PASS;
+}
+
+static enum result test_madv_free(void)
+{
+	char *a, *b;
+	size_t lost = 0;
+
+	CHECK(merged_twins(&a, &b, N, 241) == 0, "setup");
+	CHECK(madvise(a, N * page_size, MADV_FREE) == 0, "MADV_FREE");
+	/* Each page reads as before or, if it was freed, as zeroes: never anything else. */
+	for (size_t i = 0; i < N; i++) {
+		char *p = a + i * page_size;
+
+		if (page_intact(a, i, 241))
+			continue;
+		for (size_t j = 0; j < page_size; j++)
+			CHECK(p[j] == 0, "page %zu neither intact nor zero", i);
+		lost++;
+	}
+	CHECK(check_pages(b, N, 241, 1) < 0, "twin intact (%zu pages of a freed)", lost);
+	fill_pages(a, N, 242, 1);
+	CHECK(check_pages(b, N, 241, 1) < 0 && check_pages(a, N, 242, 1) < 0, "rewrite private");
+	return PASS;
+}
+
+static enum result test_madv_pageout(void)
+{
+	char *a, *b;
+
+	CHECK(merged_twins(&a, &b, N, 251) == 0, "setup");
+	CHECK(madvise(a, N * page_size, MADV_PAGEOUT) == 0, "MADV_PAGEOUT");
+	/* Merged pages are not reclaimable (documented): they stay, shared and intact. */
+	CHECK(count_pfn_equal(a, b, N) == N, "still merged: %zu", count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 251, 1) < 0 && check_pages(b, N, 251, 1) < 0, "contents");
+	a[0] ^= 1;
+	CHECK(check_pages(b, N, 251, 1) < 0, "COW after pageout");
+	return PASS;
+}
+
+static enum result test_mlock(void)
+{
+	char *a, *b;
+
+	CHECK(merged_twins(&a, &b, N, 261) == 0, "setup");
+	/* mlock() populates a writable private range for writing, which breaks COW. */
+	CHECK(mlock(a, N * page_size) == 0, "mlock");
+	CHECK(count_pfn_equal(a, b, N) == 0, "mlock unshared: %zu still merged",
+	      count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 261, 1) < 0 && check_pages(b, N, 261, 1) < 0, "contents");
+	/* Locked pages merge like KSM merges them, and stay locked. */
+	CHECK(advise(a, N) == 0, "advise a locked range");
+	CHECK(count_pfn_equal(a, b, N) == N, "merged %zu", count_pfn_equal(a, b, N));
+	CHECK(proc_kb("/proc/self/status", "VmLck") == (long)(N * page_size / 1024), "VmLck %ld",
+	      proc_kb("/proc/self/status", "VmLck"));
+	CHECK(munlock(a, N * page_size) == 0, "munlock");
+	a[0] ^= 1;
+	CHECK(check_pages(b, N, 261, 1) < 0, "COW after munlock");
+	return PASS;
+}
+
+static enum result test_fork_exec(void)
+{
+	char *a, *b;
+	pid_t pid;
+
+	CHECK(merged_twins(&a, &b, N, 271) == 0, "setup");
+	pid = fork();
+	if (pid == 0) {
+		execl("/bin/true", "true", (char *)NULL);
+		_exit(127);
+	}
+	CHECK(wait_exit(pid) == 0, "child exec");
+	CHECK(counter("pages_sharing") == N, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(count_pfn_equal(a, b, N) == N, "still merged");
+	CHECK(check_pages(a, N, 271, 1) < 0 && check_pages(b, N, 271, 1) < 0, "contents");
+	return PASS;
+}
+
+/* ---- cross-process ---- */
+
+static enum result test_partially_identical(void)
+{
+	uint64_t *pfns = map_shared(N * sizeof(uint64_t));
+	char *a = map_anon(N);
+	int ready[2];
+	pid_t pid;
+	char c;
+
+	CHECK(pfns && a && pipe(ready) == 0, "setup");
+	pid = fork();
+	if (pid == 0) {
+		char *b = map_anon(N);
+
+		/* The first half is common, the second half is this process's own. */
+		fill_pages(b, N / 2, 281, 1);
+		fill_pages(b + N / 2 * page_size, N / 2, 283, 1);
+		if (advise(b, N))
+			_exit(2);
+		for (size_t i = 0; i < N; i++)
+			pfns[i] = pfn_of(b + i * page_size);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(3);
+		pause();
+	}
+	fill_pages(a, N / 2, 281, 1);
+	fill_pages(a + N / 2 * page_size, N / 2, 282, 1);
+	CHECK(read(ready[0], &c, 1) == 1, "child ready");
+	CHECK(advise(a, N) == 0, "advise");
+	size_t same = 0;
+
+	for (size_t i = 0; i < N; i++)
+		same += pfn_of(a + i * page_size) == pfns[i];
+	CHECK(same == N / 2, "%zu frames shared, expected %d", same, N / 2);
+	CHECK(counter("pages_sharing") == N / 2, "pages_sharing %ld", counter("pages_sharing"));
+	/* The other process exits; this one keeps using the merged pages. */
+	kill(pid, SIGKILL);
+	wait_exit(pid);
+	CHECK(counter("pages_sharing") == 0, "pages_sharing %ld", counter("pages_sharing"));
+	CHECK(check_pages(a, N / 2, 281, 1) < 0 &&
+		      check_pages(a + N / 2 * page_size, N / 2, 282, 1) < 0,
+	      "contents after the other exited");
+	return PASS;
+}
+
+struct waiter {
+	uint64_t *pfns;
+	int go, ready;
+	long early_errno;
+};
+
+/* A process that fills its memory before the module is loaded and advises after. */
+static int fill_before_load(void *arg)
+{
+	struct waiter *w = arg;
+	char *b = map_anon(N);
+	char c;
+
+	fill_pages(b, N, 291, 1);
+	if (advise(b, N) == 0 || errno != EINVAL)
+		return 2;
+	if (write(w->ready, "r", 1) != 1 || read(w->go, &c, 1) != 1)
+		return 3;
+	if (advise(b, N))
+		return 4;
+	for (size_t i = 0; i < N; i++)
+		w->pfns[i] = pfn_of(b + i * page_size);
+	if (write(w->ready, "r", 1) != 1 || read(w->go, &c, 1) != 1)
+		return 5;
+	return check_pages(b, N, 291, 1) < 0 ? 0 : 6;
+}
+
+static enum result test_started_before_load(void)
+{
+	int go[2], ready[2];
+	struct waiter w;
+	char *a = map_anon(N);
+	pid_t pid;
+	char c;
+
+	CHECK(a && pipe(go) == 0 && pipe(ready) == 0, "setup");
+	w = (struct waiter){ .pfns = map_shared(N * sizeof(uint64_t)), .go = go[0],
+			     .ready = ready[1] };
+	CHECK(w.pfns, "shared map");
+	CHECK(module_unload() == 0, "rmmod");
+	pid = spawn(fill_before_load, &w);
+	fill_pages(a, N, 291, 1);
+	CHECK(read(ready[0], &c, 1) == 1, "child filled its memory without the module");
+	CHECK(module_load() == 0, "insmod");
+	CHECK(write(go[1], "g", 1) == 1 && read(ready[0], &c, 1) == 1, "child advised");
+	CHECK(advise(a, N) == 0, "advise");
+	size_t same = 0;
+
+	for (size_t i = 0; i < N; i++)
+		same += pfn_of(a + i * page_size) == w.pfns[i];
+	CHECK(same == N, "%zu of %d frames shared", same, N);
+	CHECK(write(go[1], "g", 1) == 1 && wait_exit(pid) == 0, "child checks");
+	return PASS;
+}
+
+/* ---- what must not merge ---- */
+
+static enum result test_file_backed(void)
+{
+	char path[2][32] = { "/tmp/upm-file-XXXXXX", "/tmp/upm-file-XXXXXX" };
+	char *src = map_anon(N), *f[2];
+	long vma = counter("pages_skipped_vma"), other;
+
+	CHECK(src, "mmap");
+	fill_pages(src, N, 301, 1);
+	for (int i = 0; i < 2; i++) {
+		int fd = mkstemp(path[i]);
+
+		CHECK(fd >= 0, "mkstemp");
+		unlink(path[i]);
+		CHECK(write(fd, src, N * page_size) == (ssize_t)(N * page_size), "write file");
+		f[i] = mmap(NULL, N * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+		CHECK(f[i] != MAP_FAILED, "mmap file");
+		CHECK(check_pages(f[i], N, 301, 1) < 0, "read the file (page cache faulted in)");
+		close(fd);
+	}
+	/* Only page cache mapped: no anonymous page, nothing to merge. */
+	CHECK(advise(f[0], N) == 0 && advise(f[1], N) == 0, "advise");
+	CHECK(count_pfn_equal(f[0], f[1], N) == 0, "page cache merged");
+	CHECK(counter("pages_skipped_vma") - vma == 2 * N, "skipped %ld",
+	      counter("pages_skipped_vma") - vma);
+	/* Written pages become private anonymous copies, which merge; the rest stays. */
+	for (int i = 0; i < 2; i++)
+		for (size_t p = 0; p < N / 2; p++)
+			((volatile char *)f[i])[p * page_size] ^= 0;
+	other = counter("pages_skipped_other");
+	CHECK(advise(f[0], N) == 0 && advise(f[1], N) == 0, "advise");
+	CHECK(count_pfn_equal(f[0], f[1], N / 2) == N / 2, "anonymous copies merged: %zu",
+	      count_pfn_equal(f[0], f[1], N / 2));
+	CHECK(count_pfn_equal(f[0] + N / 2 * page_size, f[1] + N / 2 * page_size, N / 2) == 0,
+	      "page cache merged");
+	CHECK(counter("pages_skipped_other") - other == N, "file pages skipped %ld",
+	      counter("pages_skipped_other") - other);
+	CHECK(check_pages(f[0], N, 301, 1) < 0 && check_pages(f[1], N, 301, 1) < 0, "contents");
+	return PASS;
+}
+
+static enum result hugetlb_body(void)
+{
+	size_t huge = 2 << 20, pages = huge / page_size;
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB;
+	char *a = mmap(NULL, huge, PROT_READ | PROT_WRITE, flags, -1, 0);
+	char *b = mmap(NULL, huge, PROT_READ | PROT_WRITE, flags, -1, 0);
+	long vma = counter("pages_skipped_vma");
+
+	CHECK(a != MAP_FAILED && b != MAP_FAILED, "hugetlb mmap");
+	fill_pages(a, pages, 311, 1);
+	fill_pages(b, pages, 311, 1);
+	CHECK(advise(a, pages) == 0 && advise(b, pages) == 0, "advise");
+	CHECK(counter("pages_skipped_vma") - vma == 2 * (long)pages, "skipped %ld",
+	      counter("pages_skipped_vma") - vma);
+	CHECK(pfn_of(a) && pfn_of(a) != pfn_of(b), "hugetlb pages merged");
+	CHECK(check_pages(a, pages, 311, 1) < 0 && check_pages(b, pages, 311, 1) < 0,
+	      "contents");
+	munmap(a, huge);
+	munmap(b, huge);
+	return PASS;
+}
+
+static enum result test_hugetlb(void)
+{
+	const char *knob = "/proc/sys/vm/nr_hugepages";
+	long saved = read_long(knob), now;
+	enum result r;
+
+	CHECK(write_long(knob, saved + 2) == 0, "reserve huge pages");
+	now = read_long(knob);
+	r = now >= saved + 2 ? hugetlb_body() : SKIP;
+	write_long(knob, saved);
+	SKIP_IF(r == SKIP, "no free 2 MiB pages");
+	return r;
+}
+
+static enum result test_pfnmap(void)
+{
+	int fd = open("/dev/mem", O_RDWR | O_CLOEXEC);
+	size_t pages = 16;
+	char *t = map_anon(pages), *m;
+	long vma;
+
+	CHECK(fd >= 0 && t, "open /dev/mem (CONFIG_DEVMEM)");
+	/* A private /dev/mem mapping is VM_IO | VM_PFNMAP; writes give anonymous copies. */
+	m = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	CHECK(m != MAP_FAILED, "mmap /dev/mem");
+	fill_pages(m, pages, 321, 1);
+	fill_pages(t, pages, 321, 1);
+	CHECK(advise(t, pages) == 0, "advise twin");
+	vma = counter("pages_skipped_vma");
+	CHECK(advise(m, pages) == 0, "advise PFN mapping");
+	CHECK(counter("pages_skipped_vma") - vma == (long)pages, "skipped %ld",
+	      counter("pages_skipped_vma") - vma);
+	CHECK(count_pfn_equal(m, t, pages) == 0, "PFN-mapped COW pages merged");
+	CHECK(check_pages(m, pages, 321, 1) < 0, "contents");
+	munmap(m, pages * page_size);
+	close(fd);
+	return PASS;
+}
+
+/* ---- memory pressure ---- */
+
+#define CG_DIR "/sys/fs/cgroup/upm-test"
+#define SHARER_PAGES 2048 /* 8 MiB each */
+
+struct pressure {
+	int ready, go;
+};
+
+static int join_cgroup(void)
+{
+	return write_long(CG_DIR "/cgroup.procs", 0);
+}
+
+/* Fills 8 MiB of common contents 1 MiB at a time, merging as it goes; checks it twice. */
+static int sharer(void *arg)
+{
+	struct pressure *p = arg;
+	char *b;
+
+	if (join_cgroup())
+		return 2;
+	b = map_anon(SHARER_PAGES);
+	if (!b)
+		return 3;
+	for (size_t off = 0; off < SHARER_PAGES; off += 256) {
+		fill_pages(b + off * page_size, 256, 331 + off, 1);
+		advise(b + off * page_size, 256); /* may fail under pressure: contents matter */
+	}
+	__atomic_add_fetch(&p->ready, 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&p->go, __ATOMIC_SEQ_CST))
+		usleep(10 * 1000);
+	for (size_t off = 0; off < SHARER_PAGES; off += 256)
+		if (check_pages(b + off * page_size, 256, 331 + off, 1) >= 0)
+			return 4;
+	return 0;
+}
+
+/* Distinct pages, far more than the cgroup allows: the OOM killer's target. */
+static int hog(void *arg)
+{
+	size_t pages = 64 << 20 >> 12;
+	char *h;
+
+	(void)arg;
+	if (join_cgroup() || write_str("/proc/self/oom_score_adj", "1000"))
+		return 2;
+	h = map_anon(pages);
+	if (!h)
+		return 3;
+	fill_pages(h, pages, 341, 1);
+	return 5; /* survived: the limit did not hold */
+}
+
+static enum result pressure_body(void)
+{
+	struct pressure *p = map_shared(sizeof(*p));
+	pid_t pids[4], hog_pid;
+	int survivors = 0, status;
+
+	CHECK(p, "shared map");
+	CHECK(write_long(CG_DIR "/memory.max", 16 << 20) == 0, "memory.max = 16 MiB");
+	CHECK(write_long(CG_DIR "/memory.swap.max", 0) == 0 || errno == ENOENT, "no swap");
+	for (int i = 0; i < 4; i++)
+		pids[i] = spawn(sharer, p);
+	for (int i = 0; i < 1200 && __atomic_load_n(&p->ready, __ATOMIC_SEQ_CST) < 4; i++)
+		usleep(100 * 1000);
+	CHECK(p->ready == 4, "only %d of 4 sharers filled 8 MiB each in a 16 MiB cgroup",
+	      p->ready);
+	CHECK(counter("pages_sharing") >= 3 * SHARER_PAGES - 256, "pages_sharing %ld",
+	      counter("pages_sharing"));
+	hog_pid = spawn(hog, NULL);
+	CHECK(waitpid(hog_pid, &status, 0) == hog_pid, "wait hog");
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "hog not OOM-killed (%#x)",
+	      status);
+	__atomic_store_n(&p->go, 1, __ATOMIC_SEQ_CST);
+	for (int i = 0; i < 4; i++) {
+		int rc = wait_exit(pids[i]);
+
+		CHECK(rc == 0 || rc == 128 + SIGKILL, "sharer %d: %d (4: contents changed)", i, rc);
+		survivors += rc == 0;
+	}
+	CHECK(survivors == 4, "the OOM killer took %d sharers, not the hog", 4 - survivors);
+	CHECK(key_value(CG_DIR "/memory.events", "oom_kill") >= 1, "oom_kill events %ld",
+	      key_value(CG_DIR "/memory.events", "oom_kill"));
+	return PASS;
+}
+
+static enum result test_memcg_pressure(void)
+{
+	int mounted = 0;
+	enum result r;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK)) {
+		CHECK(mount("none", "/sys/fs/cgroup", "cgroup2", 0, NULL) == 0, "mount cgroup2");
+		mounted = 1;
+	}
+	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0,
+	      "enable the memory controller");
+	CHECK(mkdir(CG_DIR, 0755) == 0 || errno == EEXIST, "mkdir " CG_DIR);
+	r = pressure_body();
+	for (int i = 0; i < 100 && rmdir(CG_DIR) && errno == EBUSY; i++)
+		usleep(50 * 1000);
+	if (mounted)
+		umount("/sys/fs/cgroup");
+	return r;
+}
+
+const struct test lifecycle_tests[] = {
+	{ "uffd_wp", test_uffd_wp, "unmerge under uffd-wp; wp areas not merged" },
+	{ "munmap_partial", test_munmap_partial, "partial and whole munmap of merged pages" },
+	{ "mremap_grow", test_mremap_grow, "merged pages move with a growing mapping" },
+	{ "mprotect_roundtrip", test_mprotect_roundtrip, "r/o, PROT_NONE and back: still COW" },
+	{ "madv_free", test_madv_free, "MADV_FREE: intact or zero, never foreign" },
+	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT leaves merged pages intact" },
+	{ "mlock", test_mlock, "mlock breaks COW; locked pages merge again" },
+	{ "fork_exec", test_fork_exec, "fork + exec leaves the parent's pages merged" },
+	{ "partially_identical", test_partially_identical, "half shared; the other exits" },
+	{ "started_before_load", test_started_before_load, "memory filled before insmod" },
+	{ "file_backed", test_file_backed, "page cache never merged; COW copies are" },
+	{ "hugetlb", test_hugetlb, "hugetlb pages skipped" },
+	{ "pfnmap", test_pfnmap, "COW pages in a VM_PFNMAP mapping skipped" },
+	{ "memcg_pressure", test_memcg_pressure, "16 MiB memcg, OOM kill; survivors intact" },
+};
+const size_t lifecycle_test_count = sizeof(lifecycle_tests) / sizeof(lifecycle_tests[0]);
