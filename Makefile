@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info tests test demo bench check checkpatch clippy fmt \
+.PHONY: all module setup kernel kernel-info tests test mutants demo bench check checkpatch clippy fmt \
 	rust-analyzer clean help
 
 all: module
@@ -27,6 +27,8 @@ help:
 	@echo "make kernel-info     show the cached kernel's version and patches"
 	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
+	@echo "make test STRESS_SECS=600 [STRESS_SEED=N]  a longer (or replayed) stress test"
+	@echo "make mutants         build deliberately broken modules; the suite must fail each"
 	@echo "make demo            boot the VM, load UPM and show a merge with counters"
 	@echo "make bench           UPM against KSM in the release-kernel VM (BENCH_MIB=64)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
@@ -57,7 +59,7 @@ test: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
 	$(MAKE) tests
-	scripts/run-tests.sh $(TESTS)
+	UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) scripts/run-tests.sh $(TESTS)
 
 demo: setup
 	scripts/build-kernel.sh $(FLAVOUR)
@@ -71,6 +73,13 @@ bench: setup
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) tests
 	scripts/vm-run.sh --flavour release -- tests/build/upm_bench $(BENCH_MIB)
+
+# Deliberately broken variants of the module and the kernel series: the suite must fail on each.
+mutants: setup
+	scripts/build-kernel.sh debug
+	$(MAKE) module FLAVOUR=debug
+	$(MAKE) tests
+	scripts/mutants.sh $(MUTANTS)
 
 check: setup fmt clippy checkpatch
 

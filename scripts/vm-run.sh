@@ -2,7 +2,9 @@
 # Boot the cached kernel of one flavour under QEMU with virtme-ng, load upm.ko, run a
 # command in the guest, and bring back its output and exit status.
 #
-#   scripts/vm-run.sh [--flavour debug|release] [--no-module] [--kvm] [--] COMMAND...
+#   scripts/vm-run.sh [--flavour debug|release] [--no-module | --module KO] [--kvm] [--] COMMAND...
+#
+# The module is src/upm.ko unless --module names another build (the mutation check uses it).
 #
 # After the command, the guest's dmesg is checked for kernel splats (BUG, WARNING, KASAN,
 # lockdep, Bad rss-counter...). Any splat fails the run, whatever the command returned, and
@@ -14,21 +16,22 @@ source "$(dirname "$0")/env.sh"
 
 flavour=$UPM_FLAVOUR
 load_module=1
+module=$UPM_ROOT/src/upm.ko
 kvm_flag=--disable-kvm
 while (($#)); do
 	case "$1" in
 	--flavour) flavour=$2; shift 2 ;;
 	--no-module) load_module=0; shift ;;
+	--module) module=$(realpath "$2"); shift 2 ;;
 	--kvm) kvm_flag=; shift ;;
 	--) shift; break ;;
 	*) break ;;
 	esac
 done
-(($#)) || { upm_log "usage: $0 [--flavour F] [--no-module] [--] COMMAND..."; exit 2; }
+(($#)) || { upm_log "usage: $0 [--flavour F] [--no-module | --module KO] [--] COMMAND..."; exit 2; }
 
 kbuild=$(upm_kbuild_dir "$flavour")
 image=$kbuild/arch/x86/boot/bzImage
-module=$UPM_ROOT/src/upm.ko
 [ -f "$image" ] || { upm_log "no $flavour kernel at $image: run 'make kernel'"; exit 2; }
 if ((load_module)) && [ ! -f "$module" ]; then
 	upm_log "no module at $module: run 'make'"
@@ -55,7 +58,8 @@ python=$(python3 -c 'import sys; print(sys.executable)')
 start=$(date +%s.%N)
 set +e
 vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
-	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python $UPM_ROOT/scripts/vm-guest.sh"
+	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
+UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh"
 vng_rc=$?
 set -e
 upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"

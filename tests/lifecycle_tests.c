@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -334,6 +335,67 @@ static enum result test_started_before_load(void)
 	return PASS;
 }
 
+/* ---- writes racing with the merge ---- */
+
+struct race {
+	char *a;
+	size_t pages;
+	volatile int stop;
+	long writes, lost;
+};
+
+/*
+ * Flips word 0 of each page between its pattern value and a fresh sequence number and
+ * reads every write back. A merge that replaced a page on stale contents (a hash taken
+ * before the write, no compare after the write-protect) would lose the write.
+ */
+static void *flip_words(void *arg)
+{
+	struct race *r = arg;
+	uint64_t *orig = calloc(r->pages, sizeof(*orig)), seq = 0;
+
+	for (size_t i = 0; i < r->pages; i++)
+		orig[i] = *(uint64_t *)(r->a + i * page_size);
+	while (!r->stop) {
+		for (size_t i = 0; i < r->pages; i++) {
+			volatile uint64_t *w = (volatile uint64_t *)(r->a + i * page_size);
+			uint64_t v = ++seq | 1ull << 63;
+
+			*w = v;
+			r->lost += *w != v;
+			*w = orig[i];
+			r->lost += *w != orig[i];
+			r->writes += 2;
+		}
+	}
+	free(orig);
+	return NULL;
+}
+
+static enum result test_racing_writes(void)
+{
+	struct race r = { .pages = 64 };
+	long merged = counter("pages_merged"), calls = 0;
+	pthread_t writer;
+	char *b;
+	time_t end;
+
+	CHECK(map_twins(&r.a, &b, r.pages, 351) == 0, "setup");
+	CHECK(advise(b, r.pages) == 0, "advise the twin: stable pages to merge with");
+	CHECK(pthread_create(&writer, NULL, flip_words, &r) == 0, "writer");
+	for (end = time(NULL) + 10; time(NULL) < end; calls++)
+		CHECK(advise(r.a, r.pages) == 0, "advise while written");
+	r.stop = 1;
+	pthread_join(writer, NULL);
+	fprintf(stderr, "    %ld advise calls, %ld writes, %ld merges\n", calls, r.writes,
+		counter("pages_merged") - merged);
+	CHECK(r.lost == 0, "%ld of %ld writes lost", r.lost, r.writes);
+	CHECK(counter("pages_merged") - merged > 0, "no merge raced with the writer");
+	CHECK(check_pages(r.a, r.pages, 351, 1) < 0 && check_pages(b, r.pages, 351, 1) < 0,
+	      "contents");
+	return PASS;
+}
+
 /* ---- what must not merge ---- */
 
 static enum result test_file_backed(void)
@@ -555,6 +617,7 @@ const struct test lifecycle_tests[] = {
 	{ "mlock", test_mlock, "mlock breaks COW; locked pages merge again" },
 	{ "fork_exec", test_fork_exec, "fork + exec leaves the parent's pages merged" },
 	{ "partially_identical", test_partially_identical, "half shared; the other exits" },
+	{ "racing_writes", test_racing_writes, "no write lost to a concurrent merge" },
 	{ "started_before_load", test_started_before_load, "memory filled before insmod" },
 	{ "file_backed", test_file_backed, "page cache never merged; COW copies are" },
 	{ "hugetlb", test_hugetlb, "hugetlb pages skipped" },

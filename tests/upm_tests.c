@@ -768,8 +768,8 @@ static int cmp_pfn(const void *a, const void *b)
 static enum result test_stress(void)
 {
 	const char *env_secs = getenv("UPM_STRESS_SECS"), *env_seed = getenv("UPM_STRESS_SEED");
-	int secs = env_secs ? atoi(env_secs) : 60;
-	uint64_t seed = env_seed ? strtoull(env_seed, NULL, 0) : (uint64_t)time(NULL);
+	int secs = env_secs && *env_secs ? atoi(env_secs) : 60;
+	uint64_t seed = env_seed && *env_seed ? strtoull(env_seed, NULL, 0) : (uint64_t)time(NULL);
 	struct stress_report *r = map_shared(STRESS_PROCS * sizeof(*r));
 	size_t total = STRESS_PROCS * STRESS_THREADS * STRESS_PAGES;
 	uint64_t *all = calloc(total, sizeof(*all)), zpfn = zero_pfn();

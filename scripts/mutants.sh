@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The suite must catch a broken UPM. Each tests/mutants/*.patch breaks one thing on purpose:
+#   module-*.patch  applies to a copy of src/, built as its own upm.ko in $UPM_CACHE/mutants;
+#   kernel-*.patch  applies to the cached kernel tree for one build, then the tree is
+#                   restored and rebuilt (also when this script fails or is interrupted).
+# For each mutant the VM suite (tests/build/upm_tests, stress shortened to 20 s) runs in the
+# debug VM; a mutant is "caught" when the run fails: a test failed or the kernel splatted.
+# Exits non-zero if any mutant survives.
+#
+#   scripts/mutants.sh [MUTANT_NAME...]
+set -uo pipefail
+# shellcheck source=scripts/env.sh
+source "$(dirname "$0")/env.sh"
+cd "$UPM_ROOT" || exit 1
+
+kbuild=$(upm_kbuild_dir debug)
+work=$UPM_CACHE/mutants
+mkdir -p "$work"
+caught=0 survived=0
+summary=()
+
+build_kernel() {
+	make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 -j"$(($(nproc) + 1))"
+}
+
+restore_kernel() {
+	if ! git -C "$UPM_KSRC" diff --quiet; then
+		upm_log "restoring the kernel tree and rebuilding"
+		git -C "$UPM_KSRC" checkout -q -- .
+		build_kernel
+	fi
+}
+trap restore_kernel EXIT
+
+# run_suite NAME [vm-run options]: runs the suite, records caught/survived.
+run_suite() {
+	local name=$1 log="$work/$1.log" failed
+	shift
+	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- tests/build/upm_tests \
+		>"$log" 2>&1
+	local rc=$?
+	failed=$(sed -n 's/^FAIL //p' "$log" | tr '\n' ' ')
+	grep -q "kernel splat in guest dmesg" "$log" && failed+="(kernel splat) "
+	if [ "$rc" != 0 ]; then
+		caught=$((caught + 1))
+		summary+=("caught   $name: ${failed:-run failed, see $log}")
+	else
+		survived=$((survived + 1))
+		summary+=("SURVIVED $name: every test passed ($log)")
+	fi
+	upm_log "${summary[-1]}"
+}
+
+for patch in tests/mutants/*.patch; do
+	name=$(basename "$patch" .patch)
+	if (($#)) && [[ " $* " != *" $name "* ]]; then
+		continue
+	fi
+	upm_log "mutant $name: $(head -1 "$patch")"
+	case "$name" in
+	module-*)
+		dir=$work/$name
+		rm -rf "$dir" && mkdir -p "$dir/src"
+		cp Kbuild "$dir/" && cp src/Kbuild src/*.rs "$dir/src/"
+		patch -s -d "$dir" -p1 <"$patch" || { upm_log "$patch does not apply"; exit 2; }
+		make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
+			{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }
+		run_suite "$name" --module "$dir/src/upm.ko"
+		;;
+	kernel-*)
+		git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" ||
+			{ upm_log "$patch does not apply"; exit 2; }
+		build_kernel || exit 2
+		run_suite "$name"
+		restore_kernel
+		;;
+	esac
+done
+
+printf '%s\n' "${summary[@]}"
+echo "mutants: $caught caught, $survived survived"
+((survived == 0))
