@@ -51,6 +51,7 @@ kernel-info:
 
 tests:
 	$(MAKE) -C tests
+	$(MAKE) -C userspace/preload
 	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
 	cargo test --quiet --release --manifest-path userspace/upm/Cargo.toml
 
@@ -116,3 +117,4 @@ rust-analyzer:
 clean:
 	$(KMAKE) clean
 	$(MAKE) -C tests clean
+	$(MAKE) -C userspace/preload clean

@@ -43,6 +43,13 @@ pub(crate) fn cond_resched() {
     unsafe { bindings::cond_resched() }
 }
 
+/// Flushes the per-CPU LRU and mlock folio batches, which may hold unmapped stable pages.
+pub(crate) fn drain_page_batches() {
+    // SAFETY: Called from the sweep work, in process context without locks held, as
+    // `upm_drain_page_batches()` requires.
+    unsafe { bindings::upm_drain_page_batches() }
+}
+
 /// Whether the current task has been sent a fatal signal.
 pub(crate) fn fatal_signal_pending() -> bool {
     // SAFETY: `get_current()` is always valid in process context.

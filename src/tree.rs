@@ -71,6 +71,13 @@ fn is_orphan(page: &PageRef) -> bool {
     page.mapcount() == 0 && page.refcount() == 1
 }
 
+/// Whether `page` is mapped nowhere but still referenced from elsewhere: most often by a
+/// per-CPU folio batch (munlock at exit puts every mlocked page in one), or by an adviser
+/// about to merge into it.
+fn is_unmapped_but_held(page: &PageRef) -> bool {
+    page.mapcount() == 0 && page.refcount() > 1
+}
+
 impl StableTree {
     /// An empty tree.
     pub(crate) fn new() -> impl PinInit<Self> {
@@ -132,8 +139,24 @@ impl StableTree {
     }
 
     /// Frees every orphan; returns how many.
+    ///
+    /// Unmapped pages that something else still references are not orphans yet. If there are
+    /// any, the per-CPU folio batches are drained (as ksmd does before each scan) and the tree
+    /// swept again, so that pages which a batch held are freed now and not left forever on an
+    /// idle CPU.
     pub(crate) fn sweep(&self) -> usize {
+        let (freed, held) = self.sweep_pass();
+        if held == 0 {
+            return freed;
+        }
+        crate::ffi::drain_page_batches();
+        freed + self.sweep_pass().0
+    }
+
+    /// Frees every orphan; returns how many, and how many unmapped pages are still held.
+    fn sweep_pass(&self) -> (usize, usize) {
         let mut freed = 0;
+        let mut held = 0;
         let mut resume = (0, 0);
         loop {
             let mut batch: [Option<RBTreeNode<Key, StablePage>>; SWEEP_BATCH] =
@@ -157,6 +180,7 @@ impl StableTree {
                         // `remove_current` moves back when it removed the last node.
                         cursor = next.filter(|n| *n.current().0 > key);
                     } else {
+                        held += usize::from(is_unmapped_but_held(c.current().1.page()));
                         cursor = c.move_next();
                     }
                 }
@@ -164,7 +188,7 @@ impl StableTree {
             freed += taken;
             drop(batch);
             if done {
-                return freed;
+                return (freed, held);
             }
             crate::ffi::cond_resched();
         }

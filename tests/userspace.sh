@@ -20,29 +20,78 @@ check() { # name command...
 status_json() { $upmctl status --json | grep -q '"pages_sharing": [0-9]'; }
 check upmctl_status_json status_json
 
-ready=$(mktemp)
-rm -f "$ready"
-tests/build/dup_holder 8 "$ready" &
-holder=$!
-for _ in $(seq 100); do [ -s "$ready" ] && break; sleep 0.1; done
-merged_kib() { $upmctl show --pid "$holder" | sed -E 's/.*merged ([0-9]+) KiB.*/\1/'; }
+# start_holder MiB [env...]: runs dup_holder (optionally under env, e.g. LD_PRELOAD) and sets
+# holder (pid), addr_a, addr_b and pages from its ready file.
+start_holder() {
+	local mib=$1 ready
+	shift
+	ready=$(mktemp -u)
+	env "$@" tests/build/dup_holder "$mib" "$ready" &
+	holder=$!
+	for _ in $(seq 200); do [ -s "$ready" ] && break; sleep 0.1; done
+	read -r _ addr_a addr_b pages <"$ready"
+	rm -f "$ready"
+}
+# Pairs of the holder's two copies that share a frame, read from its pagemap.
+shared_pairs() { tests/build/pfn_pairs "$holder" "$addr_a" "$addr_b" "$pages"; }
+show_field() { $upmctl show --pid "$holder" --json | sed -nE "s/.*\"$1\": ([0-9]+).*/\1/p"; }
 
-check upmctl_show_before test "$(merged_kib)" = 0
+start_holder 8
+check upmctl_show_before test "$(show_field merged_pages)" = 0 -a "$(shared_pairs)" = 0
 unpriv() {
 	# Without CAP_SYS_NICE (another user): refused with a clear message, nothing merged.
 	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups $upmctl advise --pid "$holder" 2>&1)
-	[ $? -ne 0 ] && grep -q "permission denied" <<<"$out" && [ "$(merged_kib)" = 0 ]
+	[ $? -ne 0 ] && grep -q "permission denied" <<<"$out" && [ "$(shared_pairs)" = 0 ]
 }
 check upmctl_advise_unprivileged unpriv
+unpriv_show() {
+	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups $upmctl show --pid "$holder" 2>&1)
+	[ $? -ne 0 ] && grep -q "permission denied" <<<"$out"
+}
+check upmctl_show_unprivileged unpriv_show
 advise_ok() {
-	$upmctl advise --pid "$holder" >/dev/null && [ "$(merged_kib)" -ge 8192 ] &&
-		[ "$(cat /sys/kernel/mm/upm/pages_sharing)" -ge 2048 ]
+	# Every page pair shares one frame (pagemap), and show counts both copies as merged.
+	$upmctl advise --pid "$holder" >/dev/null && [ "$(shared_pairs)" = "$pages" ] &&
+		[ "$(show_field merged_pages)" -ge $((2 * pages)) ] &&
+		[ "$(show_field merged_frames)" -le "$(($(show_field merged_pages) - pages))" ] &&
+		[ "$(cat /sys/kernel/mm/upm/pages_sharing)" -ge "$pages" ]
 }
 check upmctl_advise_running_process advise_ok
-unmerge_ok() { $upmctl unmerge --pid "$holder" >/dev/null && [ "$(merged_kib)" = 0 ]; }
+unmerge_ok() {
+	$upmctl unmerge --pid "$holder" >/dev/null && [ "$(shared_pairs)" = 0 ] &&
+		[ "$(show_field merged_pages)" = 0 ]
+}
 check upmctl_unmerge unmerge_ok
+watch_ok() {
+	# Three refreshes; an advise during the first interval shows up as a change.
+	local out
+	out=$(mktemp)
+	$upmctl watch --interval 1 --count 3 >"$out" &
+	local watcher=$!
+	sleep 0.5
+	$upmctl advise --pid "$holder" >/dev/null
+	wait "$watcher" || return 1
+	[ "$(grep -c 'KiB saved by merging' "$out")" = 3 ] &&
+		grep -Eq "pages_merged +[0-9]+ \(\+[0-9]+\)" "$out"
+	local rc=$?
+	rm -f "$out"
+	return $rc
+}
+check upmctl_watch watch_ok
 kill -TERM "$holder"
 check dup_holder_contents_intact wait "$holder"
+
+preload_ok() {
+	# An unmodified program under LD_PRELOAD merges its own copies after the delay.
+	start_holder 4 LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" \
+		UPM_PRELOAD_DELAY_MS=200
+	for _ in $(seq 100); do [ "$(shared_pairs)" = "$pages" ] && break; sleep 0.2; done
+	local pairs
+	pairs=$(shared_pairs)
+	kill -TERM "$holder"
+	wait "$holder" && [ "$pairs" = "$pages" ]
+}
+check ld_preload_shim preload_ok
 
 no_such() { out=$($upmctl show --pid 999999 2>&1); [ $? -ne 0 ] && grep -q "no such process" <<<"$out"; }
 check upmctl_no_such_process no_such

@@ -121,11 +121,7 @@ pub fn unmerge(range: Range<usize>) -> Result<()> {
 /// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
 /// writable; stacks, vdso/vvar, guard pages and shared or file mappings are left out.
 pub fn anonymous_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NoSuchProcess,
-        io::ErrorKind::PermissionDenied => Error::PermissionDenied,
-        _ => Error::Os(e),
-    })?;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
     Ok(maps.lines().filter_map(parse_anonymous).collect())
 }
 
@@ -194,7 +190,7 @@ pub fn stats() -> Result<BTreeMap<String, u64>> {
     Ok(stats)
 }
 
-/// How much of a process's anonymous memory is merged, from `/proc/PID/smaps`.
+/// How much of a process's anonymous memory is merged, from `/proc/PID/smaps_rollup`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessUsage {
     /// Resident anonymous memory, in KiB.
@@ -207,12 +203,7 @@ pub struct ProcessUsage {
 
 /// Reads `/proc/PID/smaps_rollup`.
 pub fn process_usage(pid: i32) -> Result<ProcessUsage> {
-    let text =
-        fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NoSuchProcess,
-            io::ErrorKind::PermissionDenied => Error::PermissionDenied,
-            _ => Error::Os(e),
-        })?;
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(proc_error)?;
     let mut usage = ProcessUsage::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -228,6 +219,105 @@ pub fn process_usage(pid: i32) -> Result<ProcessUsage> {
         }
     }
     Ok(usage)
+}
+
+/// What a process's page tables and the kernel's page flags say about its private mappings.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PageScan {
+    /// Present pages in the private mappings that were scanned.
+    pub present: u64,
+    /// Of which KSM pages, merged by UPM (or by ksmd): `KPF_KSM` in `/proc/kpageflags`.
+    pub merged: u64,
+    /// The distinct frames behind `merged`.
+    pub merged_frames: u64,
+    /// Mappings of the shared zero page: merged all-zero pages, or pages only ever read.
+    pub zero: u64,
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_PFN_MASK: u64 = (1 << 55) - 1;
+const KPF_KSM: u64 = 1 << 21;
+const KPF_ZERO_PAGE: u64 = 1 << 24;
+
+/// Private mappings worth scanning: everything but shared and inaccessible (`---p`)
+/// mappings, which hold no merged pages or are address-space reservations, and the
+/// `[vsyscall]` page, which lies outside the user address space that pagemap covers.
+fn private_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
+    Ok(maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (addresses, perms) = (fields.next()?, fields.next()?);
+            if !perms.ends_with('p') || perms.starts_with("---") || line.ends_with("[vsyscall]") {
+                return None;
+            }
+            let (start, end) = addresses.split_once('-')?;
+            Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
+        })
+        .collect())
+}
+
+fn proc_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NoSuchProcess,
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied,
+        _ => match e.raw_os_error() {
+            Some(libc::ESRCH) => Error::NoSuchProcess,
+            Some(libc::EPERM) => Error::PermissionDenied,
+            _ => Error::Os(e),
+        },
+    }
+}
+
+/// Counts the merged pages of process `pid` from `/proc/PID/pagemap` and `/proc/kpageflags`.
+///
+/// Needs `CAP_SYS_ADMIN` (without it the kernel hides frame numbers). Kernels since 6.10
+/// report `KPF_KSM` for every anonymous page unless they carry upstream commit 81401cebfc15;
+/// the UPM kernel series backports it to 6.12.
+pub fn scan_pages(pid: i32) -> Result<PageScan> {
+    use std::{collections::HashSet, os::unix::fs::FileExt};
+
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).map_err(proc_error)?;
+    let kpageflags = fs::File::open("/proc/kpageflags").map_err(proc_error)?;
+    let page = page_size() as u64;
+    let mut scan = PageScan::default();
+    let mut frames = HashSet::new();
+    let mut entries = vec![0u8; 8 * 512];
+    for range in private_ranges(pid)? {
+        let (mut vpn, end) = (range.start as u64 / page, range.end as u64 / page);
+        while vpn < end {
+            let n = (end - vpn).min(512) as usize;
+            let buf = &mut entries[..8 * n];
+            pagemap.read_exact_at(buf, vpn * 8).map_err(proc_error)?;
+            for entry in buf.chunks_exact(8) {
+                let entry = u64::from_ne_bytes(entry.try_into().unwrap());
+                if entry & PM_PRESENT == 0 {
+                    continue;
+                }
+                let pfn = entry & PM_PFN_MASK;
+                if pfn == 0 {
+                    // Present but no frame number: the kernel hid it from us.
+                    return Err(Error::PermissionDenied);
+                }
+                let mut flags = [0u8; 8];
+                kpageflags
+                    .read_exact_at(&mut flags, pfn * 8)
+                    .map_err(proc_error)?;
+                let flags = u64::from_ne_bytes(flags);
+                scan.present += 1;
+                if flags & KPF_KSM != 0 {
+                    scan.merged += 1;
+                    frames.insert(pfn);
+                } else if flags & KPF_ZERO_PAGE != 0 {
+                    scan.zero += 1;
+                }
+            }
+            vpn += n as u64;
+        }
+    }
+    scan.merged_frames = frames.len() as u64;
+    Ok(scan)
 }
 
 #[cfg(test)]

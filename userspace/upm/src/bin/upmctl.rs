@@ -1,13 +1,13 @@
 //! upmctl: look at and steer UPM from the command line.
 //!
 //!   upmctl status [--json]          counters and tunables
-//!   upmctl watch [--interval SECS]  refreshing view of the counters
+//!   upmctl watch [--interval SECS] [--count N]   refreshing view of the counters
 //!   upmctl advise --pid PID [--range START-END]   merge a running process's memory
 //!   upmctl unmerge --pid PID [--range START-END]  give it private copies again
-//!   upmctl show --pid PID           how much of a process's memory is merged
+//!   upmctl show --pid PID [--json]  how much of a process's memory is merged
 
 use clap::{Parser, Subcommand};
-use std::{ops::Range, process::ExitCode, thread, time::Duration};
+use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
 use upm::{Error, MADV_UPM_MERGEABLE, MADV_UPM_UNMERGEABLE};
 
 #[derive(Parser)]
@@ -25,10 +25,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the counters every few seconds until interrupted.
+    /// Print the counters every few seconds, with the change since the last refresh.
     Watch {
         #[arg(long, default_value_t = 2)]
         interval: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Merge identical pages of a running process (all private anonymous memory by default).
     Advise {
@@ -45,10 +48,13 @@ enum Command {
         #[arg(long, value_parser = parse_range)]
         range: Option<Range<usize>>,
     },
-    /// Show how much of a process's anonymous memory is merged.
+    /// Show how much of a process's memory is merged (pagemap and kernel page flags).
     Show {
         #[arg(long)]
         pid: i32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -64,19 +70,87 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
     Ok(start..end)
 }
 
-fn print_status(json: bool) -> Result<(), Error> {
-    let stats = upm::stats()?;
+const PAGE_KIB: u64 = 4;
+
+fn json_object<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> String {
+    let fields: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+/// Prints the counters; with `previous`, also how each changed since then.
+fn print_status(
+    stats: &BTreeMap<String, u64>,
+    previous: Option<&BTreeMap<String, u64>>,
+    json: bool,
+) {
     if json {
-        let fields: Vec<String> = stats.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
-        println!("{{{}}}", fields.join(", "));
-    } else {
-        let page_kib = 4;
-        let saved = stats.get("pages_sharing").copied().unwrap_or(0) * page_kib;
-        println!("UPM: {} KiB saved by merging", saved);
-        for (k, v) in &stats {
-            println!("  {k:<28} {v}");
+        println!(
+            "{}",
+            json_object(stats.iter().map(|(k, v)| (k.as_str(), *v)))
+        );
+        return;
+    }
+    let saved = stats.get("pages_sharing").copied().unwrap_or(0) * PAGE_KIB;
+    println!("UPM: {saved} KiB saved by merging");
+    for (k, v) in stats {
+        match previous.and_then(|p| p.get(k)) {
+            Some(&old) if old != *v => println!("  {k:<28} {v} ({:+})", *v as i64 - old as i64),
+            _ => println!("  {k:<28} {v}"),
         }
     }
+}
+
+fn watch(interval: u64, count: Option<u64>) -> Result<(), Error> {
+    let mut previous = None;
+    for round in 1.. {
+        let stats = upm::stats()?;
+        print!("\x1b[2J\x1b[H");
+        print_status(&stats, previous.as_ref(), false);
+        if count.is_some_and(|n| round >= n) {
+            return Ok(());
+        }
+        previous = Some(stats);
+        thread::sleep(Duration::from_secs(interval.max(1)));
+    }
+    Ok(())
+}
+
+fn show(pid: i32, json: bool) -> Result<(), Error> {
+    let usage = upm::process_usage(pid)?;
+    let scan = upm::scan_pages(pid)?;
+    if json {
+        println!(
+            "{}",
+            json_object([
+                ("pid", pid as u64),
+                ("present_pages", scan.present),
+                ("merged_pages", scan.merged),
+                ("merged_frames", scan.merged_frames),
+                ("zero_pages", scan.zero),
+                ("anon_kib", usage.anon_kib),
+                ("ksm_kib", usage.merged_kib),
+                ("pss_anon_kib", usage.pss_anon_kib),
+            ])
+        );
+        return Ok(());
+    }
+    println!(
+        "pid {pid}: {} of {} KiB of private memory merged ({:.0}%), into {} KiB of frames",
+        scan.merged * PAGE_KIB,
+        scan.present * PAGE_KIB,
+        100.0 * scan.merged as f64 / scan.present.max(1) as f64,
+        scan.merged_frames * PAGE_KIB
+    );
+    println!(
+        "  zero-page mappings {} KiB; smaps: anonymous {} KiB, KSM {} KiB, Pss_Anon {} KiB",
+        scan.zero * PAGE_KIB,
+        usage.anon_kib,
+        usage.merged_kib,
+        usage.pss_anon_kib
+    );
     Ok(())
 }
 
@@ -91,25 +165,14 @@ fn advise(pid: i32, range: Option<Range<usize>>, advice: i32) -> Result<(), Erro
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Status { json } => print_status(json),
-        Command::Watch { interval } => loop {
-            print!("\x1b[2J\x1b[H");
-            print_status(false)?;
-            thread::sleep(Duration::from_secs(interval.max(1)));
-        },
-        Command::Advise { pid, range } => advise(pid, range, MADV_UPM_MERGEABLE),
-        Command::Unmerge { pid, range } => advise(pid, range, MADV_UPM_UNMERGEABLE),
-        Command::Show { pid } => {
-            let usage = upm::process_usage(pid)?;
-            println!(
-                "pid {pid}: anonymous {} KiB, merged {} KiB ({:.0}%), proportional {} KiB",
-                usage.anon_kib,
-                usage.merged_kib,
-                100.0 * usage.merged_kib as f64 / usage.anon_kib.max(1) as f64,
-                usage.pss_anon_kib
-            );
+        Command::Status { json } => {
+            print_status(&upm::stats()?, None, json);
             Ok(())
         }
+        Command::Watch { interval, count } => watch(interval, count),
+        Command::Advise { pid, range } => advise(pid, range, MADV_UPM_MERGEABLE),
+        Command::Unmerge { pid, range } => advise(pid, range, MADV_UPM_UNMERGEABLE),
+        Command::Show { pid, json } => show(pid, json),
     }
 }
 
