@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite against the cached debug kernel and module:
-#   1. host: the advice values in include/upm.h match the patched kernel's uapi headers;
+#   1. host: the advice values in include/upm.h match the patched kernel's uapi headers, and
+#            upmctl reports the host's unpatched kernel as such;
 #   2. VM:   tests/build/upm_tests (optionally only the named tests) with upm.ko loaded,
 #            failing on any kernel splat in dmesg;
 #   3. VM:   the splat detector itself: a guest that provokes a real WARNING must fail the
@@ -32,6 +33,13 @@ if (($# == 0)); then
 	make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 headers_install >/dev/null 2>&1
 	make -s -C tests abi-check KHDR="$kbuild/usr/include"
 	result abi_check $?
+	# The host runs a kernel without the series: upmctl must say so, not blame the module.
+	if ! grep -q ' upm_register_ops$' /proc/kallsyms; then
+		out=$(userspace/upm/target/release/upmctl advise --pid $$ 2>&1)
+		rc=$?
+		[ "$rc" != 0 ] && grep -q "kernel not patched" <<<"$out"
+		result upmctl_kernel_not_patched $?
+	fi
 fi
 
 start=$(date +%s)

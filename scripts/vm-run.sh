@@ -55,13 +55,20 @@ splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsisten
 # The guest's PATH has no pyenv shims: hand it the interpreter that setup.sh provisioned.
 python=$(python3 -c 'import sys; print(sys.executable)')
 
+# A guest that hangs (a deadlocked kernel, a test stuck in D state) must fail the run, not
+# hold it forever: QEMU is killed after UPM_VM_TIMEOUT seconds.
+vm_timeout=${UPM_VM_TIMEOUT:-$((1800 + ${UPM_STRESS_SECS:-60}))}
+
 start=$(date +%s.%N)
 set +e
-vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
+timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh"
 vng_rc=$?
 set -e
+if [ "$vng_rc" = 124 ] || [ "$vng_rc" = 137 ]; then
+	upm_log "the guest did not finish within $vm_timeout s (UPM_VM_TIMEOUT): killed"
+fi
 upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"
 
 if [ ! -f "$out/rc" ]; then

@@ -345,30 +345,34 @@ struct race {
 };
 
 /*
- * Flips word 0 of each page between its pattern value and a fresh sequence number and
- * reads every write back. A merge that replaced a page on stale contents (a hash taken
- * before the write, no compare after the write-protect) would lose the write.
+ * Round after round, word 0 of each page alternates between its pattern value (the page then
+ * equals its stable twin and may merge) and a fresh sequence number, and each round first
+ * checks that the page still holds what the last round wrote. A merge that replaced a page
+ * on stale contents (hashed before a write, not compared after the write-protect) would
+ * lose that write.
  */
 static void *flip_words(void *arg)
 {
 	struct race *r = arg;
-	uint64_t *orig = calloc(r->pages, sizeof(*orig)), seq = 0;
+	uint64_t *orig = calloc(r->pages, sizeof(*orig));
+	uint64_t *last = calloc(r->pages, sizeof(*last)), seq = 0;
 
 	for (size_t i = 0; i < r->pages; i++)
-		orig[i] = *(uint64_t *)(r->a + i * page_size);
+		orig[i] = last[i] = *(uint64_t *)(r->a + i * page_size);
 	while (!r->stop) {
 		for (size_t i = 0; i < r->pages; i++) {
 			volatile uint64_t *w = (volatile uint64_t *)(r->a + i * page_size);
-			uint64_t v = ++seq | 1ull << 63;
 
-			*w = v;
-			r->lost += *w != v;
-			*w = orig[i];
-			r->lost += *w != orig[i];
-			r->writes += 2;
+			r->lost += *w != last[i];
+			last[i] = last[i] == orig[i] ? ++seq | 1ull << 63 : orig[i];
+			*w = last[i];
+			r->writes++;
 		}
 	}
+	for (size_t i = 0; i < r->pages; i++)
+		*(uint64_t *)(r->a + i * page_size) = orig[i];
 	free(orig);
+	free(last);
 	return NULL;
 }
 
@@ -589,19 +593,26 @@ static enum result pressure_body(void)
 
 static enum result test_memcg_pressure(void)
 {
-	int mounted = 0;
+	const char *control = "/sys/fs/cgroup/cgroup.subtree_control";
+	char enabled[256] = "";
+	int mounted = 0, fd;
 	enum result r;
 
 	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK)) {
 		CHECK(mount("none", "/sys/fs/cgroup", "cgroup2", 0, NULL) == 0, "mount cgroup2");
 		mounted = 1;
 	}
-	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0,
-	      "enable the memory controller");
-	CHECK(mkdir(CG_DIR, 0755) == 0 || errno == EEXIST, "mkdir " CG_DIR);
+	fd = open(control, O_RDONLY);
+	CHECK(fd >= 0 && read(fd, enabled, sizeof(enabled) - 1) >= 0, "read %s", control);
+	close(fd);
+	CHECK(write_str(control, "+memory") == 0, "enable the memory controller");
+	CHECK(mkdir(CG_DIR, 0755) == 0, "mkdir " CG_DIR);
 	r = pressure_body();
+	/* Leave the system as it was: no test cgroup, controller and mount as before. */
 	for (int i = 0; i < 100 && rmdir(CG_DIR) && errno == EBUSY; i++)
 		usleep(50 * 1000);
+	if (!strstr(enabled, "memory"))
+		write_str(control, "-memory");
 	if (mounted)
 		umount("/sys/fs/cgroup");
 	return r;

@@ -765,10 +765,17 @@ static int cmp_pfn(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static int stress_seconds(void)
+{
+	const char *env_secs = getenv("UPM_STRESS_SECS");
+
+	return env_secs && *env_secs ? atoi(env_secs) : 60;
+}
+
 static enum result test_stress(void)
 {
-	const char *env_secs = getenv("UPM_STRESS_SECS"), *env_seed = getenv("UPM_STRESS_SEED");
-	int secs = env_secs && *env_secs ? atoi(env_secs) : 60;
+	const char *env_seed = getenv("UPM_STRESS_SEED");
+	int secs = stress_seconds();
 	uint64_t seed = env_seed && *env_seed ? strtoull(env_seed, NULL, 0) : (uint64_t)time(NULL);
 	struct stress_report *r = map_shared(STRESS_PROCS * sizeof(*r));
 	size_t total = STRESS_PROCS * STRESS_THREADS * STRESS_PAGES;
@@ -864,6 +871,12 @@ static const struct test tests[] = {
 	{ "stress", test_stress, "random advise/unmerge/write/fork/mremap/mprotect, seeded" },
 };
 
+/* Seconds a test may take: every test needs well under a minute, stress its length more. */
+static int test_timeout(const struct test *t)
+{
+	return t->fn == test_stress ? stress_seconds() + 300 : 300;
+}
+
 static enum result run_one(const struct test *t)
 {
 	pid_t pid;
@@ -881,8 +894,22 @@ static enum result run_one(const struct test *t)
 		_exit(t->fn());
 	}
 	setpgid(pid, pid);
-	if (waitpid(pid, &status, 0) != pid)
-		return FAIL;
+	/* A hung test fails alone instead of holding the whole run. */
+	for (time_t deadline = time(NULL) + test_timeout(t);;) {
+		pid_t done = waitpid(pid, &status, WNOHANG);
+
+		if (done == pid)
+			break;
+		if (done < 0)
+			return FAIL;
+		if (time(NULL) > deadline) {
+			kill(-pid, SIGKILL);
+			fprintf(stderr, "    timed out after %d s\n", test_timeout(t));
+			waitpid(pid, &status, 0);
+			return FAIL;
+		}
+		usleep(20 * 1000);
+	}
 	kill(-pid, SIGKILL); /* helpers a failed test left behind */
 	if (!WIFEXITED(status)) {
 		fprintf(stderr, "    killed by signal %d\n", WTERMSIG(status));

@@ -19,8 +19,10 @@ pub const SYSFS_DIR: &str = "/sys/kernel/mm/upm";
 /// Why a UPM call failed.
 #[derive(Debug)]
 pub enum Error {
-    /// The kernel has no UPM hook, or the module is not loaded (`EINVAL`).
-    NotSupported,
+    /// The kernel carries the UPM series but the module is not loaded (`EINVAL`).
+    ModuleNotLoaded,
+    /// The kernel does not carry the UPM series (`EINVAL`).
+    KernelNotPatched,
     /// Bad arguments: unaligned or overflowing range (`EINVAL` with the module loaded).
     InvalidRange,
     /// Part of the range is not mapped; the mapped parts were processed (`ENOMEM`).
@@ -36,12 +38,11 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::NotSupported => {
-                write!(
-                    f,
-                    "UPM is not available: module not loaded or kernel not patched"
-                )
-            }
+            Error::ModuleNotLoaded => write!(f, "UPM module not loaded (insmod upm.ko)"),
+            Error::KernelNotPatched => write!(
+                f,
+                "kernel not patched for UPM (no upm_register_ops in /proc/kallsyms)"
+            ),
             Error::InvalidRange => write!(f, "invalid range (unaligned or overflowing)"),
             Error::Unmapped => write!(f, "part of the range is not mapped"),
             Error::PermissionDenied => {
@@ -64,7 +65,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 fn last_error() -> Error {
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::EINVAL) if !Path::new(SYSFS_DIR).exists() => Error::NotSupported,
+        Some(libc::EINVAL) if !Path::new(SYSFS_DIR).exists() => why_unsupported(),
         Some(libc::EINVAL) => Error::InvalidRange,
         Some(libc::ENOMEM) => Error::Unmapped,
         Some(libc::EPERM) | Some(libc::EACCES) => Error::PermissionDenied,
@@ -86,15 +87,34 @@ pub fn page_range(start: usize, len: usize) -> Range<usize> {
     first..last.max(first)
 }
 
-/// Whether the kernel accepts the UPM advices: hook present and module loaded.
+/// Whether the kernel accepts the UPM advices: patched kernel and module loaded.
 pub fn is_supported() -> bool {
-    kernel_has_hook() && Path::new(SYSFS_DIR).exists()
+    // SAFETY: A zero-length madvise touches no memory; it only validates the advice, which
+    // the kernel accepts only while a UPM module is registered.
+    let accepted = unsafe { libc::madvise(std::ptr::null_mut(), 0, MADV_UPM_MERGEABLE) == 0 };
+    accepted && Path::new(SYSFS_DIR).exists()
 }
 
-/// Whether the running kernel knows the advice (the UPM patch series), loaded module or not.
-pub fn kernel_has_hook() -> bool {
-    // SAFETY: A zero-length madvise touches no memory; it only validates the advice.
-    unsafe { libc::madvise(std::ptr::null_mut(), 0, MADV_UPM_MERGEABLE) == 0 }
+/// Whether the running kernel carries the UPM series, module loaded or not: `None` if
+/// `/proc/kallsyms` cannot be read.
+pub fn kernel_is_patched() -> Option<bool> {
+    fs::read_to_string("/proc/kallsyms")
+        .ok()
+        .map(|symbols| kallsyms_has_upm(&symbols))
+}
+
+fn kallsyms_has_upm(symbols: &str) -> bool {
+    symbols
+        .lines()
+        .any(|line| line.ends_with(" upm_register_ops"))
+}
+
+/// Why UPM is not available (when [`is_supported()`] is false): no module, or no UPM kernel.
+pub fn why_unsupported() -> Error {
+    match kernel_is_patched() {
+        Some(false) => Error::KernelNotPatched,
+        _ => Error::ModuleNotLoaded,
+    }
 }
 
 fn madvise(range: Range<usize>, advice: i32) -> Result<()> {
@@ -178,7 +198,7 @@ pub fn advise_process(pid: i32, ranges: Option<Vec<Range<usize>>>, advice: i32) 
 
 /// The module's counters and tunables.
 pub fn stats() -> Result<BTreeMap<String, u64>> {
-    let dir = fs::read_dir(SYSFS_DIR).map_err(|_| Error::NotSupported)?;
+    let dir = fs::read_dir(SYSFS_DIR).map_err(|_| why_unsupported())?;
     let mut stats = BTreeMap::new();
     for entry in dir {
         let entry = entry.map_err(Error::Os)?;
@@ -347,6 +367,15 @@ mod tests {
             parse_anonymous("1000-2000 rw-p 00001000 08:01 42 /usr/lib/x.so"),
             None
         );
+    }
+
+    #[test]
+    fn finds_the_upm_hook_in_kallsyms() {
+        let patched = "ffffffff81001000 T _stext\nffffffff812a4b30 T upm_register_ops\n";
+        let ksymtab_only = "ffffffff82001000 r __ksymtab_upm_register_ops\n";
+        assert!(kallsyms_has_upm(patched));
+        assert!(!kallsyms_has_upm(ksymtab_only));
+        assert!(!kallsyms_has_upm("ffffffff81001000 T _stext\n"));
     }
 
     #[test]

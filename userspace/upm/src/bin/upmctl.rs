@@ -156,7 +156,7 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
 
 fn advise(pid: i32, range: Option<Range<usize>>, advice: i32) -> Result<(), Error> {
     if !upm::is_supported() {
-        return Err(Error::NotSupported);
+        return Err(upm::why_unsupported());
     }
     let bytes = upm::advise_process(pid, range.map(|r| vec![r]), advice)?;
     println!("pid {pid}: {} KiB advised", bytes / 1024);
