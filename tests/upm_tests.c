@@ -911,6 +911,13 @@ static enum result run_one(const struct test *t)
 		usleep(20 * 1000);
 	}
 	kill(-pid, SIGKILL); /* helpers a failed test left behind */
+	if (!module_loaded()) {
+		/* A test that unloads the module failed half-way: put it back for the next. */
+		fprintf(stderr, "    left the module unloaded; loading it again\n");
+		if (module_load())
+			fprintf(stderr, "    insmod failed: %s\n", strerror(errno));
+		return FAIL;
+	}
 	if (!WIFEXITED(status)) {
 		fprintf(stderr, "    killed by signal %d\n", WTERMSIG(status));
 		return FAIL;
