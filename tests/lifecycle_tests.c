@@ -281,9 +281,8 @@ static enum result test_partially_identical(void)
 }
 
 struct waiter {
-	uint64_t *pfns;
-	int go, ready;
-	long early_errno;
+	uint64_t *pfns; /* shared with the parent: the child's frame numbers */
+	int go, ready;	/* pipe ends: parent -> child, child -> parent */
 };
 
 /* A process that fills its memory before the module is loaded and advises after. */
