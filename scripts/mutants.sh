@@ -36,11 +36,9 @@ trap restore_kernel EXIT
 run_suite() {
 	local name=$1 log="$work/$1.log" failed
 	shift
-	# Through a pipe: QEMU reopens its stdout by path, which on a plain file would write
-	# from offset 0 over what came before.
-	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- tests/build/upm_tests 2>&1 |
-		cat >"$log"
-	local rc=${PIPESTATUS[0]}
+	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- tests/build/upm_tests \
+		>"$log" 2>&1
+	local rc=$?
 	failed=$(sed -n 's/^FAIL //p' "$log" | tr '\n' ' ')
 	grep -q "kernel splat in guest dmesg" "$log" && failed+="(kernel splat) "
 	if [ "$rc" != 0 ]; then
