@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/types.h>
 
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
 enum result { PASS, FAIL, SKIP };
 
 struct test {

@@ -634,4 +634,4 @@ const struct test lifecycle_tests[] = {
 	{ "pfnmap", test_pfnmap, "COW pages in a VM_PFNMAP mapping skipped" },
 	{ "memcg_pressure", test_memcg_pressure, "16 MiB memcg, OOM kill; survivors intact" },
 };
-const size_t lifecycle_test_count = sizeof(lifecycle_tests) / sizeof(lifecycle_tests[0]);
+const size_t lifecycle_test_count = ARRAY_SIZE(lifecycle_tests);

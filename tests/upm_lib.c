@@ -57,16 +57,21 @@ int map_twins(char **a, char **b, size_t pages, uint64_t seed)
 	return 0;
 }
 
-/* Returns the index of the first page that differs from its pattern, or -1. */
-int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
+/* Whether page i of the region at base holds what fill_pages(base, ..., seed, distinct) wrote. */
+static int page_matches(const void *base, size_t i, uint64_t seed, int distinct)
 {
 	uint64_t expect[4096 / 8];
 
-	for (size_t i = 0; i < pages; i++) {
-		pattern(expect, i, seed, distinct);
-		if (memcmp(expect, (const char *)p + i * page_size, page_size))
+	pattern(expect, i, seed, distinct);
+	return !memcmp(expect, (const char *)base + i * page_size, page_size);
+}
+
+/* Returns the index of the first page that differs from its pattern, or -1. */
+int check_pages(const void *p, size_t pages, uint64_t seed, int distinct)
+{
+	for (size_t i = 0; i < pages; i++)
+		if (!page_matches(p, i, seed, distinct))
 			return (int)i;
-	}
 	return -1;
 }
 
@@ -93,10 +98,7 @@ uint64_t pagemap_entry(const void *addr)
 /* Whether page i of a region filled with fill_pages(seed, distinct=1) still holds its pattern. */
 int page_intact(const void *base, size_t i, uint64_t seed)
 {
-	uint64_t expect[4096 / 8];
-
-	pattern(expect, i, seed, 1);
-	return !memcmp(expect, (const char *)base + i * page_size, page_size);
+	return page_matches(base, i, seed, 1);
 }
 
 uint64_t pfn_of(const void *addr)

@@ -797,9 +797,9 @@ static enum result test_stress(void)
 	const char *names[] = { "pages_merged", "pages_promoted", "pages_already_merged",
 				"pages_skipped_pinned", "pages_skipped_busy", "pages_skipped_other",
 				"pages_skipped_not_present", "pages_zero_merged" };
-	long at_settle[8];
+	long at_settle[ARRAY_SIZE(names)];
 
-	for (int i = 0; i < 8; i++)
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		at_settle[i] = counter(names[i]);
 	for (int p = 0; p < STRESS_PROCS; p++)
 		r[p].settle = 1;
@@ -826,7 +826,7 @@ static enum result test_stress(void)
 	/* Every KSM mapping is one of a shared page's or an unshared page's only one. */
 	unshared = ksm_mappings - shared - sharing;
 	fprintf(stderr, "    final advise:");
-	for (int i = 0; i < 8; i++)
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		fprintf(stderr, " %s +%ld", names[i] + 6, counter(names[i]) - at_settle[i]);
 	fprintf(stderr, "\n");
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
@@ -933,7 +933,7 @@ static enum result run_one(const struct test *t)
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0, skipped = 0;
-	size_t n_core = sizeof(tests) / sizeof(tests[0]), n = n_core + lifecycle_test_count;
+	size_t n_core = ARRAY_SIZE(tests), n = n_core + lifecycle_test_count;
 	const struct test **all = calloc(n, sizeof(*all));
 
 	page_size = sysconf(_SC_PAGESIZE);
