@@ -141,21 +141,58 @@ pub fn unmerge(range: Range<usize>) -> Result<()> {
 /// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
 /// writable; stacks, vdso/vvar, guard pages and shared or file mappings are left out.
 pub fn anonymous_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
-    Ok(maps.lines().filter_map(parse_anonymous).collect())
+    Ok(mappings(pid)?
+        .into_iter()
+        .filter(Mapping::is_private_anonymous_rw)
+        .map(|m| m.range)
+        .collect())
 }
 
-fn parse_anonymous(line: &str) -> Option<Range<usize>> {
-    let mut fields = line.split_whitespace();
-    let (addresses, perms) = (fields.next()?, fields.next()?);
-    let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
-    let name = fields.collect::<Vec<_>>().join(" ");
-    let eligible_name = name.is_empty() || name == "[heap]" || name.starts_with("[anon:");
-    if !perms.starts_with("rw") || !perms.ends_with('p') || inode != "0" || !eligible_name {
-        return None;
+/// One line of `/proc/PID/maps`.
+struct Mapping {
+    range: Range<usize>,
+    /// `rwxp`-style permissions; the last letter is `p` (private) or `s` (shared).
+    perms: String,
+    inode: String,
+    /// Path or pseudo-name (`[heap]`, `[stack]`...), empty for anonymous memory.
+    name: String,
+}
+
+impl Mapping {
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        let (addresses, perms) = (fields.next()?, fields.next()?);
+        let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
+        let (start, end) = addresses.split_once('-')?;
+        Some(Self {
+            range: usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?,
+            perms: perms.to_string(),
+            inode: inode.to_string(),
+            name: fields.collect::<Vec<_>>().join(" "),
+        })
     }
-    let (start, end) = addresses.split_once('-')?;
-    Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
+
+    fn is_private(&self) -> bool {
+        self.perms.ends_with('p')
+    }
+
+    /// Scanned by [`scan_pages()`]: see [`private_ranges()`].
+    fn is_scanned(&self) -> bool {
+        self.is_private() && !self.perms.starts_with("---") && self.name != "[vsyscall]"
+    }
+
+    /// Heap and anonymous mmaps, readable and writable: not stacks, vdso/vvar, guard pages,
+    /// shared or file mappings.
+    fn is_private_anonymous_rw(&self) -> bool {
+        let eligible_name =
+            self.name.is_empty() || self.name == "[heap]" || self.name.starts_with("[anon:");
+        self.perms.starts_with("rw") && self.is_private() && self.inode == "0" && eligible_name
+    }
+}
+
+fn mappings(pid: i32) -> Result<Vec<Mapping>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
+    Ok(maps.lines().filter_map(Mapping::parse).collect())
 }
 
 /// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
@@ -263,18 +300,10 @@ const KPF_ZERO_PAGE: u64 = 1 << 24;
 /// mappings, which hold no merged pages or are address-space reservations, and the
 /// `[vsyscall]` page, which lies outside the user address space that pagemap covers.
 fn private_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
-    Ok(maps
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (addresses, perms) = (fields.next()?, fields.next()?);
-            if !perms.ends_with('p') || perms.starts_with("---") || line.ends_with("[vsyscall]") {
-                return None;
-            }
-            let (start, end) = addresses.split_once('-')?;
-            Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
-        })
+    Ok(mappings(pid)?
+        .into_iter()
+        .filter(Mapping::is_scanned)
+        .map(|m| m.range)
         .collect())
 }
 
@@ -344,6 +373,12 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
 mod tests {
     use super::*;
 
+    fn parse_anonymous(line: &str) -> Option<Range<usize>> {
+        Mapping::parse(line)
+            .filter(Mapping::is_private_anonymous_rw)
+            .map(|m| m.range)
+    }
+
     #[test]
     fn parses_only_private_anonymous_rw_mappings() {
         assert_eq!(
@@ -367,6 +402,18 @@ mod tests {
             parse_anonymous("1000-2000 rw-p 00001000 08:01 42 /usr/lib/x.so"),
             None
         );
+    }
+
+    #[test]
+    fn scans_private_accessible_mappings() {
+        let scanned = |line| Mapping::parse(line).is_some_and(|m| m.is_scanned());
+        assert!(scanned("7f00-8000 rw-p 00000000 00:00 0 "));
+        assert!(scanned("1000-2000 r--p 00001000 08:01 42 /usr/lib/x.so"));
+        assert!(!scanned("1000-2000 ---p 00000000 00:00 0 "));
+        assert!(!scanned("1000-2000 rw-s 00000000 00:01 5 /dev/zero"));
+        assert!(!scanned(
+            "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]"
+        ));
     }
 
     #[test]
