@@ -61,12 +61,13 @@ vm_timeout=${UPM_VM_TIMEOUT:-$((1800 + ${UPM_STRESS_SECS:-60}))}
 
 start=$(date +%s.%N)
 set +e
-# The guest's output goes through a pipe: QEMU reopens its stdout by path, which on a plain
-# file (a caller's "> log") would write from offset 0 over what came before.
+# The guest's output (its stdout and stderr, both on our stdout) goes through a pipe: QEMU
+# reopens them by path, which on a plain file (a caller's "> log 2>&1") would write from
+# offset 0 over what came before.
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
-UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" |
-	cat
+UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" \
+	2>&1 | cat
 vng_rc=${PIPESTATUS[0]}
 set -e
 if [ "$vng_rc" = 124 ] || [ "$vng_rc" = 137 ]; then
