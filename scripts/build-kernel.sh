@@ -89,9 +89,23 @@ configure() {
 	echo "$config_id" >"$out/.upm-config"
 }
 
+# bindgen's output does not depend on the headers bindings_helper.h includes: regenerate it
+# whenever the UPM header it exists for has changed since it was generated.
+refresh_bindings() {
+	local gen=$out/rust/bindings/bindings_generated.rs stamp=$out/.upm-bindings-src id
+	id=$(sha256sum <"$UPM_KSRC/include/linux/upm.h" | cut -d' ' -f1)
+	if [ -f "$gen" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$id" ]; then
+		upm_log "include/linux/upm.h changed: regenerating the Rust bindings"
+		rm -f "$gen"
+	fi
+	mkdir -p "$out"
+	echo "$id" >"$stamp"
+}
+
 prepare_source
 apply_series
 configure
+refresh_bindings
 upm_log "building $flavour kernel in $out"
 start=$(date +%s)
 make -s -C "$UPM_KSRC" O="$out" LLVM=1 -j"$(($(nproc) + 1))"

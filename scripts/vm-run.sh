@@ -51,6 +51,7 @@ fi
 splat_re='BUG:|WARNING:|KASAN|Oops|possible circular locking|possible recursive locking'
 splat_re+='|Bad rss-counter|Bad page|RCU stall|rcu_sched self-detected stall|general protection'
 splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsistent lock state'
+splat_re+='|detected stalls on CPUs|blocked for more than|soft lockup'
 
 # The guest's PATH has no pyenv shims: hand it the interpreter that setup.sh provisioned.
 python=$(python3 -c 'import sys; print(sys.executable)')
@@ -64,7 +65,10 @@ set +e
 # The guest's output (its stdout and stderr, both on our stdout) goes through a pipe: QEMU
 # reopens them by path, which on a plain file (a caller's "> log 2>&1") would write from
 # offset 0 over what came before.
+# Two NUMA nodes of 2 GiB (numa=fake=2) so pages can move between nodes, and 1 GiB of
+# ZONE_MOVABLE (movablecore=) so a memory block can go offline.
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
+	--append "numa=fake=2 movablecore=1G" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" \
 	2>&1 | cat

@@ -20,6 +20,7 @@ use kernel::{
     prelude::*,
     str::CStr,
     sync::Arc,
+    types::{ARef, AlwaysRefCounted, Opaque},
 };
 
 /// Size of a base page in bytes.
@@ -30,10 +31,16 @@ pub(crate) const MADV_UPM_MERGEABLE: i32 = bindings::MADV_UPM_MERGEABLE as i32;
 /// `MADV_UPM_UNMERGEABLE`, from the patched uapi header.
 pub(crate) const MADV_UPM_UNMERGEABLE: i32 = bindings::MADV_UPM_UNMERGEABLE as i32;
 
-/// 64-bit xxHash with seed 0, the kernel's exported `xxh64()`.
-pub(crate) fn xxh64(data: &[u8]) -> u64 {
+/// 64-bit xxHash with `seed`, the kernel's exported `xxh64()`.
+pub(crate) fn xxh64(data: &[u8], seed: u64) -> u64 {
     // SAFETY: `data` is a valid slice for reads of `data.len()` bytes.
-    unsafe { bindings::xxh64(data.as_ptr().cast(), data.len(), 0) }
+    unsafe { bindings::xxh64(data.as_ptr().cast(), data.len(), seed) }
+}
+
+/// A random 64-bit number (`get_random_u64()`), for keying the content hash.
+pub(crate) fn random_u64() -> u64 {
+    // SAFETY: No preconditions.
+    unsafe { bindings::get_random_u64() }
 }
 
 /// Gives the CPU away if a reschedule is due.
@@ -41,13 +48,6 @@ pub(crate) fn cond_resched() {
     // SAFETY: Called from process context without spinlocks held (all callers are in the
     // madvise path or the sweep work).
     unsafe { bindings::cond_resched() }
-}
-
-/// Flushes the per-CPU LRU and mlock folio batches, which may hold unmapped stable pages.
-pub(crate) fn drain_page_batches() {
-    // SAFETY: Called from the sweep work, in process context without locks held, as
-    // `upm_drain_page_batches()` requires.
-    unsafe { bindings::upm_drain_page_batches() }
 }
 
 /// Whether the current task has been sent a fatal signal.
@@ -72,7 +72,7 @@ pub(crate) struct PageRef(NonNull<bindings::page>);
 
 // SAFETY: A page reference is not tied to a thread: `put_page()` may run anywhere.
 unsafe impl Send for PageRef {}
-// SAFETY: All `&self` methods only read the page or take further references.
+// SAFETY: All `&self` methods only read the page.
 unsafe impl Sync for PageRef {}
 
 impl PageRef {
@@ -90,45 +90,17 @@ impl PageRef {
         self.0.as_ptr()
     }
 
-    /// A number that identifies this page while the reference is held.
-    pub(crate) fn id(&self) -> usize {
-        self.0.as_ptr() as usize
-    }
-
-    /// xxh64 of the page contents. The page may change underneath (it is not write-protected
-    /// yet), so the hash only selects candidates; merging always compares the full page.
-    pub(crate) fn content_hash(&self) -> u64 {
+    /// xxh64 of the page contents with `seed`. The page may change underneath (it is not
+    /// write-protected), so the hash only selects candidates; merging compares the full page.
+    pub(crate) fn content_hash(&self, seed: u64) -> u64 {
         // SAFETY: The page is valid by the type invariant; the mapping is released below.
         let addr = unsafe { bindings::kmap_local_page(self.as_ptr()) };
         // SAFETY: `kmap_local_page()` maps `PAGE_SIZE` bytes at `addr`. The bytes are read by C
         // code only, so a concurrent writer cannot break Rust's aliasing rules.
-        let hash = unsafe { bindings::xxh64(addr, PAGE_SIZE, 0) };
+        let hash = unsafe { bindings::xxh64(addr, PAGE_SIZE, seed) };
         // SAFETY: `addr` was returned by `kmap_local_page()` above, in this context.
         unsafe { bindings::kunmap_local(addr) };
         hash
-    }
-
-    /// Number of page table entries that map this page.
-    pub(crate) fn mapcount(&self) -> u32 {
-        // SAFETY: The page is valid by the type invariant.
-        let n = unsafe { bindings::folio_mapcount_of_page(self.as_ptr()) };
-        u32::try_from(n).unwrap_or(0)
-    }
-
-    /// Number of references on this page, this one included.
-    pub(crate) fn refcount(&self) -> u32 {
-        // SAFETY: The page is valid by the type invariant.
-        let n = unsafe { bindings::page_ref_count(self.as_ptr()) };
-        u32::try_from(n).unwrap_or(0)
-    }
-
-    /// Takes another reference on the same page.
-    pub(crate) fn clone_ref(&self) -> Self {
-        // SAFETY: The page is valid and referenced by the type invariant, so a further
-        // reference may be taken.
-        unsafe { bindings::get_page(self.as_ptr()) };
-        // INVARIANT: `get_page()` took the reference the new object owns.
-        Self(self.0)
     }
 }
 
@@ -139,23 +111,192 @@ impl Drop for PageRef {
     }
 }
 
-/// An address space handed to the provider for the duration of one madvise call.
+/// A UPM stable node: the kernel's record of one merged page (`struct upm_node`).
+///
+/// Held through [`ARef<UpmNode>`], which owns a reference on the node: the node's memory stays
+/// valid however long the index keeps it, and once its page is gone it only reports so.
+#[repr(transparent)]
+pub(crate) struct UpmNode(Opaque<bindings::upm_node>);
+
+// SAFETY: The C side protects the node with its own locks and reference count.
+unsafe impl Send for UpmNode {}
+// SAFETY: As above: every method is safe to call concurrently.
+unsafe impl Sync for UpmNode {}
+
+// SAFETY: `upm_node_get()` and `upm_node_put()` keep the node alive while a reference exists.
+unsafe impl AlwaysRefCounted for UpmNode {
+    fn inc_ref(&self) {
+        // SAFETY: The existence of `&self` means the node is referenced.
+        unsafe { bindings::upm_node_get(self.0.get()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller owns the reference it gives back.
+        unsafe { bindings::upm_node_put(obj.cast::<bindings::upm_node>().as_ptr()) };
+    }
+}
+
+/// Why a stable node can no longer take merges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeGone {
+    /// Its page was freed: nothing maps it any more.
+    Freed,
+    /// Its page has a memory error (hardware poison).
+    Poisoned,
+}
+
+fn node_result(ret: c_int) -> Result<u32, NodeGone> {
+    if ret == -(bindings::EHWPOISON as c_int) {
+        Err(NodeGone::Poisoned)
+    } else {
+        u32::try_from(ret).map_err(|_| NodeGone::Freed)
+    }
+}
+
+impl UpmNode {
+    /// Takes over the reference a C function returned.
+    ///
+    /// # Safety
+    ///
+    /// `node` is a valid `upm_node` on which the caller owns one reference.
+    unsafe fn from_raw(node: NonNull<bindings::upm_node>) -> ARef<Self> {
+        // SAFETY: `UpmNode` is a transparent wrapper; the reference is transferred.
+        unsafe { ARef::from_raw(node.cast()) }
+    }
+
+    fn as_ptr(&self) -> *mut bindings::upm_node {
+        self.0.get()
+    }
+
+    /// A number that identifies this node while it is referenced.
+    pub(crate) fn id(&self) -> usize {
+        self.as_ptr() as usize
+    }
+
+    /// How many page table entries map the node's page.
+    pub(crate) fn mapcount(&self) -> Result<u32, NodeGone> {
+        // SAFETY: The node is referenced by `&self`.
+        node_result(unsafe { bindings::upm_node_mapcount(self.as_ptr()) })
+    }
+
+    /// xxh64 of the node's page, whose contents never change, with `seed`.
+    pub(crate) fn content_hash(&self, seed: u64) -> Result<u64, NodeGone> {
+        let mut hash = 0;
+        // SAFETY: The node is referenced by `&self`; `hash` is a valid place for the result.
+        node_result(unsafe { bindings::upm_node_hash(self.as_ptr(), seed, &mut hash) })?;
+        Ok(hash)
+    }
+}
+
+/// Frees the kernel's stable nodes whose pages are gone; returns how many.
+pub(crate) fn prune_stable_nodes() -> u64 {
+    // SAFETY: Called from process context without locks held (the sweep work).
+    u64::from(unsafe { bindings::upm_prune() } as u32)
+}
+
+/// An address space (`struct mm_struct`).
+///
+/// `&Mm` is valid for the duration of a provider call; [`ARef<Mm>`] holds it with `mmgrab()`,
+/// which keeps the structure but not the address space: use [`Mm::mmget_not_zero`] for that.
+#[repr(transparent)]
+pub(crate) struct Mm(Opaque<bindings::mm_struct>);
+
+// SAFETY: An mm may be referenced and locked from any thread.
+unsafe impl Send for Mm {}
+// SAFETY: As above.
+unsafe impl Sync for Mm {}
+
+// SAFETY: `mmgrab()`/`mmdrop()` keep the structure alive while a reference exists.
+unsafe impl AlwaysRefCounted for Mm {
+    fn inc_ref(&self) {
+        // SAFETY: The existence of `&self` means the mm is referenced.
+        unsafe { bindings::mmgrab(self.as_raw()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller owns the reference it gives back.
+        unsafe { bindings::mmdrop(obj.cast::<bindings::mm_struct>().as_ptr()) };
+    }
+}
+
+impl Mm {
+    /// # Safety
+    ///
+    /// `ptr` is a valid mm whose address space has users, for the lifetime `'a`.
+    unsafe fn from_raw<'a>(ptr: NonNull<bindings::mm_struct>) -> &'a Self {
+        // SAFETY: `Mm` is a transparent wrapper; the caller guarantees validity.
+        unsafe { ptr.cast::<Self>().as_ref() }
+    }
+
+    fn as_raw(&self) -> *mut bindings::mm_struct {
+        self.0.get()
+    }
+
+    /// A number that identifies this mm while it is referenced.
+    pub(crate) fn id(&self) -> usize {
+        self.as_raw() as usize
+    }
+
+    /// Pins the address space (`mmget_not_zero()`); `None` once the process exited.
+    pub(crate) fn mmget_not_zero(&self) -> Option<MmWithUser<'_>> {
+        // SAFETY: The mm structure is referenced by `&self`.
+        if unsafe { bindings::mmget_not_zero(self.as_raw()) } {
+            // INVARIANT: `mmget_not_zero()` took a user reference.
+            Some(MmWithUser { mm: self })
+        } else {
+            None
+        }
+    }
+}
+
+/// An address space with a user reference (`mmget`), dropped with `mmput()`.
 ///
 /// # Invariants
 ///
-/// `self.0` points to an `mm_struct` the caller holds a reference on for the object's lifetime.
-pub(crate) struct Mm(NonNull<bindings::mm_struct>);
+/// Owns one `mm_users` reference on `mm`.
+pub(crate) struct MmWithUser<'a> {
+    mm: &'a Mm,
+}
 
-impl Mm {
+impl MmWithUser<'_> {
+    /// Takes `mmap_lock` for reading if nobody holds it for writing, without waiting.
+    pub(crate) fn mmap_read_trylock(&self) -> Option<MmapReadGuard<'_>> {
+        // SAFETY: The address space is pinned by the type invariant.
+        if unsafe { bindings::mmap_read_trylock(self.mm.as_raw()) } {
+            // INVARIANT: The lock was taken above.
+            Some(MmapReadGuard { mm: self.mm })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for MmWithUser<'_> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own one user reference, dropped once here. If it is
+        // the last, the address space is torn down from a workqueue, not under our locks.
+        unsafe { bindings::mmput_async(self.mm.as_raw()) };
+    }
+}
+
+/// The address space of a provider call: its `mm_users` is held by the caller of the hook.
+pub(crate) struct CallMm<'a>(&'a Mm);
+
+impl<'a> CallMm<'a> {
+    /// The address space.
+    pub(crate) fn mm(&self) -> &'a Mm {
+        self.0
+    }
+
     /// Takes `mmap_lock` for reading; fails with `EINTR` on a fatal signal.
-    pub(crate) fn read_lock(&self) -> Result<MmapReadGuard<'_>> {
-        // SAFETY: The mm is valid by the type invariant.
-        let ret = unsafe { bindings::mmap_read_lock_killable(self.0.as_ptr()) };
+    pub(crate) fn mmap_read_lock(&self) -> Result<MmapReadGuard<'a>> {
+        // SAFETY: The address space is pinned for the call by the type invariant.
+        let ret = unsafe { bindings::mmap_read_lock_killable(self.0.as_raw()) };
         if ret != 0 {
             return Err(EINTR);
         }
         // INVARIANT: The lock was taken above.
-        Ok(MmapReadGuard { mm: self })
+        Ok(MmapReadGuard { mm: self.0 })
     }
 }
 
@@ -163,28 +304,38 @@ impl Mm {
 ///
 /// # Invariants
 ///
-/// The guard owns a read hold of `self.mm`'s `mmap_lock`.
+/// The guard owns a read hold of `self.mm`'s `mmap_lock`, and the address space has users.
 pub(crate) struct MmapReadGuard<'a> {
     mm: &'a Mm,
 }
 
 impl MmapReadGuard<'_> {
+    /// The identity of the locked mm (see [`Mm::id`]).
+    pub(crate) fn mm_id(&self) -> usize {
+        self.mm.id()
+    }
+
     /// The first VMA that ends after `addr`, like `find_vma()`.
     pub(crate) fn find_vma(&self, addr: usize) -> Option<Vma<'_>> {
         // SAFETY: The mm is valid and `mmap_lock` is held by the type invariant.
-        let vma = unsafe { bindings::find_vma(self.mm.0.as_ptr(), addr as c_ulong) };
+        let vma = unsafe { bindings::find_vma(self.mm.as_raw(), addr as c_ulong) };
         // INVARIANT: The VMA stays valid while the guard, which it borrows, holds the lock.
         NonNull::new(vma).map(|vma| Vma {
             vma,
             _guard: PhantomData,
         })
     }
+
+    /// The VMA that contains `addr`, if any.
+    pub(crate) fn vma_containing(&self, addr: usize) -> Option<Vma<'_>> {
+        self.find_vma(addr).filter(|vma| vma.contains(addr))
+    }
 }
 
 impl Drop for MmapReadGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: By the type invariant the guard holds the read lock, released once here.
-        unsafe { bindings::mmap_read_unlock(self.mm.0.as_ptr()) };
+        unsafe { bindings::mmap_read_unlock(self.mm.as_raw()) };
     }
 }
 
@@ -194,13 +345,13 @@ pub(crate) enum Mapped {
     Nothing,
     /// A small anonymous page that may be merged.
     Anon(PageRef),
-    /// A KSM page: merged already.
-    Ksm,
+    /// A KSM page: merged already; with its UPM node if UPM merged it.
+    Ksm(Option<ARef<UpmNode>>),
     /// The zero page.
     Zero,
-    /// Part of a large folio (THP).
-    Large,
-    /// Not an anonymous page.
+    /// A page of a large folio (THP), which must be split before it can merge.
+    Large(PageRef),
+    /// Not an anonymous page, or lazily freed (`MADV_FREE`), or outside the VMA.
     Other,
 }
 
@@ -213,6 +364,10 @@ pub(crate) enum MergeError {
     Busy,
     /// The page has references its mappings do not explain, e.g. a GUP pin (`EBUSY`).
     Pinned,
+    /// The stable node to merge into is gone (`ENOENT`) or poisoned (`EHWPOISON`).
+    NodeGone,
+    /// No memory for the kernel's bookkeeping (`ENOMEM`).
+    NoMemory,
     /// The page is no longer mapped there, or another failure (`EFAULT`, ...).
     Gone,
 }
@@ -223,6 +378,10 @@ fn merge_result(ret: c_int) -> Result<(), MergeError> {
         r if r == bindings::UPM_PAGES_DIFFER as c_int => Err(MergeError::Differ),
         r if r == -(bindings::EAGAIN as c_int) => Err(MergeError::Busy),
         r if r == -(bindings::EBUSY as c_int) => Err(MergeError::Pinned),
+        r if r == -(bindings::ENOENT as c_int) || r == -(bindings::EHWPOISON as c_int) => {
+            Err(MergeError::NodeGone)
+        }
+        r if r == -(bindings::ENOMEM as c_int) => Err(MergeError::NoMemory),
         _ => Err(MergeError::Gone),
     }
 }
@@ -254,36 +413,52 @@ impl Vma<'_> {
         unsafe { (*self.as_ptr()).__bindgen_anon_1.__bindgen_anon_1.vm_end }
     }
 
+    /// Whether `addr` is a page-aligned address inside the VMA.
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        addr % PAGE_SIZE == 0 && self.start() <= addr && addr < self.end()
+    }
+
     /// Whether UPM may merge pages of this VMA (KSM's rules; see `upm_vma_mergeable()`).
     pub(crate) fn is_mergeable(&self) -> bool {
         // SAFETY: The VMA is valid and `mmap_lock` is held, as the function requires.
         unsafe { bindings::upm_vma_mergeable(self.as_ptr()) }
     }
 
-    /// What is mapped at `addr`, without faulting anything in.
+    /// What is mapped at `addr`, without faulting anything in. `Other` for an address outside
+    /// the VMA or a VMA that [`Self::is_mergeable`] refuses.
     pub(crate) fn get_page(&self, addr: usize) -> Mapped {
+        if !self.contains(addr) || !self.is_mergeable() {
+            return Mapped::Other;
+        }
         let mut page = ptr::null_mut();
-        // SAFETY: The VMA is valid and locked; `addr` is inside it (callers walk
-        // `start()..end()`); `page` is a valid place for the result.
-        let kind = unsafe { bindings::upm_get_page(self.as_ptr(), addr as c_ulong, &mut page) };
-        match kind {
-            bindings::upm_page_kind_UPM_PAGE_ANON => match NonNull::new(page) {
-                // SAFETY: For `UPM_PAGE_ANON` the function returned a page with one reference,
-                // which we take over.
-                Some(page) => Mapped::Anon(unsafe { PageRef::from_raw(page) }),
-                None => Mapped::Nothing,
-            },
-            bindings::upm_page_kind_UPM_PAGE_KSM => Mapped::Ksm,
-            bindings::upm_page_kind_UPM_PAGE_ZERO => Mapped::Zero,
-            bindings::upm_page_kind_UPM_PAGE_LARGE => Mapped::Large,
-            bindings::upm_page_kind_UPM_PAGE_OTHER => Mapped::Other,
+        let mut node = ptr::null_mut();
+        // SAFETY: The VMA is valid, locked and mergeable, and `addr` is inside it (checked
+        // above); `page` and `node` are valid places for the results.
+        let kind = unsafe {
+            bindings::upm_get_page(self.as_ptr(), addr as c_ulong, &mut page, &mut node)
+        };
+        // SAFETY: For these kinds the function returned the page with one reference, which the
+        // `PageRef` takes over.
+        let page = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
+        match (kind, page) {
+            (bindings::upm_page_kind_UPM_PAGE_ANON, Some(page)) => Mapped::Anon(page),
+            (bindings::upm_page_kind_UPM_PAGE_LARGE, Some(page)) => Mapped::Large(page),
+            // SAFETY: For `UPM_PAGE_KSM` a node, if any, is returned with one reference.
+            (bindings::upm_page_kind_UPM_PAGE_KSM, _) => {
+                Mapped::Ksm(NonNull::new(node).map(|n| unsafe { UpmNode::from_raw(n) }))
+            }
+            (bindings::upm_page_kind_UPM_PAGE_ZERO, _) => Mapped::Zero,
+            (bindings::upm_page_kind_UPM_PAGE_OTHER, _) => Mapped::Other,
             _ => Mapped::Nothing,
         }
     }
 
-    /// Splits the large folio mapped at `addr`.
+    /// Splits the large folio mapped at `addr` (`EINVAL` outside the VMA).
     pub(crate) fn split_large_page(&self, addr: usize) -> Result {
-        // SAFETY: The VMA is valid and locked; `addr` is inside it.
+        if !self.contains(addr) {
+            return Err(EINVAL);
+        }
+        // SAFETY: The VMA is valid and locked; `addr` is inside it (checked above).
         let ret = unsafe { bindings::upm_split_large_page(self.as_ptr(), addr as c_ulong) };
         if ret == 0 {
             Ok(())
@@ -292,26 +467,48 @@ impl Vma<'_> {
         }
     }
 
-    /// Write-protects `page` and makes it a KSM page: it becomes a stable page.
-    pub(crate) fn promote(&self, page: PageRef) -> Result<StablePage, MergeError> {
-        // SAFETY: The VMA is valid and locked; `page` is referenced and was found in this VMA.
-        merge_result(unsafe { bindings::upm_promote_page(self.as_ptr(), page.as_ptr()) })?;
-        // INVARIANT: Promoted to a KSM page just above.
-        Ok(StablePage(page))
+    /// Write-protects `page` (mapped here) and `twin` (mapped in `twin_vma`), compares them in
+    /// full and, if identical, makes `page` a KSM page with a new stable node that `twin`'s
+    /// mapping shares. `twin_vma` belongs to this mm or to another whose `mmap_lock` is held.
+    pub(crate) fn merge_pair(
+        &self,
+        page: &PageRef,
+        twin_vma: &Vma<'_>,
+        twin: &PageRef,
+    ) -> Result<ARef<UpmNode>, MergeError> {
+        let mut node = ptr::null_mut();
+        // SAFETY: Both VMAs are valid and locked by the guards they borrow; both pages are
+        // referenced; the C function checks that each page is mapped in its VMA and that the
+        // VMAs are mergeable; `node` is a valid place for the result.
+        merge_result(unsafe {
+            bindings::upm_merge_pair(
+                self.as_ptr(),
+                page.as_ptr(),
+                twin_vma.as_ptr(),
+                twin.as_ptr(),
+                &mut node,
+            )
+        })?;
+        // SAFETY: On success the function returned the new node with one reference for us.
+        NonNull::new(node).map(|n| unsafe { UpmNode::from_raw(n) }).ok_or(MergeError::Gone)
     }
 
-    /// Replaces `page` by `stable` if their full contents are equal under write protection.
-    pub(crate) fn merge(&self, page: &PageRef, stable: &StablePage) -> Result<(), MergeError> {
-        // SAFETY: The VMA is valid and locked; both pages are referenced; `stable` is a KSM page
-        // by the invariant of `StablePage`.
+    /// Replaces `page` by the page of `node` if their full contents are equal under write
+    /// protection.
+    pub(crate) fn merge_into(&self, page: &PageRef, node: &UpmNode) -> Result<(), MergeError> {
+        // SAFETY: The VMA is valid and locked; `page` and `node` are referenced; the C function
+        // checks that `page` is mapped in this VMA.
         merge_result(unsafe {
-            bindings::upm_merge_page(self.as_ptr(), page.as_ptr(), stable.0.as_ptr())
+            bindings::upm_merge_page(self.as_ptr(), page.as_ptr(), node.as_ptr())
         })
     }
 
     /// Replaces the all-zero `page`, mapped at `addr`, by the shared zero page.
     pub(crate) fn merge_zero(&self, page: &PageRef, addr: usize) -> Result<(), MergeError> {
-        // SAFETY: The VMA is valid and locked; `page` is referenced and mapped at `addr`.
+        if !self.contains(addr) {
+            return Err(MergeError::Gone);
+        }
+        // SAFETY: The VMA is valid and locked; `page` is referenced; `addr` is inside the VMA.
         merge_result(unsafe {
             bindings::upm_merge_zero_page(self.as_ptr(), page.as_ptr(), addr as c_ulong)
         })
@@ -319,7 +516,8 @@ impl Vma<'_> {
 
     /// Gives every merged page in `start..end` a private copy (KSM's `break_ksm()`).
     pub(crate) fn unmerge(&self, start: usize, end: usize) -> Result {
-        // SAFETY: The VMA is valid and locked; `start..end` lies inside it.
+        // SAFETY: The VMA is valid and locked; the C function checks that `start..end` lies
+        // inside it.
         let ret =
             unsafe { bindings::upm_unmerge_range(self.as_ptr(), start as c_ulong, end as c_ulong) };
         if ret == 0 {
@@ -330,30 +528,10 @@ impl Vma<'_> {
     }
 }
 
-/// A page that [`Vma::promote`] made a KSM page: its contents never change again.
-///
-/// # Invariants
-///
-/// The page is a KSM page, so every mapping of it is read-only and writes copy it.
-pub(crate) struct StablePage(PageRef);
-
-impl StablePage {
-    /// The page reference.
-    pub(crate) fn page(&self) -> &PageRef {
-        &self.0
-    }
-
-    /// Another reference to the same stable page.
-    pub(crate) fn clone_ref(&self) -> Self {
-        // INVARIANT: Same page, still a KSM page.
-        Self(self.0.clone_ref())
-    }
-}
-
 /// The provider side of the madvise hook.
 pub(crate) trait AdviseHandler: Send + Sync {
     /// Handles one madvise call on `start..end` of `mm` (page aligned, `start < end`).
-    fn advise(&self, mm: &Mm, start: usize, end: usize, advice: i32) -> Result;
+    fn advise(&self, mm: &CallMm<'_>, start: usize, end: usize, advice: i32) -> Result;
 }
 
 #[repr(C)]
@@ -420,8 +598,8 @@ impl<T: AdviseHandler> Provider<T> {
         let Some(mm) = NonNull::new(mm) else {
             return -(bindings::EINVAL as c_int);
         };
-        // INVARIANT: The kernel holds a reference on `mm` during the call.
-        let mm = Mm(mm);
+        // SAFETY: The kernel holds a user reference on `mm` during the call.
+        let mm = CallMm(unsafe { Mm::from_raw(mm) });
         match provider.handler.advise(&mm, start, end, advice) {
             Ok(()) => 0,
             Err(e) => e.to_errno(),
@@ -615,9 +793,14 @@ impl<T: SysfsHandler> SysfsDir<T> {
 
 impl<T: SysfsHandler> Drop for SysfsDir<T> {
     fn drop(&mut self) {
-        // SAFETY: Live by the type invariant. Removing the kobject removes its files and waits
-        // for running `show`/`store` calls, so the tables may be freed afterwards.
-        unsafe { bindings::kobject_put(self.kobj.as_ptr()) };
+        // SAFETY: Live by the type invariant. `kobject_del()` removes the files now and waits
+        // for running `show`/`store` calls, so the tables and our code may go afterwards; the
+        // final `kobject_put()` may release the kobject later (CONFIG_DEBUG_KOBJECT_RELEASE
+        // delays it), which no longer reaches us.
+        unsafe {
+            bindings::kobject_del(self.kobj.as_ptr());
+            bindings::kobject_put(self.kobj.as_ptr());
+        }
     }
 }
 
@@ -629,7 +812,8 @@ pub(crate) trait PeriodicHandler: Send + Sync {
 
 #[repr(C)]
 struct PeriodicInner<T> {
-    work: bindings::delayed_work,
+    /// Written by the workqueue code, hence `Opaque`.
+    work: Opaque<bindings::delayed_work>,
     handler: Arc<T>,
 }
 
@@ -653,15 +837,13 @@ impl<T: PeriodicHandler> Periodic<T> {
     pub(crate) fn start(handler: Arc<T>, delay_ms: u32) -> Result<Self> {
         let inner = KBox::pin(
             PeriodicInner {
-                // SAFETY: All-zero is valid storage; it is initialised just below.
-                work: unsafe { core::mem::zeroed() },
+                work: Opaque::uninit(),
                 handler,
             },
             GFP_KERNEL,
         )?;
-        let work = &inner.work as *const bindings::delayed_work as *mut bindings::delayed_work;
-        // SAFETY: `work` is pinned storage owned by `inner`, not yet in use.
-        unsafe { bindings::init_delayed_work(work, Some(Self::work_callback)) };
+        // SAFETY: `inner.work` is pinned storage owned by `inner`, not yet in use.
+        unsafe { bindings::init_delayed_work(inner.work.get(), Some(Self::work_callback)) };
         // INVARIANT: Initialised above.
         let this = Self { inner };
         this.queue(delay_ms);
@@ -672,8 +854,8 @@ impl<T: PeriodicHandler> Periodic<T> {
         Self::queue_raw(&self.inner.work, delay_ms);
     }
 
-    fn queue_raw(work: &bindings::delayed_work, delay_ms: u32) {
-        let work = work as *const bindings::delayed_work as *mut bindings::delayed_work;
+    fn queue_raw(work: &Opaque<bindings::delayed_work>, delay_ms: u32) {
+        let work = work.get();
         // SAFETY: `work` is an initialised delayed work that outlives its queueing (drop cancels
         // it synchronously); `system_wq` exists from boot on.
         unsafe {
@@ -704,7 +886,7 @@ impl<T: PeriodicHandler> Periodic<T> {
 
 impl<T: PeriodicHandler> Drop for Periodic<T> {
     fn drop(&mut self) {
-        let work = &self.inner.work as *const bindings::delayed_work as *mut bindings::delayed_work;
+        let work = self.inner.work.get();
         // SAFETY: Initialised by the type invariant. Cancels a pending run, waits for a running
         // one and stops it from re-queueing itself.
         unsafe { bindings::cancel_delayed_work_sync(work) };

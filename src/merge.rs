@@ -2,10 +2,11 @@
 
 //! The walk of one advised range.
 //!
-//! MADV_UPM_MERGEABLE looks at every page of the range that is present and, for a small
-//! anonymous page in a VMA that KSM's rules allow, replaces it by the zero page (all-zero
-//! contents), by an identical stable page found through the content-hash tree, or else promotes
-//! it to a new stable page. Everything else is skipped and counted, never an error, as KSM does.
+//! MADV_UPM_MERGEABLE looks at every page of the range that is present and, for an anonymous
+//! page in a VMA that KSM's rules allow, replaces it by the zero page (all-zero contents), merges
+//! it with an identical merged page or candidate found through the content-hash index, or else
+//! records it as a candidate, leaving it an ordinary page. Everything else is skipped and
+//! counted, never an error, as KSM does.
 //! MADV_UPM_UNMERGEABLE gives every merged page in the range a private copy again.
 //!
 //! `mmap_lock` is taken for reading in batches of [`BATCH_PAGES`]: between batches the walk
@@ -14,50 +15,65 @@
 //! after the mapped parts were processed, as madvise(2) specifies.
 
 use crate::{
-    ffi::{self, AdviseHandler, Mapped, MergeError, Mm, PageRef, Vma, PAGE_SIZE},
+    ffi::{
+        self, AdviseHandler, CallMm, Mapped, MergeError, Mm, MmapReadGuard, PageRef, UpmNode,
+        Vma, PAGE_SIZE,
+    },
     stats::{enabled, Skip, STATS, TUNABLES},
-    tree::StableTree,
+    tree::{ContentIndex, Probe},
 };
-use kernel::prelude::*;
+use kernel::{prelude::*, types::ARef};
 
 /// Pages handled per hold of `mmap_lock`.
 const BATCH_PAGES: usize = 512;
 
-/// The module's state: the stable tree and what it needs to classify pages.
+/// The module's state: the content-hash index and what it needs to classify pages.
 #[pin_data]
 pub(crate) struct Upm {
     #[pin]
-    pub(crate) tree: StableTree,
-    /// xxh64 of an all-zero page.
+    pub(crate) index: ContentIndex,
+    /// Secret seed of the content hash, chosen at load: nobody can craft pages that collide.
+    seed: u64,
+    /// Hash of an all-zero page with `seed`.
     zero_hash: u64,
 }
 
+/// Why a candidate could not be paired with.
+enum PairError {
+    /// The candidate is stale: drop it.
+    Stale,
+    /// Try again later (its mm is being written to, or a page lock is contended).
+    Busy,
+    /// The page being advised cannot merge (pinned, gone...).
+    Page(MergeError),
+}
+
 impl Upm {
-    /// New state with an empty tree.
+    /// New state with an empty index.
     pub(crate) fn new() -> Result<impl PinInit<Self>> {
         let zeroes = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
-        let zero_hash = ffi::xxh64(&zeroes);
+        let seed = ffi::random_u64();
+        let zero_hash = ffi::xxh64(&zeroes, seed);
         Ok(pin_init!(Self {
-            tree <- StableTree::new(),
+            index <- ContentIndex::new(),
+            seed,
             zero_hash,
         }))
     }
 
     /// Calls `visit` on each part of `start..end` covered by a VMA, with `mmap_lock` held.
-    ///
-    /// `visit` returns how many pages it handled (at most the length of the part it was given).
     fn walk(
         &self,
-        mm: &Mm,
+        mm: &CallMm<'_>,
         start: usize,
         end: usize,
-        mut visit: impl FnMut(&Vma<'_>, usize, usize) -> Result,
+        mut visit: impl FnMut(&MmapReadGuard<'_>, &Vma<'_>, usize, usize) -> Result,
     ) -> Result {
         let mut addr = start;
         let mut unmapped = false;
         while addr < end {
             {
-                let guard = mm.read_lock()?;
+                let guard = mm.mmap_read_lock()?;
                 let mut budget = BATCH_PAGES;
                 while addr < end && budget > 0 {
                     let Some(vma) = guard.find_vma(addr).filter(|vma| vma.start() < end) else {
@@ -70,7 +86,7 @@ impl Upm {
                         addr = vma.start();
                     }
                     let stop = vma.end().min(end).min(addr + budget * PAGE_SIZE);
-                    visit(&vma, addr, stop)?;
+                    visit(&guard, &vma, addr, stop)?;
                     budget -= (stop - addr) / PAGE_SIZE;
                     addr = stop;
                 }
@@ -87,12 +103,12 @@ impl Upm {
         }
     }
 
-    fn merge_range(&self, mm: &Mm, start: usize, end: usize) -> Result {
+    fn merge_range(&self, mm: &CallMm<'_>, start: usize, end: usize) -> Result {
         STATS.madvise_calls.inc();
         if !enabled(&TUNABLES.run) {
             return Ok(());
         }
-        self.walk(mm, start, end, |vma, from, to| {
+        self.walk(mm, start, end, |guard, vma, from, to| {
             let pages = ((to - from) / PAGE_SIZE) as u64;
             if !vma.is_mergeable() {
                 STATS.skip(Skip::Vma, pages);
@@ -100,53 +116,102 @@ impl Upm {
             }
             STATS.pages_scanned.add(pages);
             for addr in (from..to).step_by(PAGE_SIZE) {
-                self.merge_one(vma, addr);
+                self.merge_one(mm.mm(), guard, vma, addr);
             }
             Ok(())
         })
     }
 
-    fn unmerge_range(&self, mm: &Mm, start: usize, end: usize) -> Result {
+    fn unmerge_range(&self, mm: &CallMm<'_>, start: usize, end: usize) -> Result {
         STATS.unmerge_calls.inc();
         // Every VMA, not only mergeable ones: a VMA may have changed (mprotect, userfaultfd
         // registration...) since its pages were merged; the primitive skips what cannot hold any.
-        self.walk(mm, start, end, |vma, from, to| vma.unmerge(from, to))
+        self.walk(mm, start, end, |_, vma, from, to| {
+            let mut index = self.index.lock();
+            for addr in (from..to).step_by(PAGE_SIZE) {
+                index.forget_candidate(mm.mm(), addr);
+            }
+            drop(index);
+            vma.unmerge(from, to)
+        })
     }
 
-    /// Merges the page at `addr`, if it is a small anonymous page; counts the outcome.
-    fn merge_one(&self, vma: &Vma<'_>, addr: usize) {
-        let mut mapped = vma.get_page(addr);
-        if matches!(mapped, Mapped::Large) && enabled(&TUNABLES.split_thp) {
-            // A failed split leaves the folio whole: it is counted as skipped below.
-            if vma.split_large_page(addr).is_ok() {
-                mapped = vma.get_page(addr);
+    /// Merges the page at `addr`, or records it as a candidate; counts the outcome.
+    fn merge_one(&self, mm: &Mm, guard: &MmapReadGuard<'_>, vma: &Vma<'_>, addr: usize) {
+        let (page, large) = match vma.get_page(addr) {
+            Mapped::Anon(page) => (page, false),
+            Mapped::Large(page) => {
+                if !enabled(&TUNABLES.split_thp) {
+                    return STATS.skip(Skip::Large, 1);
+                }
+                (page, true)
             }
-        }
-        let page = match mapped {
-            Mapped::Anon(page) => page,
             Mapped::Nothing => return STATS.skip(Skip::NotPresent, 1),
-            Mapped::Ksm | Mapped::Zero => return STATS.pages_already_merged.inc(),
-            Mapped::Large => return STATS.skip(Skip::Large, 1),
+            Mapped::Ksm(node) => {
+                if let Some(node) = node {
+                    self.adopt(&node);
+                }
+                return STATS.pages_already_merged.inc();
+            }
+            Mapped::Zero => return STATS.pages_already_merged.inc(),
             Mapped::Other => return STATS.skip(Skip::Other, 1),
         };
-        if let Err(e) = self.merge_page(vma, addr, page) {
+        if let Err(e) = self.merge_page(mm, guard, vma, addr, page, large) {
             STATS.skip(
                 match e {
                     MergeError::Pinned => Skip::Pinned,
                     MergeError::Busy => Skip::Busy,
-                    MergeError::Differ | MergeError::Gone => Skip::Other,
+                    MergeError::Differ
+                    | MergeError::Gone
+                    | MergeError::NodeGone
+                    | MergeError::NoMemory => Skip::Other,
                 },
                 1,
             );
         }
     }
 
-    /// Zero page, else an identical stable page, else promotion to a new stable page.
-    fn merge_page(&self, vma: &Vma<'_>, addr: usize, page: PageRef) -> Result<(), MergeError> {
-        let hash = page.content_hash();
+    /// Indexes a merged page that the index does not know (merged before a reload).
+    fn adopt(&self, node: &ARef<UpmNode>) {
+        let Ok(hash) = node.content_hash(self.seed) else {
+            return;
+        };
+        let mut index = self.index.lock();
+        if !index.has_node(hash, node) {
+            // Without an entry the page stays merged, only not offered as a twin.
+            let _ = index.insert_merged(hash, node.clone());
+        }
+    }
+
+    /// Zero page, else a twin from the index, else a new candidate.
+    fn merge_page(
+        &self,
+        mm: &Mm,
+        guard: &MmapReadGuard<'_>,
+        vma: &Vma<'_>,
+        addr: usize,
+        mut page: PageRef,
+        large: bool,
+    ) -> Result<(), MergeError> {
+        let hash = page.content_hash(self.seed);
+        let mut index = self.index.lock();
+        let probes = index.probe(hash);
+        if large && (hash == self.zero_hash || !probes.is_empty()) {
+            // KSM's rule: split a huge page only when one of its pages has a twin.
+            drop(page);
+            vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
+            page = match vma.get_page(addr) {
+                Mapped::Anon(page) => page,
+                _ => return Err(MergeError::Gone),
+            };
+        } else if large {
+            // No twin: a candidate, left whole.
+            return index.insert_candidate(hash, mm, addr).map_err(|_| MergeError::NoMemory);
+        }
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
                 Ok(()) => {
+                    index.forget_candidate(mm, addr);
                     STATS.pages_zero_merged.inc();
                     return Ok(());
                 }
@@ -155,55 +220,99 @@ impl Upm {
                 Err(e) => return Err(e),
             }
         }
-        if self.merge_with_candidates(vma, &page, hash)? {
-            return Ok(());
-        }
-        // No stable page has these contents: promote this one, unless a concurrent adviser
-        // promoted the same contents while we looked.
-        let _promotion = self.tree.lock_promotion();
-        if self.merge_with_candidates(vma, &page, hash)? {
-            return Ok(());
-        }
-        let stable = vma.promote(page)?;
-        // The contents may have changed between the first hash and the write protection; now
-        // they are frozen, so key the node by what the page really holds.
-        let hash = stable.page().content_hash();
-        // The page is a KSM page now whether or not the tree can keep it; without a node it
-        // is simply not shared, and freed by core mm when unmapped.
-        if self.tree.insert(hash, stable).is_ok() {
-            STATS.pages_promoted.inc();
-        }
-        Ok(())
-    }
-
-    /// Merges `page` with the first stable page of equal contents; `Ok(false)` if none.
-    fn merge_with_candidates(
-        &self,
-        vma: &Vma<'_>,
-        page: &PageRef,
-        hash: u64,
-    ) -> Result<bool, MergeError> {
-        let mut nth = 0;
-        while let Some(stable) = self.tree.candidate(hash, nth) {
-            match vma.merge(page, &stable) {
-                Ok(()) => {
-                    STATS.pages_merged.inc();
-                    return Ok(true);
+        for (key, probe) in probes {
+            match probe {
+                Probe::Merged(node) => match vma.merge_into(&page, &node) {
+                    Ok(()) => {
+                        index.forget_candidate(mm, addr);
+                        STATS.pages_merged.inc();
+                        return Ok(());
+                    }
+                    Err(MergeError::Differ) => STATS.hash_collisions.inc(),
+                    Err(MergeError::NodeGone) => {
+                        drop(index.remove(&key));
+                        STATS.stable_pages_freed.inc();
+                    }
+                    Err(e) => return Err(e),
+                },
+                Probe::Candidate(twin_mm, twin_addr) => {
+                    if twin_mm.id() == mm.id() && twin_addr == addr {
+                        // This very page, advised again.
+                        continue;
+                    }
+                    match self.pair(guard, vma, &page, &twin_mm, twin_addr) {
+                        Ok(node) => {
+                            drop(index.remove(&key));
+                            index.forget_candidate(mm, addr);
+                            // The pair is merged whether or not the index can keep the node.
+                            let _ = index.insert_merged(hash, node);
+                            STATS.pages_promoted.inc();
+                            STATS.pages_merged.inc();
+                            return Ok(());
+                        }
+                        Err(PairError::Stale) => drop(index.remove(&key)),
+                        Err(PairError::Busy) => {}
+                        Err(PairError::Page(MergeError::Differ)) => {
+                            // One of the two changed since it was hashed.
+                            STATS.hash_collisions.inc();
+                            drop(index.remove(&key));
+                        }
+                        Err(PairError::Page(e)) => return Err(e),
+                    }
                 }
-                Err(MergeError::Differ) => {
-                    STATS.hash_collisions.inc();
-                    nth += 1;
-                }
-                Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        index.insert_candidate(hash, mm, addr).map_err(|_| MergeError::NoMemory)
     }
 
-    /// Frees orphaned stable pages; returns the delay until the next sweep.
+    /// Merges `page` with the candidate page of `twin_mm` at `twin_addr`.
+    fn pair(
+        &self,
+        guard: &MmapReadGuard<'_>,
+        vma: &Vma<'_>,
+        page: &PageRef,
+        twin_mm: &Mm,
+        twin_addr: usize,
+    ) -> Result<ARef<UpmNode>, PairError> {
+        if twin_mm.id() == guard.mm_id() {
+            let twin_vma = guard.vma_containing(twin_addr).ok_or(PairError::Stale)?;
+            return Self::pair_in(vma, page, &twin_vma, twin_addr);
+        }
+        // Never wait for another process's mmap_lock while holding ours: trylock it.
+        let user = twin_mm.mmget_not_zero().ok_or(PairError::Stale)?;
+        let twin_guard = user.mmap_read_trylock().ok_or(PairError::Busy)?;
+        let twin_vma = twin_guard.vma_containing(twin_addr).ok_or(PairError::Stale)?;
+        Self::pair_in(vma, page, &twin_vma, twin_addr)
+    }
+
+    fn pair_in(
+        vma: &Vma<'_>,
+        page: &PageRef,
+        twin_vma: &Vma<'_>,
+        twin_addr: usize,
+    ) -> Result<ARef<UpmNode>, PairError> {
+        let mut twin = twin_vma.get_page(twin_addr);
+        if matches!(twin, Mapped::Large(_)) {
+            drop(twin);
+            twin_vma
+                .split_large_page(twin_addr)
+                .map_err(|_| PairError::Busy)?;
+            twin = twin_vma.get_page(twin_addr);
+        }
+        let Mapped::Anon(twin) = twin else {
+            return Err(PairError::Stale);
+        };
+        vma.merge_pair(page, twin_vma, &twin).map_err(|e| match e {
+            MergeError::Busy => PairError::Busy,
+            e => PairError::Page(e),
+        })
+    }
+
+    /// Drops stale entries and frees dead stable nodes; returns the delay until the next sweep.
     pub(crate) fn sweep(&self) -> u32 {
-        let freed = self.tree.sweep();
-        STATS.stable_pages_freed.add(freed as u64);
+        let freed = self.index.sweep();
+        STATS.stable_pages_freed.add(freed);
+        ffi::prune_stable_nodes();
         TUNABLES
             .sweep_millisecs
             .load(core::sync::atomic::Ordering::Relaxed)
@@ -211,7 +320,7 @@ impl Upm {
 }
 
 impl AdviseHandler for Upm {
-    fn advise(&self, mm: &Mm, start: usize, end: usize, advice: i32) -> Result {
+    fn advise(&self, mm: &CallMm<'_>, start: usize, end: usize, advice: i32) -> Result {
         match advice {
             ffi::MADV_UPM_MERGEABLE => self.merge_range(mm, start, end),
             ffi::MADV_UPM_UNMERGEABLE => self.unmerge_range(mm, start, end),

@@ -3,8 +3,8 @@
 //! `/sys/kernel/mm/upm/`: counters and tunables.
 //!
 //! The files and their meaning are documented in `Documentation/ABI/testing/sysfs-kernel-mm-upm`
-//! (kernel patch) and in the README. State counters are computed on every read from the stable
-//! tree; activity counters are cumulative since the module was loaded.
+//! (kernel patch) and in the README. State counters are computed on every read from the
+//! content-hash index; activity counters are cumulative since the module was loaded.
 
 use crate::{
     ffi::{self, SysfsBuf, SysfsFile, SysfsHandler},
@@ -40,6 +40,7 @@ files! {
     pages_sharing,
     pages_unshared,
     stable_nodes,
+    candidates,
     zero_pages,
     pages_scanned,
     pages_merged,
@@ -82,10 +83,11 @@ impl SysfsHandler for Upm {
     fn show(&self, index: usize, out: &mut SysfsBuf<'_>) -> Result {
         let file = *ALL.get(index).ok_or(EINVAL)?;
         let value: u64 = match file {
-            File::pages_shared => self.tree.counts().shared,
-            File::pages_sharing => self.tree.counts().sharing,
-            File::pages_unshared => self.tree.counts().unshared,
-            File::stable_nodes => self.tree.counts().nodes,
+            File::pages_shared => self.index.counts().shared,
+            File::pages_sharing => self.index.counts().sharing,
+            File::pages_unshared => self.index.counts().unshared,
+            File::stable_nodes => self.index.counts().nodes,
+            File::candidates => self.index.counts().candidates,
             File::zero_pages => ffi::zero_pages_mapped(),
             File::pages_scanned => STATS.pages_scanned.get(),
             File::pages_merged => STATS.pages_merged.get(),

@@ -1,214 +1,292 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The content-hash tree of stable pages.
+//! The content-hash index: candidates and merged pages.
 //!
-//! Every stable page (a KSM page that UPM promoted) is kept in one red-black tree keyed by the
-//! xxh64 of its contents and, to tell pages with equal hashes apart, by the page's identity. A
-//! hash match only makes a page a candidate: merging always compares the full page under write
-//! protection, so a hash collision costs a compare and never corrupts memory.
+//! Like KSM's unstable and stable trees, the index holds two kinds of entries, keyed by the
+//! keyed xxh64 of the page contents:
 //!
-//! The tree owns one reference on each stable page. A stable page that nothing maps any more
-//! (its last sharer wrote to it, unmapped it or exited) is an orphan: it is dropped lazily when
-//! a lookup meets it and by the periodic sweep.
+//! - a **candidate** is a page advised once with no twin yet: only its mm and address are kept
+//!   (an `mmgrab()` reference on the mm structure, no page reference, no write protection), so
+//!   the page stays an ordinary anonymous page that its owner writes without a fault, and that
+//!   the kernel may move, reclaim or collapse;
+//! - a **merged** entry is a KSM page with a real stable node (`struct upm_node`), which the
+//!   kernel's rmap, migration, reclaim and memory-failure code handle as KSM's own. The index
+//!   holds a reference on the node, never on the page.
+//!
+//! A hash match only makes an entry a twin to try: merging always write-protects and compares
+//! the full pages in the kernel, so a collision costs a compare and never corrupts memory. At
+//! most [`MAX_PROBES`] entries are tried per page, so pages crafted to share a hash cost bounded
+//! work. Each (mm, address) has at most one candidate: advising the same range again replaces
+//! it, so candidates are bounded by the memory advised and their nodes are charged to the
+//! adviser's memory cgroup.
+//!
+//! Entries go stale: a candidate's page changes or goes away, its process exits; a merged page
+//! is freed once nothing maps it. Stale entries are dropped when a lookup meets them and by the
+//! periodic sweep.
 //!
 //! # Lock order
 //!
 //! 1. `mmap_lock` of the advised mm (read), held by `merge.rs` for a batch of pages;
-//! 2. [`StableTree::promotion`], a mutex held while a page is promoted to a stable page;
-//! 3. the folio lock and the page table lock, inside the C merge primitives;
-//! 4. [`StableTree::nodes`], a spinlock.
-//!
-//! The tree lock is innermost and never held across anything that can sleep: under it we only
-//! walk the tree, read page counts and take page references. Nodes are allocated before taking
-//! it and orphans are freed (`put_page()`) after dropping it.
-//!
-//! Merging into an existing stable page needs only the tree lock, so advisers in different
-//! processes merge in parallel. Promotion is serialised by the promotion mutex, and whoever
-//! holds it looks the hash up again first: two advisers of the same new contents thus end up
-//! with one stable page, not two.
+//! 2. [`ContentIndex::inner`], a mutex held for the whole decision about one page, so that two
+//!    advisers never pair with the same candidate;
+//! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()`;
+//! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives.
 
-use crate::ffi::{PageRef, StablePage};
+use crate::ffi::{Mm, UpmNode};
 use kernel::{
-    new_mutex, new_spinlock,
+    new_mutex,
     prelude::*,
-    rbtree::{RBTree, RBTreeNode, RBTreeNodeReservation},
+    rbtree::RBTree,
     sync::{
         lock::{mutex::MutexBackend, Guard},
-        Mutex, SpinLock,
+        Mutex,
     },
+    types::ARef,
 };
 
-/// Content hash, then page identity.
-type Key = (u64, usize);
+/// Entries tried per advised page: bounds the work that colliding pages can cause.
+pub(crate) const MAX_PROBES: usize = 8;
 
-/// Orphans freed per hold of the tree lock by the sweep.
-const SWEEP_BATCH: usize = 32;
+/// Entries examined per hold of the index lock by the sweep.
+const SWEEP_BATCH: usize = 64;
 
-/// What the tree holds right now, for the sysfs counters.
+/// Content hash, then a sequence number that tells entries of equal hash apart.
+pub(crate) type Key = (u64, u64);
+
+/// One entry of the index.
+pub(crate) enum Entry {
+    /// A page advised once, identified by where it is mapped.
+    Candidate {
+        /// Its address space (the structure only: the process may have exited).
+        mm: ARef<Mm>,
+        /// Its address.
+        addr: usize,
+    },
+    /// A merged page, identified by its stable node.
+    Merged(ARef<UpmNode>),
+}
+
+/// A twin to try, taken out of the index with its own references.
+pub(crate) enum Probe {
+    /// A candidate.
+    Candidate(ARef<Mm>, usize),
+    /// A merged page.
+    Merged(ARef<UpmNode>),
+}
+
+/// What the index holds right now, for the sysfs counters.
 #[derive(Default)]
-pub(crate) struct TreeCounts {
-    /// Stable pages mapped by two or more page table entries.
+pub(crate) struct IndexCounts {
+    /// Merged pages mapped by two or more page table entries.
     pub(crate) shared: u64,
-    /// Sum over stable pages of (mappings - 1): the pages saved.
+    /// Sum over merged pages of (mappings - 1): the pages saved.
     pub(crate) sharing: u64,
-    /// Stable pages mapped exactly once.
+    /// Merged pages mapped exactly once.
     pub(crate) unshared: u64,
-    /// Nodes in the tree, orphans not yet swept included.
+    /// Merged entries, including pages about to be freed.
     pub(crate) nodes: u64,
+    /// Candidate entries.
+    pub(crate) candidates: u64,
 }
 
-/// The content-hash tree.
+/// The entries, with a second map that finds the candidate of an (mm, address).
+pub(crate) struct Index {
+    entries: RBTree<Key, Entry>,
+    candidate_keys: RBTree<(usize, usize), Key>,
+    next_seq: u64,
+}
+
+/// The content-hash index and its lock.
 #[pin_data]
-pub(crate) struct StableTree {
+pub(crate) struct ContentIndex {
     #[pin]
-    nodes: SpinLock<RBTree<Key, StablePage>>,
-    #[pin]
-    promotion: Mutex<()>,
+    inner: Mutex<Index>,
 }
 
-/// Whether the tree's reference is the only thing keeping `page` alive.
-fn is_orphan(page: &PageRef) -> bool {
-    page.mapcount() == 0 && page.refcount() == 1
-}
-
-/// Whether `page` is mapped nowhere but still referenced from elsewhere: most often by a
-/// per-CPU folio batch (munlock at exit puts every mlocked page in one), or by an adviser
-/// about to merge into it.
-fn is_unmapped_but_held(page: &PageRef) -> bool {
-    page.mapcount() == 0 && page.refcount() > 1
-}
-
-impl StableTree {
-    /// An empty tree.
+impl ContentIndex {
+    /// An empty index.
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            nodes <- new_spinlock!(RBTree::new(), "upm_stable_tree"),
-            promotion <- new_mutex!((), "upm_promotion"),
+            inner <- new_mutex!(
+                Index {
+                    entries: RBTree::new(),
+                    candidate_keys: RBTree::new(),
+                    next_seq: 0,
+                },
+                "upm_index"
+            ),
         })
     }
 
-    /// Serialises promotions; see the lock order above.
-    pub(crate) fn lock_promotion(&self) -> Guard<'_, (), MutexBackend> {
-        self.promotion.lock()
+    /// Locks the index; see the lock order above.
+    pub(crate) fn lock(&self) -> Guard<'_, Index, MutexBackend> {
+        self.inner.lock()
     }
 
-    /// The `nth` (from 0) live stable page whose contents hash to `hash`, with a new reference.
-    ///
-    /// An orphan met on the way is unlinked and freed.
-    pub(crate) fn candidate(&self, hash: u64, nth: usize) -> Option<StablePage> {
-        let mut orphan_key = None;
-        let mut orphan: Option<RBTreeNode<Key, StablePage>> = None;
-        let found = {
-            let mut nodes = self.nodes.lock();
-            let mut found = None;
+    /// Drops entries whose page or process is gone; returns how many merged pages were dropped.
+    pub(crate) fn sweep(&self) -> u64 {
+        let mut resume: Key = (0, 0);
+        let mut freed = 0;
+        loop {
+            let mut stale: [Option<Key>; SWEEP_BATCH] = [None; SWEEP_BATCH];
+            let mut found = 0;
+            let mut done = true;
+            let mut index = self.lock();
             let mut seen = 0;
-            let mut cursor = nodes.cursor_lower_bound(&(hash, 0));
+            let mut cursor = index.entries.cursor_lower_bound(&resume);
             while let Some(c) = cursor {
-                let (key, stable) = c.current();
-                if key.0 != hash {
+                let (key, entry) = c.current();
+                if seen == SWEEP_BATCH {
+                    resume = *key;
+                    done = false;
                     break;
                 }
-                if is_orphan(stable.page()) {
-                    orphan_key.get_or_insert(*key);
-                } else if seen == nth {
-                    found = Some(stable.clone_ref());
-                    break;
-                } else {
-                    seen += 1;
+                seen += 1;
+                let gone = match entry {
+                    Entry::Candidate { mm, .. } => mm.mmget_not_zero().is_none(),
+                    Entry::Merged(node) => node.mapcount().is_err(),
+                };
+                if gone {
+                    freed += u64::from(matches!(entry, Entry::Merged(_)));
+                    stale[found] = Some(*key);
+                    found += 1;
                 }
                 cursor = c.move_next();
             }
-            if let Some(key) = orphan_key {
-                orphan = nodes.remove_node(&key);
+            for key in stale.iter().flatten() {
+                drop(index.remove(key));
             }
-            found
-        };
-        // Frees the orphan, if any, now that the lock is dropped.
-        drop(orphan);
-        found
-    }
-
-    /// Adds a freshly promoted stable page whose contents hash to `hash`.
-    pub(crate) fn insert(&self, hash: u64, stable: StablePage) -> Result {
-        let reservation = RBTreeNodeReservation::new(GFP_KERNEL)?;
-        let node = reservation.into_node((hash, stable.page().id()), stable);
-        // A page is promoted once, so its key cannot be in the tree yet.
-        let old = self.nodes.lock().insert(node);
-        drop(old);
-        Ok(())
-    }
-
-    /// Frees every orphan; returns how many.
-    ///
-    /// Unmapped pages that something else still references are not orphans yet. If there are
-    /// any, the per-CPU folio batches are drained (as ksmd does before each scan) and the tree
-    /// swept again, so that pages which a batch held are freed now and not left forever on an
-    /// idle CPU.
-    pub(crate) fn sweep(&self) -> usize {
-        let (freed, held) = self.sweep_pass();
-        if held == 0 {
-            return freed;
-        }
-        crate::ffi::drain_page_batches();
-        freed + self.sweep_pass().0
-    }
-
-    /// Frees every orphan; returns how many, and how many unmapped pages are still held.
-    fn sweep_pass(&self) -> (usize, usize) {
-        let mut freed = 0;
-        let mut held = 0;
-        let mut resume = (0, 0);
-        loop {
-            let mut batch: [Option<RBTreeNode<Key, StablePage>>; SWEEP_BATCH] =
-                [const { None }; SWEEP_BATCH];
-            let mut taken = 0;
-            let mut done = true;
-            {
-                let mut nodes = self.nodes.lock();
-                let mut cursor = nodes.cursor_lower_bound(&resume);
-                while let Some(c) = cursor {
-                    let key = *c.current().0;
-                    if taken == SWEEP_BATCH {
-                        resume = key;
-                        done = false;
-                        break;
-                    }
-                    if is_orphan(c.current().1.page()) {
-                        let (next, node) = c.remove_current();
-                        batch[taken] = Some(node);
-                        taken += 1;
-                        // `remove_current` moves back when it removed the last node.
-                        cursor = next.filter(|n| *n.current().0 > key);
-                    } else {
-                        held += usize::from(is_unmapped_but_held(c.current().1.page()));
-                        cursor = c.move_next();
-                    }
-                }
-            }
-            freed += taken;
-            drop(batch);
+            drop(index);
             if done {
-                return (freed, held);
+                return freed;
             }
             crate::ffi::cond_resched();
         }
     }
 
-    /// Counts the stable pages by how often they are mapped.
-    pub(crate) fn counts(&self) -> TreeCounts {
-        let nodes = self.nodes.lock();
-        let mut counts = TreeCounts::default();
-        for stable in nodes.values() {
+    /// Counts the merged pages by how often they are mapped, and the candidates.
+    pub(crate) fn counts(&self) -> IndexCounts {
+        let index = self.lock();
+        let mut counts = IndexCounts::default();
+        for entry in index.entries.values() {
+            let node = match entry {
+                Entry::Candidate { .. } => {
+                    counts.candidates += 1;
+                    continue;
+                }
+                Entry::Merged(node) => node,
+            };
             counts.nodes += 1;
-            match stable.page().mapcount() {
-                0 => {}
-                1 => counts.unshared += 1,
-                n => {
+            match node.mapcount() {
+                Ok(0) | Err(_) => {}
+                Ok(1) => counts.unshared += 1,
+                Ok(n) => {
                     counts.shared += 1;
                     counts.sharing += u64::from(n) - 1;
                 }
             }
         }
         counts
+    }
+}
+
+impl Index {
+    /// Up to [`MAX_PROBES`] entries with `hash`, merged pages first, with new references.
+    pub(crate) fn probe(&mut self, hash: u64) -> KVec<(Key, Probe)> {
+        let mut merged = KVec::new();
+        let mut candidates = KVec::new();
+        let mut cursor = self.entries.cursor_lower_bound(&(hash, 0));
+        while let Some(c) = cursor {
+            let (key, entry) = c.current();
+            if key.0 != hash || merged.len() + candidates.len() == MAX_PROBES {
+                break;
+            }
+            // A failed push only shortens the list of twins to try.
+            let _ = match entry {
+                Entry::Merged(node) => merged.push((*key, Probe::Merged(node.clone())), GFP_KERNEL),
+                Entry::Candidate { mm, addr } => {
+                    candidates.push((*key, Probe::Candidate(mm.clone(), *addr)), GFP_KERNEL)
+                }
+            };
+            cursor = c.move_next();
+        }
+        for c in candidates {
+            if merged.push(c, GFP_KERNEL).is_err() {
+                break;
+            }
+        }
+        merged
+    }
+
+    /// Whether `node` has an entry under `hash`.
+    pub(crate) fn has_node(&mut self, hash: u64, node: &UpmNode) -> bool {
+        let mut cursor = self.entries.cursor_lower_bound(&(hash, 0));
+        while let Some(c) = cursor {
+            let (key, entry) = c.current();
+            if key.0 != hash {
+                break;
+            }
+            if matches!(entry, Entry::Merged(n) if n.id() == node.id()) {
+                return true;
+            }
+            cursor = c.move_next();
+        }
+        false
+    }
+
+    /// Takes the entry at `key` out of the index.
+    pub(crate) fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        if let Entry::Candidate { mm, addr } = &entry {
+            self.candidate_keys.remove(&(mm.id(), *addr));
+        }
+        Some(entry)
+    }
+
+    fn next_key(&mut self, hash: u64) -> Key {
+        self.next_seq += 1;
+        (hash, self.next_seq)
+    }
+
+    /// Adds a merged page under `hash`.
+    pub(crate) fn insert_merged(&mut self, hash: u64, node: ARef<UpmNode>) -> Result {
+        let key = self.next_key(hash);
+        self.entries
+            .try_create_and_insert(key, Entry::Merged(node), GFP_KERNEL_ACCOUNT)?;
+        Ok(())
+    }
+
+    /// Records the page of `mm` at `addr` as a candidate with `hash`, replacing the candidate
+    /// that address had.
+    pub(crate) fn insert_candidate(&mut self, hash: u64, mm: &Mm, addr: usize) -> Result {
+        if let Some(old) = self.candidate_keys.get(&(mm.id(), addr)).copied() {
+            if old.0 == hash {
+                return Ok(());
+            }
+            drop(self.remove(&old));
+        }
+        let key = self.next_key(hash);
+        let mm_id = mm.id();
+        self.candidate_keys
+            .try_create_and_insert((mm_id, addr), key, GFP_KERNEL_ACCOUNT)?;
+        let entry = Entry::Candidate {
+            mm: ARef::from(mm),
+            addr,
+        };
+        if let Err(e) = self
+            .entries
+            .try_create_and_insert(key, entry, GFP_KERNEL_ACCOUNT)
+        {
+            self.candidate_keys.remove(&(mm_id, addr));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Drops the candidate of `mm` at `addr`, if any (the page was merged or unmerged).
+    pub(crate) fn forget_candidate(&mut self, mm: &Mm, addr: usize) {
+        if let Some(key) = self.candidate_keys.get(&(mm.id(), addr)).copied() {
+            drop(self.remove(&key));
+        }
     }
 }

@@ -3,14 +3,17 @@
 //! UPM: user-guided page merging.
 //!
 //! A process calls `madvise(addr, len, MADV_UPM_MERGEABLE)` on memory it knows is shareable;
-//! within that call, identical anonymous pages are merged into write-protected KSM pages. The
-//! kernel patch provides the madvise hook and KSM-based merge primitives; this module provides
-//! the policy: the content-hash tree, the walk of advised ranges, counters and tunables in
+//! within that call, identical anonymous pages are merged into write-protected KSM pages, each
+//! with a real stable node, so that they migrate, swap and retire like ksmd's. Pages with no
+//! twin yet are only recorded as candidates and stay ordinary pages. The kernel patch provides
+//! the madvise hook, the merge primitives and the stable nodes; this module provides the policy:
+//! the content-hash index, the walk of advised ranges, counters and tunables in
 //! `/sys/kernel/mm/upm/`.
 //!
-//! Unloading the module unregisters the hook and drops the module's references on stable pages.
-//! Merged pages stay merged: they are KSM pages that core mm copies on write and frees when the
-//! last mapping goes, without the module. After a reload they count as already merged.
+//! Unloading the module unregisters the hook and drops its references on stable nodes and
+//! candidates. Merged pages stay merged: they are KSM pages with stable nodes that core mm
+//! migrates, reclaims, copies on write and frees without the module. After a reload, advising
+//! them again puts them back in the index.
 
 use kernel::{c_str, prelude::*, sync::Arc};
 

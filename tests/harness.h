@@ -80,4 +80,8 @@ void *map_shared(size_t bytes);
 extern const struct test lifecycle_tests[];
 extern const size_t lifecycle_test_count;
 
+/* ksm_parity_tests.c */
+extern const struct test parity_tests[];
+extern const size_t parity_test_count;
+
 #endif /* UPM_HARNESS_H */

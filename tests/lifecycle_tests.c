@@ -158,43 +158,6 @@ static enum result test_mprotect_roundtrip(void)
 	return PASS;
 }
 
-static enum result test_madv_free(void)
-{
-	char *a, *b;
-	size_t lost = 0;
-
-	CHECK(merged_twins(&a, &b, N, 241) == 0, "setup");
-	CHECK(madvise(a, N * page_size, MADV_FREE) == 0, "MADV_FREE");
-	/* Each page reads as before or, if it was freed, as zeroes: never anything else. */
-	for (size_t i = 0; i < N; i++) {
-		char *p = a + i * page_size;
-
-		if (page_intact(a, i, 241))
-			continue;
-		for (size_t j = 0; j < page_size; j++)
-			CHECK(p[j] == 0, "page %zu neither intact nor zero", i);
-		lost++;
-	}
-	CHECK(check_pages(b, N, 241, 1) < 0, "twin intact (%zu pages of a freed)", lost);
-	fill_pages(a, N, 242, 1);
-	CHECK(check_pages(b, N, 241, 1) < 0 && check_pages(a, N, 242, 1) < 0, "rewrite private");
-	return PASS;
-}
-
-static enum result test_madv_pageout(void)
-{
-	char *a, *b;
-
-	CHECK(merged_twins(&a, &b, N, 251) == 0, "setup");
-	CHECK(madvise(a, N * page_size, MADV_PAGEOUT) == 0, "MADV_PAGEOUT");
-	/* Merged pages are not reclaimable (documented): they stay, shared and intact. */
-	CHECK(count_pfn_equal(a, b, N) == N, "still merged: %zu", count_pfn_equal(a, b, N));
-	CHECK(check_pages(a, N, 251, 1) < 0 && check_pages(b, N, 251, 1) < 0, "contents");
-	a[0] ^= 1;
-	CHECK(check_pages(b, N, 251, 1) < 0, "COW after pageout");
-	return PASS;
-}
-
 static enum result test_mlock(void)
 {
 	char *a, *b;
@@ -622,8 +585,6 @@ const struct test lifecycle_tests[] = {
 	{ "munmap_partial", test_munmap_partial, "partial and whole munmap of merged pages" },
 	{ "mremap_grow", test_mremap_grow, "merged pages move with a growing mapping" },
 	{ "mprotect_roundtrip", test_mprotect_roundtrip, "r/o, PROT_NONE and back: still COW" },
-	{ "madv_free", test_madv_free, "MADV_FREE: intact or zero, never foreign" },
-	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT leaves merged pages intact" },
 	{ "mlock", test_mlock, "mlock breaks COW; locked pages merge again" },
 	{ "fork_exec", test_fork_exec, "fork + exec leaves the parent's pages merged" },
 	{ "partially_identical", test_partially_identical, "half shared; the other exits" },

@@ -209,11 +209,11 @@ int set_tunable(const char *name, long value)
 	return write_long(path, value);
 }
 
-/* Waits until the sweep has dropped every orphaned stable page. */
+/* Waits until the sweep has dropped every freed stable page and every dead candidate. */
 int wait_tree_empty(void)
 {
 	for (int i = 0; i < 100; i++) {
-		if (counter("stable_nodes") == 0)
+		if (counter("stable_nodes") == 0 && counter("candidates") == 0)
 			return 0;
 		usleep(50 * 1000);
 	}

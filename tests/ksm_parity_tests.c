@@ -1,0 +1,512 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Merged pages are first-class memory: each test merges one set of pages with UPM and an
+ * identical set with ksmd (unthrottled) in the same boot, applies what the kernel does to
+ * memory (NUMA migration, compaction, soft offline, reclaim to zram swap, memory failure,
+ * memory hot-unplug) and requires the same outcome for both, with contents checked against
+ * the generator. The VM boots with numa=fake=2 and movablecore=1G and has zram swap
+ * (scripts/vm-run.sh, scripts/vm-guest.sh).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define N 256 /* pages per set */
+#define PM_SWAP (1ull << 62)
+#define KSM_DIR "/sys/kernel/mm/ksm/"
+#define MPOL_MF_MOVE_ALL (1 << 2)
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+/* ksmd unthrottled, as the KSM selftests run it; ksm_stop() undoes everything. */
+static int ksm_start(void)
+{
+	return write_long(KSM_DIR "pages_to_scan", 10000) ||
+	       write_long(KSM_DIR "sleep_millisecs", 0) || write_long(KSM_DIR "run", 1);
+}
+
+static void ksm_stop(void)
+{
+	write_long(KSM_DIR "run", 2); /* unmerge what ksmd merged */
+	write_long(KSM_DIR "run", 0);
+	write_long(KSM_DIR "pages_to_scan", 100);
+	write_long(KSM_DIR "sleep_millisecs", 20);
+}
+
+/* Two identical regions merged by ksmd; fails after 120 s. */
+static int ksm_twins(char **a, char **b, size_t pages, uint64_t seed)
+{
+	if (map_twins(a, b, pages, seed) || madvise(*a, pages * page_size, MADV_MERGEABLE) ||
+	    madvise(*b, pages * page_size, MADV_MERGEABLE) || ksm_start())
+		return -1;
+	for (int i = 0; i < 1200; i++) {
+		if (count_pfn_equal(*a, *b, pages) == pages)
+			return 0;
+		usleep(100 * 1000);
+	}
+	fprintf(stderr, "    ksmd merged %zu of %zu\n", count_pfn_equal(*a, *b, pages), pages);
+	return -1;
+}
+
+/* Two identical regions merged by UPM. */
+static int upm_twins(char **a, char **b, size_t pages, uint64_t seed)
+{
+	if (map_twins(a, b, pages, seed) || advise(*a, pages) || advise(*b, pages))
+		return -1;
+	return count_pfn_equal(*a, *b, pages) == pages ? 0 : -1;
+}
+
+/* Both sets intact: contents, and still one frame per pair. */
+static int sets_intact(char *ua, char *ub, char *ka, char *kb, size_t pages, uint64_t seed)
+{
+	return check_pages(ua, pages, seed, 1) >= 0 || check_pages(ub, pages, seed, 1) >= 0 ||
+	       check_pages(ka, pages, seed + 1, 1) >= 0 || check_pages(kb, pages, seed + 1, 1) >= 0 ||
+	       count_pfn_equal(ua, ub, pages) != pages || count_pfn_equal(ka, kb, pages) != pages;
+}
+
+static int node_of(void *p)
+{
+	void *pages[1] = { p };
+	int status = -1;
+
+	if (syscall(SYS_move_pages, 0, 1, pages, NULL, &status, 0))
+		return -1;
+	return status;
+}
+
+/* Moves every page of a region to @node; returns how many pages of @twin now sit there. */
+static size_t move_set(char *base, char *twin, size_t pages, int node)
+{
+	void *addrs[N];
+	int nodes[N], status[N];
+	size_t moved = 0;
+
+	for (size_t i = 0; i < pages; i++) {
+		addrs[i] = base + i * page_size;
+		nodes[i] = node;
+	}
+	syscall(SYS_move_pages, 0, pages, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+	for (size_t i = 0; i < pages; i++)
+		moved += node_of(twin + i * page_size) == node;
+	return moved;
+}
+
+static enum result test_move_pages(void)
+{
+	char *ua, *ub, *ka, *kb;
+	size_t upm_moved, ksm_moved;
+	int to;
+
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0,
+	      "two NUMA nodes (boot with numa=fake=2)");
+	CHECK(upm_twins(&ua, &ub, N, 301) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 302) == 0, "KSM set");
+	to = node_of(ua) == 0 ? 1 : 0;
+	ksm_moved = move_set(ka, kb, N, to);
+	upm_moved = move_set(ua, ub, N, to);
+	ksm_stop();
+	CHECK(ksm_moved == N, "ksmd's pages moved to node %d: %zu of %d", to, ksm_moved, N);
+	CHECK(upm_moved == ksm_moved, "UPM's pages moved: %zu, ksmd's %zu", upm_moved,
+	      ksm_moved);
+	CHECK(count_pfn_equal(ua, ub, N) == N, "UPM pairs still share one frame");
+	CHECK(check_pages(ua, N, 301, 1) < 0 && check_pages(ub, N, 301, 1) < 0, "contents");
+	ua[0] ^= 1;
+	CHECK(check_pages(ub, N, 301, 1) < 0, "copy-on-write after the move");
+	return PASS;
+}
+
+static enum result test_compaction(void)
+{
+	char *ua, *ub, *ka, *kb;
+
+	CHECK(upm_twins(&ua, &ub, N, 311) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 312) == 0, "KSM set");
+	CHECK(write_long("/proc/sys/vm/compact_memory", 1) == 0, "compact");
+	ksm_stop();
+	CHECK(sets_intact(ua, ub, ka, kb, N, 311) == 0, "both sets shared and intact");
+	return PASS;
+}
+
+/* Soft-offlines the first @pages of @base; returns how many moved to a new frame. */
+static size_t soft_offline(char *base, char *twin, size_t pages)
+{
+	size_t moved = 0;
+
+	for (size_t i = 0; i < pages; i++) {
+		char *p = base + i * page_size;
+		uint64_t before = pfn_of(p);
+
+		if (madvise(p, page_size, MADV_SOFT_OFFLINE))
+			continue;
+		moved += pfn_of(p) != before && pfn_of(twin + i * page_size) == pfn_of(p);
+	}
+	return moved;
+}
+
+static enum result test_soft_offline(void)
+{
+	char *ua, *ub, *ka, *kb;
+	size_t upm_moved, ksm_moved;
+
+	CHECK(upm_twins(&ua, &ub, N, 321) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 322) == 0, "KSM set");
+	ksm_moved = soft_offline(ka, kb, 4);
+	upm_moved = soft_offline(ua, ub, 4);
+	ksm_stop();
+	CHECK(ksm_moved == 4, "ksmd's pages moved: %zu of 4", ksm_moved);
+	CHECK(upm_moved == ksm_moved, "UPM's pages moved: %zu", upm_moved);
+	CHECK(sets_intact(ua, ub, ka, kb, N, 321) == 0, "both sets shared and intact");
+	return PASS;
+}
+
+static size_t swapped(const char *base, size_t pages)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < pages; i++)
+		n += !!(pagemap_entry(base + i * page_size) & PM_SWAP);
+	return n;
+}
+
+#define CG "/sys/fs/cgroup/upm_reclaim_test"
+
+static int reclaim_child(void)
+{
+	char *ua, *ub, *ka, *kb;
+	size_t k = 0, u = 0;
+
+	if (upm_twins(&ua, &ub, N, 331) || ksm_twins(&ka, &kb, N, 332))
+		return 2;
+	/* A merged page has two young ptes and is activated first: keep up the pressure. */
+	for (int round = 0; round < 50 && (k < N / 2 || u < N / 2); round++) {
+		write_str(CG "/memory.reclaim", "64M");
+		k = swapped(ka, N);
+		u = swapped(ua, N);
+	}
+	ksm_stop();
+	printf("    reclaim: ksmd's pages swapped %zu of %d, UPM's %zu\n", k, N, u);
+	if (k < N / 2)
+		return 3;
+	if (u < N / 2)
+		return 4;
+	/* Swapped in again on access: contents as generated. */
+	if (check_pages(ua, N, 331, 1) >= 0 || check_pages(ub, N, 331, 1) >= 0 ||
+	    check_pages(ka, N, 332, 1) >= 0 || check_pages(kb, N, 332, 1) >= 0)
+		return 5;
+	return 0;
+}
+
+static enum result test_reclaim_to_swap(void)
+{
+	char pid[32];
+	pid_t child;
+	int rc;
+
+	CHECK(proc_kb("/proc/meminfo", "SwapTotal") > 0, "swap configured (zram)");
+	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0, "memory controller");
+	rmdir(CG);
+	CHECK(mkdir(CG, 0755) == 0, "cgroup");
+	child = fork();
+	if (child == 0) {
+		snprintf(pid, sizeof(pid), "%d", getpid());
+		_exit(write_str(CG "/cgroup.procs", pid) ? 6 : reclaim_child());
+	}
+	rc = wait_exit(child);
+	rmdir(CG);
+	CHECK(rc != 3, "ksmd's merged pages were not swapped out");
+	CHECK(rc != 4, "UPM's merged pages were not swapped out where ksmd's were");
+	CHECK(rc == 0, "child failed: %d", rc);
+	return PASS;
+}
+
+static sigjmp_buf bus_jmp;
+
+static void on_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(bus_jmp, 1);
+}
+
+/* Whether reading @p raises SIGBUS. */
+static int read_faults(volatile char *p)
+{
+	if (sigsetjmp(bus_jmp, 1))
+		return 1;
+	(void)*p;
+	return 0;
+}
+
+/* Poisons a[0] of a merged pair; exit code: bit 0 a faults, bit 1 b faults, bit 2 error. */
+static int poison_child(int use_ksm)
+{
+	char *a, *b, *c, *d;
+	uint64_t bad;
+	int rc;
+
+	signal(SIGBUS, on_sigbus);
+	if (use_ksm ? ksm_twins(&a, &b, 4, 341) : upm_twins(&a, &b, 4, 341))
+		return 4;
+	bad = pfn_of(a);
+	if (madvise(a, page_size, MADV_HWPOISON))
+		return 4;
+	rc = read_faults(a) | read_faults(b) << 1;
+	if (use_ksm) {
+		ksm_stop();
+		return rc;
+	}
+	/* The same contents advised again must never map the poisoned frame. */
+	if (upm_twins(&c, &d, 4, 341) == 0 && (pfn_of(c) == bad || pfn_of(d) == bad))
+		return rc | 4;
+	if (check_pages(c, 4, 341, 1) >= 0 || pfn_of(c) == bad || pfn_of(d) == bad)
+		return rc | 4;
+	return rc;
+}
+
+static int poison_ksm(void *arg)
+{
+	(void)arg;
+	return poison_child(1);
+}
+
+static int poison_upm(void *arg)
+{
+	(void)arg;
+	return poison_child(0);
+}
+
+static enum result test_hwpoison(void)
+{
+	int k = wait_exit(spawn(poison_ksm, NULL));
+	int u = wait_exit(spawn(poison_upm, NULL));
+
+	CHECK(k == 3, "ksmd's poisoned page faults in both mappings: %d", k);
+	CHECK(u == k, "UPM's poisoned page: %d, ksmd's %d (4: poisoned frame mapped again)", u, k);
+	return PASS;
+}
+
+/* Offlines the memory block holding @p and onlines it again; 0 if the offline worked. */
+static int offline_block_of(char *p)
+{
+	char path[128], zones[128] = "";
+	unsigned long block;
+	FILE *f;
+	int rc;
+
+	/* block_size_bytes is hexadecimal. */
+	f = fopen("/sys/devices/system/memory/block_size_bytes", "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%lx", &block) != 1) {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%lu/valid_zones",
+		 (unsigned long)(pfn_of(p) * page_size / block));
+	f = fopen(path, "r");
+	if (f) {
+		if (!fgets(zones, sizeof(zones), f))
+			zones[0] = 0;
+		fclose(f);
+	}
+	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%lu/state",
+		 (unsigned long)(pfn_of(p) * page_size / block));
+	rc = write_str(path, "offline");
+	if (rc)
+		fprintf(stderr, "    offline of %s (zones %s) failed: %s\n", path, zones,
+			strerror(errno));
+	write_str(path, "online_movable");
+	return rc;
+}
+
+static enum result test_memory_offline(void)
+{
+	char *ua, *ub, *ka, *kb;
+	uint64_t upfn, kpfn;
+	int k, u;
+
+	CHECK(upm_twins(&ua, &ub, N, 351) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 352) == 0, "KSM set");
+	kpfn = pfn_of(ka);
+	upfn = pfn_of(ua);
+	k = offline_block_of(ka);
+	u = offline_block_of(ua);
+	ksm_stop();
+	CHECK(k == 0 && pfn_of(ka) != kpfn, "block with ksmd's page offline");
+	CHECK(u == 0 && pfn_of(ua) != upfn, "block with UPM's page offline (ksmd's: %d)", k);
+	CHECK(sets_intact(ua, ub, ka, kb, N, 351) == 0, "both sets shared and intact");
+	return PASS;
+}
+
+/* A 2 MiB aligned region of small pages, filled with distinct contents. */
+static char *unique_thp_range(size_t pages, uint64_t seed)
+{
+	size_t huge = 2 << 20;
+	char *raw = mmap(NULL, pages * page_size + huge, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *p;
+
+	if (raw == MAP_FAILED)
+		return NULL;
+	p = (char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
+	madvise(p, pages * page_size, MADV_NOHUGEPAGE);
+	fill_pages(p, pages, seed, 1);
+	madvise(p, pages * page_size, MADV_HUGEPAGE);
+	return p;
+}
+
+static enum result test_unique_stays_ordinary(void)
+{
+	size_t pages = (2 << 20) / page_size;
+	char *p = unique_thp_range(pages, 361);
+	long cands = counter("candidates");
+	struct rusage before, after;
+
+	CHECK(p, "mmap");
+	CHECK(advise(p, pages) == 0, "advise");
+	CHECK(proc_kb("/proc/self/smaps_rollup", "KSM") == 0, "no KSM page: %ld kB",
+	      proc_kb("/proc/self/smaps_rollup", "KSM"));
+	CHECK(counter("stable_nodes") == 0, "no stable node");
+	CHECK(counter("candidates") - cands == (long)pages, "candidates +%ld",
+	      counter("candidates") - cands);
+	CHECK(advise(p, pages) == 0 && counter("candidates") - cands == (long)pages,
+	      "advising again replaces candidates: +%ld", counter("candidates") - cands);
+	getrusage(RUSAGE_SELF, &before);
+	for (size_t i = 0; i < pages; i++)
+		p[i * page_size] ^= 1;
+	getrusage(RUSAGE_SELF, &after);
+	CHECK(after.ru_minflt == before.ru_minflt, "writes took %ld faults",
+	      after.ru_minflt - before.ru_minflt);
+	for (size_t i = 0; i < pages; i++)
+		p[i * page_size] ^= 1;
+	CHECK(check_pages(p, pages, 361, 1) < 0, "contents");
+	CHECK(madvise(p, pages * page_size, MADV_COLLAPSE) == 0, "MADV_COLLAPSE");
+	CHECK(proc_kb("/proc/self/smaps_rollup", "AnonHugePages") >= 2048, "collapsed: %ld kB",
+	      proc_kb("/proc/self/smaps_rollup", "AnonHugePages"));
+	CHECK(check_pages(p, pages, 361, 1) < 0, "contents after collapse");
+	return PASS;
+}
+
+/* Replaces the vacuous madv_pageout: a merged page mapped once pages out as ksmd's does. */
+static enum result test_madv_pageout(void)
+{
+	char *ua, *ub, *ka, *kb;
+	size_t k, u;
+
+	CHECK(proc_kb("/proc/meminfo", "SwapTotal") > 0, "swap configured (zram)");
+	CHECK(upm_twins(&ua, &ub, N, 371) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 372) == 0, "KSM set");
+	write_long(KSM_DIR "run", 0); /* keep ksmd from merging kb back meanwhile */
+	/* 6.12 skips folios mapped more than once: leave one mapping of each merged page. */
+	CHECK(munmap(ub, N * page_size) == 0 && munmap(kb, N * page_size) == 0, "munmap twins");
+	CHECK(madvise(ka, N * page_size, MADV_PAGEOUT) == 0, "pageout ksmd's");
+	CHECK(madvise(ua, N * page_size, MADV_PAGEOUT) == 0, "pageout UPM's");
+	k = swapped(ka, N);
+	u = swapped(ua, N);
+	ksm_stop();
+	CHECK(k > N / 2, "ksmd's pages swapped out: %zu of %d", k, N);
+	CHECK(u >= k, "UPM's pages swapped out: %zu, ksmd's %zu", u, k);
+	CHECK(check_pages(ua, N, 371, 1) < 0 && check_pages(ka, N, 372, 1) < 0,
+	      "contents after swap-in");
+	return PASS;
+}
+
+/* Replaces the vacuous madv_free: lazily freed pages are never merged with anything. */
+static int lazyfree_child(void *arg)
+{
+	char *a = arg;
+
+	/* The child's copy of the region is lazily freed, then advised. */
+	if (madvise(a, N * page_size, MADV_FREE) || advise(a, N))
+		return 2;
+	return 0;
+}
+
+static enum result test_madv_free(void)
+{
+	char *a = map_anon(N), *b = map_anon(N);
+	long other = counter("pages_skipped_other");
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, N, 381, 1);
+	fill_pages(b, N, 381, 1);
+	CHECK(advise(b, N) == 0, "advise the twin first");
+	CHECK(madvise(a, N * page_size, MADV_FREE) == 0, "MADV_FREE");
+	CHECK(advise(a, N) == 0, "advise the lazily freed range");
+	CHECK(count_pfn_equal(a, b, N) == 0, "%zu lazily freed pages merged",
+	      count_pfn_equal(a, b, N));
+	CHECK(counter("pages_skipped_other") - other == N, "skipped as other: %ld",
+	      counter("pages_skipped_other") - other);
+	CHECK(madvise(a, N * page_size, MADV_PAGEOUT) == 0, "reclaim the lazily freed pages");
+	CHECK(check_pages(b, N, 381, 1) < 0, "the twin keeps its contents");
+	/* Each page of a reads as before or as zeroes, never anything else. */
+	for (size_t i = 0; i < N; i++) {
+		if (page_intact(a, i, 381))
+			continue;
+		for (size_t j = 0; j < page_size; j++)
+			CHECK(a[i * page_size + j] == 0, "page %zu neither intact nor zero", i);
+	}
+	CHECK(wait_exit(spawn(lazyfree_child, a)) == 0, "child advises its lazily freed copy");
+	CHECK(check_pages(b, N, 381, 1) < 0, "the twin keeps its contents");
+	return PASS;
+}
+
+/* The central rule: a candidate is compared as it is now, not as it was when advised. */
+static enum result test_candidate_changed(void)
+{
+	char *a, *b;
+	long merged = counter("pages_merged"), differ = counter("hash_collisions");
+
+	CHECK(map_twins(&a, &b, N, 391) == 0, "mmap");
+	CHECK(advise(a, N) == 0, "advise a: candidates");
+	CHECK(proc_kb("/proc/self/smaps_rollup", "KSM") == 0, "a untouched");
+	fill_pages(a, N, 392, 1); /* a changes after it was advised */
+	CHECK(advise(b, N) == 0, "advise b, which holds a's old contents");
+	CHECK(count_pfn_equal(a, b, N) == 0, "%zu pages merged with a changed candidate",
+	      count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 392, 1) < 0 && check_pages(b, N, 391, 1) < 0, "contents");
+	CHECK(counter("pages_merged") == merged, "pages_merged +%ld",
+	      counter("pages_merged") - merged);
+	CHECK(counter("hash_collisions") - differ == N, "compared and refused: %ld",
+	      counter("hash_collisions") - differ);
+	/* Once a holds b's contents again, they merge. */
+	fill_pages(a, N, 391, 1);
+	CHECK(advise(a, N) == 0 && count_pfn_equal(a, b, N) == N, "merged when identical: %zu",
+	      count_pfn_equal(a, b, N));
+	return PASS;
+}
+
+const struct test parity_tests[] = {
+	{ "candidate_changed", test_candidate_changed,
+	  "a candidate written after its advise never merges" },
+	{ "move_pages", test_move_pages, "move_pages(MOVE_ALL) moves merged pages as ksmd's" },
+	{ "compaction", test_compaction, "compact_memory keeps merged pages shared, intact" },
+	{ "soft_offline", test_soft_offline, "MADV_SOFT_OFFLINE migrates merged pages" },
+	{ "reclaim_to_swap", test_reclaim_to_swap, "memory.reclaim swaps merged pages to zram" },
+	{ "hwpoison", test_hwpoison, "MADV_HWPOISON as on ksmd's page; frame never reused" },
+	{ "memory_offline", test_memory_offline, "a block holding merged pages goes offline" },
+	{ "unique_stays_ordinary", test_unique_stays_ordinary,
+	  "no twin: no KSM page, no fault on write, MADV_COLLAPSE works" },
+	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT swaps a merged page mapped once" },
+	{ "madv_free", test_madv_free, "lazily freed pages never merge; twin intact" },
+};
+
+const size_t parity_test_count = ARRAY_SIZE(parity_tests);
