@@ -302,7 +302,8 @@ impl Upm {
         let Mapped::Anon(twin) = twin else {
             return Err(PairError::Stale);
         };
-        vma.merge_pair(page, twin_vma, &twin).map_err(|e| match e {
+        // The candidate, advised first, keeps its frame: the new page is the one replaced.
+        twin_vma.merge_pair(&twin, vma, page).map_err(|e| match e {
             MergeError::Busy => PairError::Busy,
             e => PairError::Page(e),
         })

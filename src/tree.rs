@@ -142,9 +142,11 @@ impl ContentIndex {
                     break;
                 }
                 seen += 1;
+                // A merged page that nothing maps any more is no twin for anyone: its node
+                // dies once the page is freed (a per-CPU folio batch may still hold it).
                 let gone = match entry {
                     Entry::Candidate { mm, .. } => mm.mmget_not_zero().is_none(),
-                    Entry::Merged(node) => node.mapcount().is_err(),
+                    Entry::Merged(node) => !matches!(node.mapcount(), Ok(n) if n > 0),
                 };
                 if gone {
                     freed += u64::from(matches!(entry, Entry::Merged(_)));

@@ -103,9 +103,16 @@ static size_t move_set(char *base, char *twin, size_t pages, int node)
 		addrs[i] = base + i * page_size;
 		nodes[i] = node;
 	}
-	syscall(SYS_move_pages, 0, pages, addrs, nodes, status, MPOL_MF_MOVE_ALL);
-	for (size_t i = 0; i < pages; i++)
-		moved += node_of(twin + i * page_size) == node;
+	/* A page that is busy at that moment (-EBUSY, -EAGAIN) is retried, as migration does. */
+	for (int tries = 0; tries < 5; tries++) {
+		syscall(SYS_move_pages, 0, pages, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+		moved = 0;
+		for (size_t i = 0; i < pages; i++)
+			moved += node_of(twin + i * page_size) == node;
+		if (moved == pages)
+			break;
+		usleep(100 * 1000);
+	}
 	return moved;
 }
 
@@ -140,7 +147,6 @@ static enum result test_compaction(void)
 	CHECK(upm_twins(&ua, &ub, N, 311) == 0, "UPM set");
 	CHECK(ksm_twins(&ka, &kb, N, 312) == 0, "KSM set");
 	CHECK(write_long("/proc/sys/vm/compact_memory", 1) == 0, "compact");
-	ksm_stop();
 	CHECK(sets_intact(ua, ub, ka, kb, N, 311) == 0, "both sets shared and intact");
 	return PASS;
 }
@@ -170,7 +176,6 @@ static enum result test_soft_offline(void)
 	CHECK(ksm_twins(&ka, &kb, N, 322) == 0, "KSM set");
 	ksm_moved = soft_offline(ka, kb, 4);
 	upm_moved = soft_offline(ua, ub, 4);
-	ksm_stop();
 	CHECK(ksm_moved == 4, "ksmd's pages moved: %zu of 4", ksm_moved);
 	CHECK(upm_moved == ksm_moved, "UPM's pages moved: %zu", upm_moved);
 	CHECK(sets_intact(ua, ub, ka, kb, N, 321) == 0, "both sets shared and intact");
@@ -238,19 +243,26 @@ static enum result test_reclaim_to_swap(void)
 }
 
 static sigjmp_buf bus_jmp;
+static volatile sig_atomic_t bus_armed;
 
+/* An access to a poisoned page jumps back; the early notice at injection is ignored. */
 static void on_sigbus(int sig)
 {
 	(void)sig;
-	siglongjmp(bus_jmp, 1);
+	if (bus_armed)
+		siglongjmp(bus_jmp, 1);
 }
 
 /* Whether reading @p raises SIGBUS. */
 static int read_faults(volatile char *p)
 {
-	if (sigsetjmp(bus_jmp, 1))
+	if (sigsetjmp(bus_jmp, 1)) {
+		bus_armed = 0;
 		return 1;
+	}
+	bus_armed = 1;
 	(void)*p;
+	bus_armed = 0;
 	return 0;
 }
 
@@ -302,58 +314,181 @@ static enum result test_hwpoison(void)
 	return PASS;
 }
 
-/* Offlines the memory block holding @p and onlines it again; 0 if the offline worked. */
-static int offline_block_of(char *p)
-{
-	char path[128], zones[128] = "";
-	unsigned long block;
-	FILE *f;
-	int rc;
+#define MEM_DIR "/sys/devices/system/memory/"
 
-	/* block_size_bytes is hexadecimal. */
-	f = fopen("/sys/devices/system/memory/block_size_bytes", "r");
-	if (!f)
-		return -1;
-	if (fscanf(f, "%lx", &block) != 1) {
-		fclose(f);
-		return -1;
-	}
-	fclose(f);
-	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%lu/valid_zones",
-		 (unsigned long)(pfn_of(p) * page_size / block));
-	f = fopen(path, "r");
+static unsigned long block_bytes(void)
+{
+	unsigned long bytes = 0;
+	FILE *f = fopen(MEM_DIR "block_size_bytes", "r");
+
 	if (f) {
-		if (!fgets(zones, sizeof(zones), f))
-			zones[0] = 0;
+		if (fscanf(f, "%lx", &bytes) != 1) /* hexadecimal */
+			bytes = 0;
 		fclose(f);
 	}
-	snprintf(path, sizeof(path), "/sys/devices/system/memory/memory%lu/state",
-		 (unsigned long)(pfn_of(p) * page_size / block));
-	rc = write_str(path, "offline");
-	if (rc)
-		fprintf(stderr, "    offline of %s (zones %s) failed: %s\n", path, zones,
-			strerror(errno));
-	write_str(path, "online_movable");
-	return rc;
+	return bytes;
 }
 
+static int block_state(long id, const char *state)
+{
+	char path[96];
+
+	snprintf(path, sizeof(path), MEM_DIR "memory%ld/state", id);
+	return write_str(path, state);
+}
+
+static int block_is_movable(long id)
+{
+	char path[96], zones[64] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), MEM_DIR "memory%ld/valid_zones", id);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (!fgets(zones, sizeof(zones), f))
+		zones[0] = 0;
+	fclose(f);
+	return !strncmp(zones, "Movable", 7);
+}
+
+static long block_of(const void *p)
+{
+	return pfn_of(p) * page_size / block_bytes();
+}
+
+/* Free pages of node 1's ZONE_MOVABLE, from /proc/zoneinfo. */
+static long movable_free_pages(void)
+{
+	char line[256];
+	long free = -1;
+	int in_zone = 0;
+	FILE *f = fopen("/proc/zoneinfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "Node ", 5))
+			in_zone = strstr(line, "Node 1, zone") && strstr(line, "Movable");
+		else if (in_zone && sscanf(line, " pages free %ld", &free) == 1)
+			break;
+	}
+	fclose(f);
+	return free;
+}
+
+/*
+ * Takes the free pages left in node 1's movable blocks that cannot go offline (the rest comes
+ * from its ZONE_NORMAL), so that the next allocations there land in the block onlined next.
+ */
+static char *fill_node1_movable(size_t *len)
+{
+	unsigned long mask = 1ul << 1;
+	long pages = movable_free_pages();
+	char *p;
+
+	if (pages <= 0)
+		return NULL;
+	/* Per-CPU lists hold free pages that zoneinfo does not count: take a margin. */
+	*len = (pages + 1024) * page_size;
+	p = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	/* MPOL_BIND to node 1: its highest zone, ZONE_MOVABLE, is used first. */
+	if (syscall(SYS_mbind, p, *len, 2, &mask, 64, 0) == 0)
+		for (size_t off = 0; off < *len; off += page_size)
+			p[off] = 1;
+	return p;
+}
+
+struct sets {
+	char *ua, *ub, *ka, *kb;
+};
+
+static size_t pages_in_block(const char *base, long block)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < N; i++)
+		n += block_of(base + i * page_size) == block;
+	return n;
+}
+
+static enum result offline_body(struct sets *m, int n_off, long target)
+{
+	size_t filler_len = 0, filler2_len = 0, k, u;
+	char *filler, *filler2;
+
+	filler = fill_node1_movable(&filler_len);
+	/* What per-CPU lists gave back meanwhile: a second, small round. */
+	filler2 = fill_node1_movable(&filler2_len);
+	CHECK(block_state(target, "online_movable") == 0, "online block %ld again", target);
+	CHECK(move_set(m->ka, m->kb, N, 1) == N && move_set(m->ua, m->ub, N, 1) == N,
+	      "sets on node 1");
+	k = pages_in_block(m->ka, target);
+	u = pages_in_block(m->ua, target);
+	CHECK(k > N / 2 && u > N / 2,
+	      "sets in block %ld: %zu of ksmd's pages, %zu of UPM's (%d other blocks offline)",
+	      target, k, u, n_off);
+	if (filler)
+		munmap(filler, filler_len); /* room for the pages leaving the block */
+	if (filler2)
+		munmap(filler2, filler2_len);
+	CHECK(block_state(target, "offline") == 0, "offline the block holding both sets");
+	CHECK(pages_in_block(m->ka, target) == 0 && pages_in_block(m->ua, target) == 0 &&
+		      pages_in_block(m->kb, target) == 0 && pages_in_block(m->ub, target) == 0,
+	      "merged pages moved out");
+	CHECK(sets_intact(m->ua, m->ub, m->ka, m->kb, N, 351) == 0,
+	      "both sets shared and intact");
+	return PASS;
+}
+
+/*
+ * Both sets are moved into one block of ZONE_MOVABLE that can go offline (the top blocks of a
+ * node hold memory reserved at boot, such as KASAN's shadow): the other movable blocks of
+ * node 1 are offline meanwhile and the free pages of those that cannot go are taken. Then the
+ * block goes offline, which must migrate every merged page out of it.
+ */
 static enum result test_memory_offline(void)
 {
-	char *ua, *ub, *ka, *kb;
-	uint64_t upfn, kpfn;
-	int k, u;
+	long off[64], target = -1, min_free, scale;
+	struct sets m;
+	int n_off = 0;
+	enum result r = FAIL;
 
-	CHECK(upm_twins(&ua, &ub, N, 351) == 0, "UPM set");
-	CHECK(ksm_twins(&ka, &kb, N, 352) == 0, "KSM set");
-	kpfn = pfn_of(ka);
-	upfn = pfn_of(ua);
-	k = offline_block_of(ka);
-	u = offline_block_of(ua);
-	ksm_stop();
-	CHECK(k == 0 && pfn_of(ka) != kpfn, "block with ksmd's page offline");
-	CHECK(u == 0 && pfn_of(ua) != upfn, "block with UPM's page offline (ksmd's: %d)", k);
-	CHECK(sets_intact(ua, ub, ka, kb, N, 351) == 0, "both sets shared and intact");
-	return PASS;
+	CHECK(block_bytes(), "memory blocks");
+	CHECK(upm_twins(&m.ua, &m.ub, N, 351) == 0, "UPM set");
+	CHECK(ksm_twins(&m.ka, &m.kb, N, 352) == 0, "KSM set");
+	CHECK(move_set(m.ka, m.kb, N, 0) == N && move_set(m.ua, m.ub, N, 0) == N,
+	      "sets on node 0 first");
+	for (long id = 0; id < 4096 && n_off < 64; id++) {
+		char path[96];
+
+		snprintf(path, sizeof(path), "/sys/devices/system/node/node1/memory%ld", id);
+		if (access(path, F_OK) || !block_is_movable(id) || block_state(id, "offline"))
+			continue;
+		if (target < 0)
+			target = id;
+		else
+			off[n_off++] = id;
+	}
+	/* Low watermarks, so that the filler can take nearly every free page it must. */
+	min_free = read_long("/proc/sys/vm/min_free_kbytes");
+	scale = read_long("/proc/sys/vm/watermark_scale_factor");
+	write_long("/proc/sys/vm/min_free_kbytes", 1024);
+	write_long("/proc/sys/vm/watermark_scale_factor", 1);
+	if (target >= 0)
+		r = offline_body(&m, n_off, target);
+	else
+		fprintf(stderr, "    no movable block of node 1 can go offline\n");
+	write_long("/proc/sys/vm/watermark_scale_factor", scale);
+	write_long("/proc/sys/vm/min_free_kbytes", min_free);
+	/* Leave every block online, as it was. */
+	for (int i = 0; i < n_off; i++)
+		block_state(off[i], "online_movable");
+	if (target >= 0)
+		block_state(target, "online_movable");
+	return r;
 }
 
 /* A 2 MiB aligned region of small pages, filled with distinct contents. */

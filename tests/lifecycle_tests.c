@@ -534,8 +534,13 @@ static enum result pressure_body(void)
 		usleep(100 * 1000);
 	CHECK(p->ready == 4, "only %d of 4 sharers filled 8 MiB each in a 16 MiB cgroup",
 	      p->ready);
-	CHECK(counter("pages_sharing") >= 3 * SHARER_PAGES - 256, "pages_sharing %ld",
-	      counter("pages_sharing"));
+	CHECK(counter("pages_sharing") >= 3 * SHARER_PAGES - 256,
+	      "pages_sharing %ld (skipped: busy %ld, pinned %ld, other %ld, not present %ld; "
+	      "collisions %ld, candidates %ld)",
+	      counter("pages_sharing"), counter("pages_skipped_busy"),
+	      counter("pages_skipped_pinned"), counter("pages_skipped_other"),
+	      counter("pages_skipped_not_present"), counter("hash_collisions"),
+	      counter("candidates"));
 	hog_pid = spawn(hog, NULL);
 	CHECK(waitpid(hog_pid, &status, 0) == hog_pid, "wait hog");
 	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "hog not OOM-killed (%#x)",

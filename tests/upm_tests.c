@@ -919,6 +919,13 @@ static enum result run_one(const struct test *t)
 		usleep(20 * 1000);
 	}
 	kill(-pid, SIGKILL); /* helpers a failed test left behind */
+	/* ksmd as it was: off, pages unmerged, default rate (the parity tests start it). */
+	if (read_long("/sys/kernel/mm/ksm/run") != 0) {
+		write_long("/sys/kernel/mm/ksm/run", 2);
+		write_long("/sys/kernel/mm/ksm/run", 0);
+	}
+	write_long("/sys/kernel/mm/ksm/pages_to_scan", 100);
+	write_long("/sys/kernel/mm/ksm/sleep_millisecs", 20);
 	if (!module_loaded()) {
 		/* A test that unloads the module failed half-way: put it back for the next. */
 		fprintf(stderr, "    left the module unloaded; loading it again\n");
