@@ -434,19 +434,18 @@ impl Vma<'_> {
         let mut node = ptr::null_mut();
         // SAFETY: The VMA is valid, locked and mergeable, and `addr` is inside it (checked
         // above); `page` and `node` are valid places for the results.
-        let kind = unsafe {
-            bindings::upm_get_page(self.as_ptr(), addr as c_ulong, &mut page, &mut node)
-        };
-        // SAFETY: For these kinds the function returned the page with one reference, which the
-        // `PageRef` takes over.
+        let kind =
+            unsafe { bindings::upm_get_page(self.as_ptr(), addr as c_ulong, &mut page, &mut node) };
+        // SAFETY: A page, if returned (`UPM_PAGE_ANON`, `UPM_PAGE_LARGE`), carries one reference,
+        // which the `PageRef` takes over.
         let page = NonNull::new(page).map(|p| unsafe { PageRef::from_raw(p) });
+        // SAFETY: A node, if returned (`UPM_PAGE_KSM`), carries one reference, which the `ARef`
+        // takes over.
+        let node = NonNull::new(node).map(|n| unsafe { UpmNode::from_raw(n) });
         match (kind, page) {
             (bindings::upm_page_kind_UPM_PAGE_ANON, Some(page)) => Mapped::Anon(page),
             (bindings::upm_page_kind_UPM_PAGE_LARGE, Some(page)) => Mapped::Large(page),
-            // SAFETY: For `UPM_PAGE_KSM` a node, if any, is returned with one reference.
-            (bindings::upm_page_kind_UPM_PAGE_KSM, _) => {
-                Mapped::Ksm(NonNull::new(node).map(|n| unsafe { UpmNode::from_raw(n) }))
-            }
+            (bindings::upm_page_kind_UPM_PAGE_KSM, _) => Mapped::Ksm(node),
             (bindings::upm_page_kind_UPM_PAGE_ZERO, _) => Mapped::Zero,
             (bindings::upm_page_kind_UPM_PAGE_OTHER, _) => Mapped::Other,
             _ => Mapped::Nothing,
@@ -490,7 +489,9 @@ impl Vma<'_> {
             )
         })?;
         // SAFETY: On success the function returned the new node with one reference for us.
-        NonNull::new(node).map(|n| unsafe { UpmNode::from_raw(n) }).ok_or(MergeError::Gone)
+        NonNull::new(node)
+            .map(|n| unsafe { UpmNode::from_raw(n) })
+            .ok_or(MergeError::Gone)
     }
 
     /// Replaces `page` by the page of `node` if their full contents are equal under write

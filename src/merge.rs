@@ -16,8 +16,8 @@
 
 use crate::{
     ffi::{
-        self, AdviseHandler, CallMm, Mapped, MergeError, Mm, MmapReadGuard, PageRef, UpmNode,
-        Vma, PAGE_SIZE,
+        self, AdviseHandler, CallMm, Mapped, MergeError, Mm, MmapReadGuard, PageRef, UpmNode, Vma,
+        PAGE_SIZE,
     },
     stats::{enabled, Skip, STATS, TUNABLES},
     tree::{ContentIndex, Probe},
@@ -206,7 +206,9 @@ impl Upm {
             };
         } else if large {
             // No twin: a candidate, left whole.
-            return index.insert_candidate(hash, mm, addr).map_err(|_| MergeError::NoMemory);
+            return index
+                .insert_candidate(hash, mm, addr)
+                .map_err(|_| MergeError::NoMemory);
         }
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
@@ -220,6 +222,7 @@ impl Upm {
                 Err(e) => return Err(e),
             }
         }
+        let mut twin_busy = false;
         for (key, probe) in probes {
             match probe {
                 Probe::Merged(node) => match vma.merge_into(&page, &node) {
@@ -251,7 +254,7 @@ impl Upm {
                             return Ok(());
                         }
                         Err(PairError::Stale) => drop(index.remove(&key)),
-                        Err(PairError::Busy) => {}
+                        Err(PairError::Busy) => twin_busy = true,
                         Err(PairError::Page(MergeError::Differ)) => {
                             // One of the two changed since it was hashed.
                             STATS.hash_collisions.inc();
@@ -262,7 +265,14 @@ impl Upm {
                 }
             }
         }
-        index.insert_candidate(hash, mm, addr).map_err(|_| MergeError::NoMemory)
+        index
+            .insert_candidate(hash, mm, addr)
+            .map_err(|_| MergeError::NoMemory)?;
+        if twin_busy {
+            // Not merged in this call, only because its twin was busy: say so.
+            return Err(MergeError::Busy);
+        }
+        Ok(())
     }
 
     /// Merges `page` with the candidate page of `twin_mm` at `twin_addr`.
@@ -281,7 +291,9 @@ impl Upm {
         // Never wait for another process's mmap_lock while holding ours: trylock it.
         let user = twin_mm.mmget_not_zero().ok_or(PairError::Stale)?;
         let twin_guard = user.mmap_read_trylock().ok_or(PairError::Busy)?;
-        let twin_vma = twin_guard.vma_containing(twin_addr).ok_or(PairError::Stale)?;
+        let twin_vma = twin_guard
+            .vma_containing(twin_addr)
+            .ok_or(PairError::Stale)?;
         Self::pair_in(vma, page, &twin_vma, twin_addr)
     }
 
