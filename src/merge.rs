@@ -20,7 +20,7 @@ use crate::{
         PAGE_SIZE,
     },
     stats::{enabled, Skip, STATS, TUNABLES},
-    tree::{ContentIndex, Probe},
+    tree::{ContentIndex, Index, Key, Probe},
 };
 use kernel::{prelude::*, types::ARef};
 
@@ -223,47 +223,61 @@ impl Upm {
             }
         }
         let mut twin_busy = false;
-        for (key, probe) in probes {
-            match probe {
-                Probe::Merged(node) => match vma.merge_into(&page, &node) {
-                    Ok(()) => {
-                        index.forget_candidate(mm, addr);
-                        STATS.pages_merged.inc();
-                        return Ok(());
+        for (i, (key, probe)) in probes.iter().enumerate() {
+            let node = match probe {
+                Probe::Merged(node) => match vma.merge_into(&page, node) {
+                    Ok(()) => node.clone(),
+                    Err(MergeError::Differ) => {
+                        STATS.hash_collisions.inc();
+                        continue;
                     }
-                    Err(MergeError::Differ) => STATS.hash_collisions.inc(),
                     Err(MergeError::NodeGone) => {
-                        drop(index.remove(&key));
+                        drop(index.remove(key));
                         STATS.stable_pages_freed.inc();
+                        continue;
                     }
                     Err(e) => return Err(e),
                 },
                 Probe::Candidate(twin_mm, twin_addr) => {
-                    if twin_mm.id() == mm.id() && twin_addr == addr {
+                    if twin_mm.id() == mm.id() && *twin_addr == addr {
                         // This very page, advised again.
                         continue;
                     }
-                    match self.pair(guard, vma, &page, &twin_mm, twin_addr) {
+                    let pair = self.with_candidate(guard, twin_mm, *twin_addr, |twin_vma, twin| {
+                        // The candidate, advised first, keeps its frame: the new page is the
+                        // one replaced.
+                        twin_vma.merge_pair(twin, vma, &page)
+                    });
+                    match pair {
                         Ok(node) => {
-                            drop(index.remove(&key));
-                            index.forget_candidate(mm, addr);
+                            drop(index.remove(key));
                             // The pair is merged whether or not the index can keep the node.
-                            let _ = index.insert_merged(hash, node);
+                            let _ = index.insert_merged(hash, node.clone());
                             STATS.pages_promoted.inc();
-                            STATS.pages_merged.inc();
-                            return Ok(());
+                            node
                         }
-                        Err(PairError::Stale) => drop(index.remove(&key)),
-                        Err(PairError::Busy) => twin_busy = true,
+                        Err(PairError::Busy) => {
+                            twin_busy = true;
+                            continue;
+                        }
+                        Err(PairError::Stale) => {
+                            drop(index.remove(key));
+                            continue;
+                        }
                         Err(PairError::Page(MergeError::Differ)) => {
                             // One of the two changed since it was hashed.
                             STATS.hash_collisions.inc();
-                            drop(index.remove(&key));
+                            drop(index.remove(key));
+                            continue;
                         }
                         Err(PairError::Page(e)) => return Err(e),
                     }
                 }
-            }
+            };
+            index.forget_candidate(mm, addr);
+            STATS.pages_merged.inc();
+            self.absorb(&mut index, guard, &probes[i + 1..], &node, mm, addr);
+            return Ok(());
         }
         index
             .insert_candidate(hash, mm, addr)
@@ -275,18 +289,51 @@ impl Upm {
         Ok(())
     }
 
-    /// Merges `page` with the candidate page of `twin_mm` at `twin_addr`.
-    fn pair(
+    /// Merges the other candidates of the same contents into `node`, the page just merged: a
+    /// candidate whose twin was busy when it was advised is not left behind.
+    fn absorb(
+        &self,
+        index: &mut Index,
+        guard: &MmapReadGuard<'_>,
+        rest: &[(Key, Probe)],
+        node: &UpmNode,
+        mm: &Mm,
+        addr: usize,
+    ) {
+        for (key, probe) in rest {
+            let Probe::Candidate(twin_mm, twin_addr) = probe else {
+                continue;
+            };
+            if twin_mm.id() == mm.id() && *twin_addr == addr {
+                continue;
+            }
+            let merged = self.with_candidate(guard, twin_mm, *twin_addr, |twin_vma, twin| {
+                twin_vma.merge_into(twin, node)
+            });
+            match merged {
+                Ok(()) => {
+                    drop(index.remove(key));
+                    STATS.pages_merged.inc();
+                }
+                Err(PairError::Stale) | Err(PairError::Page(MergeError::Differ)) => {
+                    drop(index.remove(key));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Calls `merge` with the candidate page of `twin_mm` at `twin_addr` and its VMA, locked.
+    fn with_candidate<T>(
         &self,
         guard: &MmapReadGuard<'_>,
-        vma: &Vma<'_>,
-        page: &PageRef,
         twin_mm: &Mm,
         twin_addr: usize,
-    ) -> Result<ARef<UpmNode>, PairError> {
+        merge: impl FnOnce(&Vma<'_>, &PageRef) -> Result<T, MergeError>,
+    ) -> Result<T, PairError> {
         if twin_mm.id() == guard.mm_id() {
             let twin_vma = guard.vma_containing(twin_addr).ok_or(PairError::Stale)?;
-            return Self::pair_in(vma, page, &twin_vma, twin_addr);
+            return Self::with_candidate_page(&twin_vma, twin_addr, merge);
         }
         // Never wait for another process's mmap_lock while holding ours: trylock it.
         let user = twin_mm.mmget_not_zero().ok_or(PairError::Stale)?;
@@ -294,15 +341,14 @@ impl Upm {
         let twin_vma = twin_guard
             .vma_containing(twin_addr)
             .ok_or(PairError::Stale)?;
-        Self::pair_in(vma, page, &twin_vma, twin_addr)
+        Self::with_candidate_page(&twin_vma, twin_addr, merge)
     }
 
-    fn pair_in(
-        vma: &Vma<'_>,
-        page: &PageRef,
+    fn with_candidate_page<T>(
         twin_vma: &Vma<'_>,
         twin_addr: usize,
-    ) -> Result<ARef<UpmNode>, PairError> {
+        merge: impl FnOnce(&Vma<'_>, &PageRef) -> Result<T, MergeError>,
+    ) -> Result<T, PairError> {
         let mut twin = twin_vma.get_page(twin_addr);
         if matches!(twin, Mapped::Large(_)) {
             drop(twin);
@@ -314,8 +360,7 @@ impl Upm {
         let Mapped::Anon(twin) = twin else {
             return Err(PairError::Stale);
         };
-        // The candidate, advised first, keeps its frame: the new page is the one replaced.
-        twin_vma.merge_pair(&twin, vma, page).map_err(|e| match e {
+        merge(twin_vma, &twin).map_err(|e| match e {
             MergeError::Busy => PairError::Busy,
             e => PairError::Page(e),
         })
