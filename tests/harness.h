@@ -81,6 +81,8 @@ extern const struct test lifecycle_tests[];
 extern const size_t lifecycle_test_count;
 
 /* ksm_parity_tests.c */
+int node_of(void *p);
+size_t move_set(char *base, char *twin, size_t pages, int node);
 extern const struct test parity_tests[];
 extern const size_t parity_test_count;
 

@@ -82,7 +82,7 @@ static int sets_intact(char *ua, char *ub, char *ka, char *kb, size_t pages, uin
 	       count_pfn_equal(ua, ub, pages) != pages || count_pfn_equal(ka, kb, pages) != pages;
 }
 
-static int node_of(void *p)
+int node_of(void *p)
 {
 	void *pages[1] = { p };
 	int status = -1;
@@ -93,10 +93,10 @@ static int node_of(void *p)
 }
 
 /* Moves every page of a region to @node; returns how many pages of @twin now sit there. */
-static size_t move_set(char *base, char *twin, size_t pages, int node)
+size_t move_set(char *base, char *twin, size_t pages, int node)
 {
-	void *addrs[N];
-	int nodes[N], status[N];
+	void *addrs[pages];
+	int nodes[pages], status[pages];
 	size_t moved = 0;
 
 	for (size_t i = 0; i < pages; i++) {

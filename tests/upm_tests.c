@@ -512,12 +512,26 @@ static enum result test_rmmod_keeps_contents(void)
 	a[0] ^= 1;
 	CHECK(check_pages(b, N, 121, 1) < 0, "COW without the module");
 	a[0] ^= 1;
+	/* Still real KSM pages: they migrate without the module. */
+	CHECK(move_set(b, b, N, node_of(b) == 0 ? 1 : 0) == N, "migrated without the module");
+	CHECK(count_pfn_equal(a, b, N) == N - 1, "still merged after migration: %zu",
+	      count_pfn_equal(a, b, N));
 	CHECK(module_load() == 0, "insmod");
 	long already = counter("pages_already_merged");
 
 	CHECK(advise(b, N) == 0, "advise after reload");
+	/* b[0] stays a KSM page, mapped once since a's write. */
 	CHECK(counter("pages_already_merged") - already == N, "recognised as merged");
+	CHECK(counter("stable_nodes") == N, "indexed again: %ld", counter("stable_nodes"));
 	CHECK(check_pages(a, N, 121, 1) < 0 && check_pages(b, N, 121, 1) < 0, "contents");
+	/* A third copy merges into the pages merged before the reload. */
+	char *c = map_anon(N);
+
+	CHECK(c, "mmap");
+	fill_pages(c, N, 121, 1);
+	CHECK(advise(c, N) == 0, "advise a third copy");
+	CHECK(count_pfn_equal(b, c, N) == N, "third copy shares the old frames: %zu",
+	      count_pfn_equal(b, c, N));
 	CHECK(unmerge(b, N) == 0, "unmerge pages merged by the previous load");
 	CHECK(count_pfn_equal(a, b, N) == 0, "private");
 	return PASS;
