@@ -629,7 +629,46 @@ static enum result test_candidate_changed(void)
 	return PASS;
 }
 
+/* Per-process counters count UPM's merges as ksmd's; ksm_zero_pages survives fork + exit. */
+static enum result test_process_counters(void)
+{
+	char *ua, *ub, *z = map_anon(N);
+	long zero_before = read_long(KSM_DIR "ksm_zero_pages");
+	pid_t child;
+
+	CHECK(upm_twins(&ua, &ub, N, 395) == 0, "UPM set");
+	CHECK(read_long("/proc/self/ksm_merging_pages") == 2 * N, "ksm_merging_pages %ld",
+	      read_long("/proc/self/ksm_merging_pages"));
+	CHECK(key_value("/proc/self/ksm_stat", "ksm_merging_pages") == 2 * N,
+	      "ksm_stat ksm_merging_pages %ld",
+	      key_value("/proc/self/ksm_stat", "ksm_merging_pages"));
+	CHECK(proc_kb("/proc/self/smaps_rollup", "KSM") == 2 * N * (long)page_size / 1024,
+	      "smaps KSM %ld kB", proc_kb("/proc/self/smaps_rollup", "KSM"));
+	CHECK(z, "mmap");
+	memset(z, 0, N * page_size);
+	CHECK(advise(z, N) == 0, "advise zero pages");
+	CHECK(key_value("/proc/self/ksm_stat", "ksm_zero_pages") == N, "ksm_stat zero pages %ld",
+	      key_value("/proc/self/ksm_stat", "ksm_zero_pages"));
+	CHECK(read_long(KSM_DIR "ksm_zero_pages") == zero_before + N, "ksm_zero_pages +%ld",
+	      read_long(KSM_DIR "ksm_zero_pages") - zero_before);
+	child = fork();
+	if (child == 0)
+		_exit(key_value("/proc/self/ksm_stat", "ksm_merging_pages") == 2 * N ? 0 : 1);
+	CHECK(wait_exit(child) == 0, "a child's mappings of merged pages are tracked as its own");
+	CHECK(read_long(KSM_DIR "ksm_zero_pages") == zero_before + N,
+	      "ksm_zero_pages after fork and exit: %+ld",
+	      read_long(KSM_DIR "ksm_zero_pages") - zero_before);
+	CHECK(unmerge(z, N) == 0 && unmerge(ua, N) == 0, "unmerge");
+	CHECK(read_long(KSM_DIR "ksm_zero_pages") == zero_before, "ksm_zero_pages back: %+ld",
+	      read_long(KSM_DIR "ksm_zero_pages") - zero_before);
+	CHECK(read_long("/proc/self/ksm_merging_pages") == N, "ksm_merging_pages %ld after unmerge",
+	      read_long("/proc/self/ksm_merging_pages"));
+	return PASS;
+}
+
 const struct test parity_tests[] = {
+	{ "process_counters", test_process_counters,
+	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
 	{ "candidate_changed", test_candidate_changed,
 	  "a candidate written after its advise never merges" },
 	{ "move_pages", test_move_pages, "move_pages(MOVE_ALL) moves merged pages as ksmd's" },
