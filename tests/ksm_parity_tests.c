@@ -58,8 +58,10 @@ static int ksm_twins(char **a, char **b, size_t pages, uint64_t seed)
 	    madvise(*b, pages * page_size, MADV_MERGEABLE) || ksm_start())
 		return -1;
 	for (int i = 0; i < 1200; i++) {
-		if (count_pfn_equal(*a, *b, pages) == pages)
-			return 0;
+		if (count_pfn_equal(*a, *b, pages) == pages) {
+			/* Merged: pause ksmd so that its scan holds no page the test moves. */
+			return write_long(KSM_DIR "run", 0);
+		}
 		usleep(100 * 1000);
 	}
 	fprintf(stderr, "    ksmd merged %zu of %zu\n", count_pfn_equal(*a, *b, pages), pages);
@@ -160,8 +162,11 @@ static size_t soft_offline(char *base, char *twin, size_t pages)
 		char *p = base + i * page_size;
 		uint64_t before = pfn_of(p);
 
-		if (madvise(p, page_size, MADV_SOFT_OFFLINE))
-			continue;
+		int tries = 0;
+
+		/* A page that is busy for a moment (EBUSY) is retried, as for any migration. */
+		while (madvise(p, page_size, MADV_SOFT_OFFLINE) && errno == EBUSY && ++tries < 10)
+			usleep(50 * 1000);
 		moved += pfn_of(p) != before && pfn_of(twin + i * page_size) == pfn_of(p);
 	}
 	return moved;
