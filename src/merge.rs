@@ -16,12 +16,17 @@
 
 use crate::{
     ffi::{
-        self, AdviseHandler, CallMm, Mapped, MergeError, Mm, MmapReadGuard, PageRef, UpmNode, Vma,
-        PAGE_SIZE,
+        self,
+        mm::{virt::VmaRef, Mm, MmWithUser, MmapReadGuard},
+        page::{UserPage, PAGE_SIZE},
+        task,
+        upm_ops::{self, AdviseHandler, Mapped, MergeError, MergeableVma, UpmNode},
+        workqueue::PeriodicHandler,
     },
     stats::{enabled, Skip, STATS, TUNABLES},
-    tree::{ContentIndex, Index, Key, Probe},
+    tree::{mm_id, ContentIndex, Index, Key, Probe},
 };
+use core::cell::Cell;
 use kernel::{prelude::*, types::ARef};
 
 /// Pages handled per hold of `mmap_lock`.
@@ -36,6 +41,16 @@ pub(crate) struct Upm {
     seed: u64,
     /// Hash of an all-zero page with `seed`.
     zero_hash: u64,
+}
+
+/// One MADV_UPM_MERGEABLE call.
+struct Call<'a> {
+    /// The advised address space.
+    mm: &'a MmWithUser,
+    /// Its merge domain (see [`crate::stats::domain_of`]).
+    domain: u64,
+    /// Whether this call flushed every CPU's LRU batches already.
+    drained: Cell<bool>,
 }
 
 /// Why a candidate could not be paired with.
@@ -64,16 +79,16 @@ impl Upm {
     /// Calls `visit` on each part of `start..end` covered by a VMA, with `mmap_lock` held.
     fn walk(
         &self,
-        mm: &CallMm<'_>,
+        mm: &MmWithUser,
         start: usize,
         end: usize,
-        mut visit: impl FnMut(&MmapReadGuard<'_>, &Vma<'_>, usize, usize) -> Result,
+        mut visit: impl FnMut(&MmapReadGuard<'_>, &VmaRef, usize, usize) -> Result,
     ) -> Result {
         let mut addr = start;
         let mut unmapped = false;
         while addr < end {
             {
-                let guard = mm.mmap_read_lock()?;
+                let guard = mm.mmap_read_lock_killable()?;
                 let mut budget = BATCH_PAGES;
                 while addr < end && budget > 0 {
                     let Some(vma) = guard.find_vma(addr).filter(|vma| vma.start() < end) else {
@@ -86,13 +101,13 @@ impl Upm {
                         addr = vma.start();
                     }
                     let stop = vma.end().min(end).min(addr + budget * PAGE_SIZE);
-                    visit(&guard, &vma, addr, stop)?;
+                    visit(&guard, vma, addr, stop)?;
                     budget -= (stop - addr) / PAGE_SIZE;
                     addr = stop;
                 }
             }
-            ffi::cond_resched();
-            if ffi::fatal_signal_pending() {
+            task::cond_resched();
+            if task::fatal_signal_pending() {
                 return Err(EINTR);
             }
         }
@@ -103,41 +118,52 @@ impl Upm {
         }
     }
 
-    fn merge_range(&self, mm: &CallMm<'_>, start: usize, end: usize) -> Result {
+    fn merge_range(&self, mm: &MmWithUser, start: usize, end: usize) -> Result {
         STATS.madvise_calls.inc();
         if !enabled(&TUNABLES.run) {
             return Ok(());
         }
+        let call = Call {
+            mm,
+            domain: crate::stats::domain_of(mm)?,
+            drained: Cell::new(false),
+        };
         self.walk(mm, start, end, |guard, vma, from, to| {
             let pages = ((to - from) / PAGE_SIZE) as u64;
-            if !vma.is_mergeable() {
+            let Some(vma) = MergeableVma::from_vma(vma) else {
                 STATS.skip(Skip::Vma, pages);
                 return Ok(());
-            }
+            };
             STATS.pages_scanned.add(pages);
             for addr in (from..to).step_by(PAGE_SIZE) {
-                self.merge_one(mm.mm(), guard, vma, addr);
+                self.merge_one(&call, guard, vma, addr);
             }
             Ok(())
         })
     }
 
-    fn unmerge_range(&self, mm: &CallMm<'_>, start: usize, end: usize) -> Result {
+    fn unmerge_range(&self, mm: &MmWithUser, start: usize, end: usize) -> Result {
         STATS.unmerge_calls.inc();
         // Every VMA, not only mergeable ones: a VMA may have changed (mprotect, userfaultfd
         // registration...) since its pages were merged; the primitive skips what cannot hold any.
         self.walk(mm, start, end, |_, vma, from, to| {
             let mut index = self.index.lock();
             for addr in (from..to).step_by(PAGE_SIZE) {
-                index.forget_candidate(mm.mm(), addr);
+                index.forget_candidate(mm, addr);
             }
             drop(index);
-            vma.unmerge(from, to)
+            upm_ops::unmerge_range(vma, from, to)
         })
     }
 
     /// Merges the page at `addr`, or records it as a candidate; counts the outcome.
-    fn merge_one(&self, mm: &Mm, guard: &MmapReadGuard<'_>, vma: &Vma<'_>, addr: usize) {
+    fn merge_one(
+        &self,
+        call: &Call<'_>,
+        guard: &MmapReadGuard<'_>,
+        vma: &MergeableVma,
+        addr: usize,
+    ) {
         let (page, large) = match vma.get_page(addr) {
             Mapped::Anon(page) => (page, false),
             Mapped::Large(page) => {
@@ -149,17 +175,26 @@ impl Upm {
             Mapped::Nothing => return STATS.skip(Skip::NotPresent, 1),
             Mapped::Ksm(node) => {
                 if let Some(node) = node {
-                    self.adopt(&node);
+                    self.adopt(call.domain, &node);
                 }
                 return STATS.pages_already_merged.inc();
             }
             Mapped::Zero => return STATS.pages_already_merged.inc(),
             Mapped::Other => return STATS.skip(Skip::Other, 1),
         };
-        if let Err(e) = self.merge_page(mm, guard, vma, addr, page, large) {
+        let mut result = self.merge_page(call, guard, vma, addr, page, large);
+        if result == Err(MergeError::Batched) && !call.drained.replace(true) {
+            // A per-CPU LRU batch may hold the page: flush them all, once per call, and retry.
+            upm_ops::drain_lru();
+            result = match vma.get_page(addr) {
+                Mapped::Anon(page) => self.merge_page(call, guard, vma, addr, page, false),
+                _ => Err(MergeError::Gone),
+            };
+        }
+        if let Err(e) = result {
             STATS.skip(
                 match e {
-                    MergeError::Pinned => Skip::Pinned,
+                    MergeError::Pinned | MergeError::Batched => Skip::Pinned,
                     MergeError::Busy => Skip::Busy,
                     MergeError::Differ
                     | MergeError::Gone
@@ -171,31 +206,36 @@ impl Upm {
         }
     }
 
-    /// Indexes a merged page that the index does not know (merged before a reload).
-    fn adopt(&self, node: &ARef<UpmNode>) {
+    /// Indexes a merged page that the index does not know (merged before a reload), if it was
+    /// merged in the caller's domain: a page of another domain is never offered as a twin.
+    fn adopt(&self, domain: u64, node: &ARef<UpmNode>) {
+        if node.domain() != domain {
+            return;
+        }
         let Ok(hash) = node.content_hash(self.seed) else {
             return;
         };
         let mut index = self.index.lock();
-        if !index.has_node(hash, node) {
+        if !index.has_node(domain, hash, node) {
             // Without an entry the page stays merged, only not offered as a twin.
-            let _ = index.insert_merged(hash, node.clone());
+            let _ = index.insert_merged(domain, hash, node.clone());
         }
     }
 
     /// Zero page, else a twin from the index, else a new candidate.
     fn merge_page(
         &self,
-        mm: &Mm,
+        call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
-        vma: &Vma<'_>,
+        vma: &MergeableVma,
         addr: usize,
-        mut page: PageRef,
+        mut page: ARef<UserPage>,
         large: bool,
     ) -> Result<(), MergeError> {
+        let (mm, domain) = (call.mm, call.domain);
         let hash = page.content_hash(self.seed);
         let mut index = self.index.lock();
-        let probes = index.probe(hash);
+        let probes = index.probe(domain, hash);
         if large && (hash == self.zero_hash || !probes.is_empty()) {
             // KSM's rule: split a huge page only when one of its pages has a twin.
             drop(page);
@@ -207,7 +247,7 @@ impl Upm {
         } else if large {
             // No twin: a candidate, left whole.
             return index
-                .insert_candidate(hash, mm, addr)
+                .insert_candidate(domain, hash, mm, addr)
                 .map_err(|_| MergeError::NoMemory);
         }
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
@@ -239,20 +279,21 @@ impl Upm {
                     Err(e) => return Err(e),
                 },
                 Probe::Candidate(twin_mm, twin_addr) => {
-                    if twin_mm.id() == mm.id() && *twin_addr == addr {
+                    if mm_id(twin_mm) == mm_id(mm) && *twin_addr == addr {
                         // This very page, advised again.
                         continue;
                     }
-                    let pair = self.with_candidate(guard, twin_mm, *twin_addr, |twin_vma, twin| {
-                        // The candidate, advised first, keeps its frame: the new page is the
-                        // one replaced.
-                        twin_vma.merge_pair(twin, vma, &page)
-                    });
+                    let pair =
+                        self.with_candidate(call, guard, twin_mm, *twin_addr, |twin_vma, twin| {
+                            // The candidate, advised first, keeps its frame: the new page is the
+                            // one replaced.
+                            twin_vma.merge_pair(twin, vma, &page, domain)
+                        });
                     match pair {
                         Ok(node) => {
                             drop(index.remove(key));
                             // The pair is merged whether or not the index can keep the node.
-                            let _ = index.insert_merged(hash, node.clone());
+                            let _ = index.insert_merged(domain, hash, node.clone());
                             STATS.pages_promoted.inc();
                             node
                         }
@@ -276,11 +317,11 @@ impl Upm {
             };
             index.forget_candidate(mm, addr);
             STATS.pages_merged.inc();
-            self.absorb(&mut index, guard, &probes[i + 1..], &node, mm, addr);
+            self.absorb(&mut index, call, guard, &probes[i + 1..], &node, addr);
             return Ok(());
         }
         index
-            .insert_candidate(hash, mm, addr)
+            .insert_candidate(domain, hash, mm, addr)
             .map_err(|_| MergeError::NoMemory)?;
         if twin_busy {
             // Not merged in this call, only because its twin was busy: say so.
@@ -294,20 +335,20 @@ impl Upm {
     fn absorb(
         &self,
         index: &mut Index,
+        call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
         rest: &[(Key, Probe)],
         node: &UpmNode,
-        mm: &Mm,
         addr: usize,
     ) {
         for (key, probe) in rest {
             let Probe::Candidate(twin_mm, twin_addr) = probe else {
                 continue;
             };
-            if twin_mm.id() == mm.id() && *twin_addr == addr {
+            if mm_id(twin_mm) == mm_id(call.mm) && *twin_addr == addr {
                 continue;
             }
-            let merged = self.with_candidate(guard, twin_mm, *twin_addr, |twin_vma, twin| {
+            let merged = self.with_candidate(call, guard, twin_mm, *twin_addr, |twin_vma, twin| {
                 twin_vma.merge_into(twin, node)
             });
             match merged {
@@ -323,32 +364,39 @@ impl Upm {
         }
     }
 
-    /// Calls `merge` with the candidate page of `twin_mm` at `twin_addr` and its VMA, locked.
+    /// Calls `merge` with the candidate page of `twin_mm` at `twin_addr` and its VMA, locked,
+    /// if the candidate is still in the caller's domain.
     fn with_candidate<T>(
         &self,
+        call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
         twin_mm: &Mm,
         twin_addr: usize,
-        merge: impl FnOnce(&Vma<'_>, &PageRef) -> Result<T, MergeError>,
+        merge: impl FnOnce(&MergeableVma, &UserPage) -> Result<T, MergeError>,
     ) -> Result<T, PairError> {
-        if twin_mm.id() == guard.mm_id() {
-            let twin_vma = guard.vma_containing(twin_addr).ok_or(PairError::Stale)?;
-            return Self::with_candidate_page(&twin_vma, twin_addr, merge);
+        if mm_id(twin_mm) == mm_id(call.mm) {
+            let twin_vma = guard.vma_lookup(twin_addr).ok_or(PairError::Stale)?;
+            return Self::with_candidate_page(twin_vma, twin_addr, merge);
+        }
+        // Dropped with mmput_async(): never tear an address space down under the index lock.
+        let user = MmWithUser::into_mmput_async(twin_mm.mmget_not_zero().ok_or(PairError::Stale)?);
+        // The candidate's process may have changed domain (setuid, a cgroup move) since it
+        // advised the page: pair only if it still shares the caller's.
+        if crate::stats::domain_of(&user) != Ok(call.domain) {
+            return Err(PairError::Stale);
         }
         // Never wait for another process's mmap_lock while holding ours: trylock it.
-        let user = twin_mm.mmget_not_zero().ok_or(PairError::Stale)?;
         let twin_guard = user.mmap_read_trylock().ok_or(PairError::Busy)?;
-        let twin_vma = twin_guard
-            .vma_containing(twin_addr)
-            .ok_or(PairError::Stale)?;
-        Self::with_candidate_page(&twin_vma, twin_addr, merge)
+        let twin_vma = twin_guard.vma_lookup(twin_addr).ok_or(PairError::Stale)?;
+        Self::with_candidate_page(twin_vma, twin_addr, merge)
     }
 
     fn with_candidate_page<T>(
-        twin_vma: &Vma<'_>,
+        twin_vma: &VmaRef,
         twin_addr: usize,
-        merge: impl FnOnce(&Vma<'_>, &PageRef) -> Result<T, MergeError>,
+        merge: impl FnOnce(&MergeableVma, &UserPage) -> Result<T, MergeError>,
     ) -> Result<T, PairError> {
+        let twin_vma = MergeableVma::from_vma(twin_vma).ok_or(PairError::Stale)?;
         let mut twin = twin_vma.get_page(twin_addr);
         if matches!(twin, Mapped::Large(_)) {
             drop(twin);
@@ -370,7 +418,7 @@ impl Upm {
     pub(crate) fn sweep(&self) -> u32 {
         let freed = self.index.sweep();
         STATS.stable_pages_freed.add(freed);
-        ffi::prune_stable_nodes();
+        upm_ops::prune_stable_nodes();
         TUNABLES
             .sweep_millisecs
             .load(core::sync::atomic::Ordering::Relaxed)
@@ -378,16 +426,16 @@ impl Upm {
 }
 
 impl AdviseHandler for Upm {
-    fn advise(&self, mm: &CallMm<'_>, start: usize, end: usize, advice: i32) -> Result {
+    fn advise(&self, mm: &MmWithUser, start: usize, end: usize, advice: i32) -> Result {
         match advice {
-            ffi::MADV_UPM_MERGEABLE => self.merge_range(mm, start, end),
-            ffi::MADV_UPM_UNMERGEABLE => self.unmerge_range(mm, start, end),
+            upm_ops::MADV_UPM_MERGEABLE => self.merge_range(mm, start, end),
+            upm_ops::MADV_UPM_UNMERGEABLE => self.unmerge_range(mm, start, end),
             _ => Err(EINVAL),
         }
     }
 }
 
-impl ffi::PeriodicHandler for Upm {
+impl PeriodicHandler for Upm {
     fn run(&self) -> u32 {
         self.sweep()
     }

@@ -5,7 +5,12 @@
 //! Counters of the current state (pages shared, sharing...) are not kept here: they are
 //! computed from the stable tree when read, so they cannot drift from the truth.
 
+use crate::ffi::{
+    mm::MmWithUser,
+    upm_ops::{mm_domain, DomainPolicy},
+};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use kernel::prelude::*;
 
 /// A monotonic event counter.
 pub(crate) struct Counter(AtomicU64);
@@ -117,6 +122,10 @@ pub(crate) struct Tunables {
     pub(crate) split_thp: AtomicBool,
     /// Period of the orphan sweep, in milliseconds.
     pub(crate) sweep_millisecs: AtomicU32,
+    /// What merge domains are named after ([`DomainPolicy`] as `u32`).
+    pub(crate) domain_policy: AtomicU32,
+    /// For the `cgroup` policy: the depth of the cgroup v2 ancestor that names a domain.
+    pub(crate) domain_cgroup_level: AtomicU32,
 }
 
 /// The tunables, with their defaults.
@@ -125,7 +134,41 @@ pub(crate) static TUNABLES: Tunables = Tunables {
     use_zero_pages: AtomicBool::new(true),
     split_thp: AtomicBool::new(true),
     sweep_millisecs: AtomicU32::new(1000),
+    domain_policy: AtomicU32::new(DomainPolicy::Uid as u32),
+    domain_cgroup_level: AtomicU32::new(1),
 };
+
+/// The domain policies by sysfs name, in `enum upm_domain_policy` order.
+pub(crate) const DOMAIN_POLICIES: [(&str, DomainPolicy); 4] = [
+    ("global", DomainPolicy::Global),
+    ("uid", DomainPolicy::Uid),
+    ("userns", DomainPolicy::Userns),
+    ("cgroup", DomainPolicy::Cgroup),
+];
+
+/// Bits of a domain tag that hold the domain's number; above them, the cgroup level and the
+/// policy, so that tags of different policies (or levels) never compare equal.
+const DOMAIN_ID_BITS: u32 = 52;
+
+/// The merge domain of `mm` under the current policy, as the tag the index and the kernel's
+/// stable nodes carry: the policy, the cgroup level for `cgroup`, and the domain's number
+/// (cut to 52 bits: uids, namespace inode numbers and cgroup ids of this boot fit).
+pub(crate) fn domain_of(mm: &MmWithUser) -> Result<u64> {
+    let policy = DOMAIN_POLICIES
+        .get(TUNABLES.domain_policy.load(Ordering::Relaxed) as usize)
+        .map_or(DomainPolicy::Uid, |p| p.1);
+    let level = match policy {
+        DomainPolicy::Cgroup => TUNABLES
+            .domain_cgroup_level
+            .load(Ordering::Relaxed)
+            .min(255),
+        _ => 0,
+    };
+    let id = mm_domain(mm, policy, level)?;
+    Ok((policy as u64) << 60
+        | u64::from(level) << DOMAIN_ID_BITS
+        | id & ((1 << DOMAIN_ID_BITS) - 1))
+}
 
 /// Reads a boolean tunable.
 pub(crate) fn enabled(flag: &AtomicBool) -> bool {

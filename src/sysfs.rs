@@ -7,9 +7,12 @@
 //! content-hash index; activity counters are cumulative since the module was loaded.
 
 use crate::{
-    ffi::{self, SysfsBuf, SysfsFile, SysfsHandler},
+    ffi::{
+        sysfs::{SysfsBuf, SysfsFile, SysfsHandler},
+        upm_ops,
+    },
     merge::Upm,
-    stats::{Skip, STATS, TUNABLES},
+    stats::{Skip, DOMAIN_POLICIES, STATS, TUNABLES},
 };
 use core::{
     fmt::Write,
@@ -62,6 +65,8 @@ files! {
     use_zero_pages = true,
     split_thp = true,
     sweep_millisecs = true,
+    domain_policy = true,
+    domain_cgroup_level = true,
 }
 
 fn parse_bool(input: &str) -> Result<bool> {
@@ -82,13 +87,27 @@ impl SysfsHandler for Upm {
 
     fn show(&self, index: usize, out: &mut SysfsBuf<'_>) -> Result {
         let file = *ALL.get(index).ok_or(EINVAL)?;
+        if let File::domain_policy = file {
+            // All policies, the current one in brackets, as /sys/kernel/mm/transparent_hugepage.
+            let current = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
+            for (i, (name, _)) in DOMAIN_POLICIES.iter().enumerate() {
+                let sep = if i == 0 { "" } else { " " };
+                if i == current {
+                    write!(out, "{sep}[{name}]")
+                } else {
+                    write!(out, "{sep}{name}")
+                }
+                .map_err(|_| EINVAL)?;
+            }
+            return writeln!(out).map_err(|_| EINVAL);
+        }
         let value: u64 = match file {
             File::pages_shared => self.index.counts().shared,
             File::pages_sharing => self.index.counts().sharing,
             File::pages_unshared => self.index.counts().unshared,
             File::stable_nodes => self.index.counts().nodes,
             File::candidates => self.index.counts().candidates,
-            File::zero_pages => ffi::zero_pages_mapped(),
+            File::zero_pages => upm_ops::zero_pages_mapped(),
             File::pages_scanned => STATS.pages_scanned.get(),
             File::pages_merged => STATS.pages_merged.get(),
             File::pages_promoted => STATS.pages_promoted.get(),
@@ -109,6 +128,10 @@ impl SysfsHandler for Upm {
             File::use_zero_pages => TUNABLES.use_zero_pages.load(Ordering::Relaxed).into(),
             File::split_thp => TUNABLES.split_thp.load(Ordering::Relaxed).into(),
             File::sweep_millisecs => TUNABLES.sweep_millisecs.load(Ordering::Relaxed).into(),
+            File::domain_cgroup_level => {
+                TUNABLES.domain_cgroup_level.load(Ordering::Relaxed).into()
+            }
+            File::domain_policy => return Err(EINVAL),
         };
         writeln!(out, "{value}").map_err(|_| EINVAL)
     }
@@ -125,6 +148,28 @@ impl SysfsHandler for Upm {
                     return Err(EINVAL);
                 }
                 TUNABLES.sweep_millisecs.store(ms, Ordering::Relaxed);
+                Ok(())
+            }
+            // Takes effect for the next advice. Entries and merged pages of the old policy keep
+            // their domain tags, which no tag of the new policy equals: nothing merges across
+            // the old boundaries, and they age out as their pages change or go.
+            File::domain_policy => {
+                let policy = DOMAIN_POLICIES
+                    .iter()
+                    .position(|(name, _)| *name == input)
+                    .ok_or(EINVAL)?;
+                TUNABLES
+                    .domain_policy
+                    .store(policy as u32, Ordering::Relaxed);
+                Ok(())
+            }
+            File::domain_cgroup_level => {
+                let level: u32 = input.parse().map_err(|_| EINVAL)?;
+                // cgroup v2 nests at most a few hundred levels deep in practice.
+                if level > 255 {
+                    return Err(EINVAL);
+                }
+                TUNABLES.domain_cgroup_level.store(level, Ordering::Relaxed);
                 Ok(())
             }
             _ => Err(EPERM),

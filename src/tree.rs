@@ -32,7 +32,11 @@
 //! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()`;
 //! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives.
 
-use crate::ffi::{Mm, UpmNode};
+use crate::ffi::{
+    mm::{Mm, MmWithUser},
+    task::cond_resched,
+    upm_ops::UpmNode,
+};
 use kernel::{
     new_mutex,
     prelude::*,
@@ -50,8 +54,10 @@ pub(crate) const MAX_PROBES: usize = 8;
 /// Entries examined per hold of the index lock by the sweep.
 const SWEEP_BATCH: usize = 64;
 
-/// Content hash, then a sequence number that tells entries of equal hash apart.
-pub(crate) type Key = (u64, u64);
+/// Merge domain, content hash, then a sequence number that tells entries apart.
+///
+/// The domain comes first: a page is only ever looked up among the entries of its own domain.
+pub(crate) type Key = (u64, u64, u64);
 
 /// One entry of the index.
 pub(crate) enum Entry {
@@ -87,6 +93,19 @@ pub(crate) struct IndexCounts {
     pub(crate) nodes: u64,
     /// Candidate entries.
     pub(crate) candidates: u64,
+}
+
+/// A number that identifies `mm` while it is referenced.
+pub(crate) fn mm_id(mm: &Mm) -> usize {
+    mm.as_raw() as usize
+}
+
+/// Whether `mm`'s process still exists (its address space has users).
+fn mm_alive(mm: &Mm) -> bool {
+    // Never the last `mmput()` under the index lock: that would tear down an address space.
+    mm.mmget_not_zero()
+        .map(MmWithUser::into_mmput_async)
+        .is_some()
 }
 
 /// The entries, with a second map that finds the candidate of an (mm, address).
@@ -125,7 +144,7 @@ impl ContentIndex {
 
     /// Drops entries whose page or process is gone; returns how many merged pages were dropped.
     pub(crate) fn sweep(&self) -> u64 {
-        let mut resume: Key = (0, 0);
+        let mut resume: Key = (0, 0, 0);
         let mut freed = 0;
         loop {
             let mut stale: [Option<Key>; SWEEP_BATCH] = [None; SWEEP_BATCH];
@@ -145,7 +164,7 @@ impl ContentIndex {
                 // A merged page that nothing maps any more is no twin for anyone: its node
                 // dies once the page is freed (a per-CPU folio batch may still hold it).
                 let gone = match entry {
-                    Entry::Candidate { mm, .. } => mm.mmget_not_zero().is_none(),
+                    Entry::Candidate { mm, .. } => !mm_alive(mm),
                     Entry::Merged(node) => !matches!(node.mapcount(), Ok(n) if n > 0),
                 };
                 if gone {
@@ -162,7 +181,7 @@ impl ContentIndex {
             if done {
                 return freed;
             }
-            crate::ffi::cond_resched();
+            cond_resched();
         }
     }
 
@@ -193,14 +212,15 @@ impl ContentIndex {
 }
 
 impl Index {
-    /// Up to [`MAX_PROBES`] entries with `hash`, merged pages first, with new references.
-    pub(crate) fn probe(&mut self, hash: u64) -> KVec<(Key, Probe)> {
+    /// Up to [`MAX_PROBES`] entries of `domain` with `hash`, merged pages first, with new
+    /// references.
+    pub(crate) fn probe(&mut self, domain: u64, hash: u64) -> KVec<(Key, Probe)> {
         let mut merged = KVec::new();
         let mut candidates = KVec::new();
-        let mut cursor = self.entries.cursor_lower_bound(&(hash, 0));
+        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, 0));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if key.0 != hash || merged.len() + candidates.len() == MAX_PROBES {
+            if (key.0, key.1) != (domain, hash) || merged.len() + candidates.len() == MAX_PROBES {
                 break;
             }
             // A failed push only shortens the list of twins to try.
@@ -220,12 +240,12 @@ impl Index {
         merged
     }
 
-    /// Whether `node` has an entry under `hash`.
-    pub(crate) fn has_node(&mut self, hash: u64, node: &UpmNode) -> bool {
-        let mut cursor = self.entries.cursor_lower_bound(&(hash, 0));
+    /// Whether `node` has an entry of `domain` under `hash`.
+    pub(crate) fn has_node(&mut self, domain: u64, hash: u64, node: &UpmNode) -> bool {
+        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, 0));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if key.0 != hash {
+            if (key.0, key.1) != (domain, hash) {
                 break;
             }
             if matches!(entry, Entry::Merged(n) if n.id() == node.id()) {
@@ -240,35 +260,41 @@ impl Index {
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
         if let Entry::Candidate { mm, addr } = &entry {
-            self.candidate_keys.remove(&(mm.id(), *addr));
+            self.candidate_keys.remove(&(mm_id(mm), *addr));
         }
         Some(entry)
     }
 
-    fn next_key(&mut self, hash: u64) -> Key {
+    fn next_key(&mut self, domain: u64, hash: u64) -> Key {
         self.next_seq += 1;
-        (hash, self.next_seq)
+        (domain, hash, self.next_seq)
     }
 
-    /// Adds a merged page under `hash`.
-    pub(crate) fn insert_merged(&mut self, hash: u64, node: ARef<UpmNode>) -> Result {
-        let key = self.next_key(hash);
+    /// Adds a merged page of `domain` under `hash`.
+    pub(crate) fn insert_merged(&mut self, domain: u64, hash: u64, node: ARef<UpmNode>) -> Result {
+        let key = self.next_key(domain, hash);
         self.entries
             .try_create_and_insert(key, Entry::Merged(node), GFP_KERNEL_ACCOUNT)?;
         Ok(())
     }
 
-    /// Records the page of `mm` at `addr` as a candidate with `hash`, replacing the candidate
-    /// that address had.
-    pub(crate) fn insert_candidate(&mut self, hash: u64, mm: &Mm, addr: usize) -> Result {
-        if let Some(old) = self.candidate_keys.get(&(mm.id(), addr)).copied() {
-            if old.0 == hash {
+    /// Records the page of `mm` at `addr` as a candidate of `domain` with `hash`, replacing the
+    /// candidate that address had.
+    pub(crate) fn insert_candidate(
+        &mut self,
+        domain: u64,
+        hash: u64,
+        mm: &Mm,
+        addr: usize,
+    ) -> Result {
+        let mm_id = mm_id(mm);
+        if let Some(old) = self.candidate_keys.get(&(mm_id, addr)).copied() {
+            if (old.0, old.1) == (domain, hash) {
                 return Ok(());
             }
             drop(self.remove(&old));
         }
-        let key = self.next_key(hash);
-        let mm_id = mm.id();
+        let key = self.next_key(domain, hash);
         self.candidate_keys
             .try_create_and_insert((mm_id, addr), key, GFP_KERNEL_ACCOUNT)?;
         let entry = Entry::Candidate {
@@ -287,7 +313,7 @@ impl Index {
 
     /// Drops the candidate of `mm` at `addr`, if any (the page was merged or unmerged).
     pub(crate) fn forget_candidate(&mut self, mm: &Mm, addr: usize) {
-        if let Some(key) = self.candidate_keys.get(&(mm.id(), addr)).copied() {
+        if let Some(key) = self.candidate_keys.get(&(mm_id(mm), addr)).copied() {
             drop(self.remove(&key));
         }
     }

@@ -23,7 +23,7 @@ mod stats;
 mod sysfs;
 mod tree;
 
-use ffi::{Periodic, Provider, SysfsDir};
+use ffi::{sysfs::SysfsDir, upm_ops::Provider, workqueue::Periodic};
 use merge::Upm;
 
 module! {
