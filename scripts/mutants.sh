@@ -61,7 +61,7 @@ for patch in tests/mutants/*.patch; do
 	module-*)
 		dir=$work/$name
 		rm -rf "$dir" && mkdir -p "$dir/src"
-		cp Kbuild "$dir/" && cp src/Kbuild src/*.rs "$dir/src/"
+		cp Kbuild "$dir/" && cp -r src/Kbuild src/*.rs src/ffi "$dir/src/"
 		patch -s -d "$dir" -p1 <"$patch" || { upm_log "$patch does not apply"; exit 2; }
 		make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
 			{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }

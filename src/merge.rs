@@ -32,6 +32,9 @@ use kernel::{prelude::*, types::ARef};
 /// Pages handled per hold of `mmap_lock`.
 const BATCH_PAGES: usize = 512;
 
+/// Delay before the next run of a sweep pass that is not complete, in milliseconds.
+const SWEEP_CONTINUE_MS: u32 = 10;
+
 /// The module's state: the content-hash index and what it needs to classify pages.
 #[pin_data]
 pub(crate) struct Upm {
@@ -287,7 +290,13 @@ impl Upm {
                         self.with_candidate(call, guard, twin_mm, *twin_addr, |twin_vma, twin| {
                             // The candidate, advised first, keeps its frame: the new page is the
                             // one replaced.
-                            twin_vma.merge_pair(twin, vma, &page, domain)
+                            twin_vma.merge_pair(
+                                twin,
+                                vma,
+                                &page,
+                                domain,
+                                enabled(&TUNABLES.fresh_frame),
+                            )
                         });
                     match pair {
                         Ok(node) => {
@@ -415,9 +424,13 @@ impl Upm {
     }
 
     /// Drops stale entries and frees dead stable nodes; returns the delay until the next sweep.
+    /// A pass over a large index takes several runs, each of bounded work, close together.
     pub(crate) fn sweep(&self) -> u32 {
-        let freed = self.index.sweep();
+        let (freed, pass_done) = self.index.sweep();
         STATS.stable_pages_freed.add(freed);
+        if !pass_done {
+            return SWEEP_CONTINUE_MS;
+        }
         upm_ops::prune_stable_nodes();
         TUNABLES
             .sweep_millisecs

@@ -122,6 +122,8 @@ pub(crate) struct Tunables {
     pub(crate) split_thp: AtomicBool,
     /// Period of the orphan sweep, in milliseconds.
     pub(crate) sweep_millisecs: AtomicU32,
+    /// A new merged page is a fresh copy, not the first adviser's frame.
+    pub(crate) fresh_frame: AtomicBool,
     /// What merge domains are named after ([`DomainPolicy`] as `u32`).
     pub(crate) domain_policy: AtomicU32,
     /// For the `cgroup` policy: the depth of the cgroup v2 ancestor that names a domain.
@@ -134,6 +136,7 @@ pub(crate) static TUNABLES: Tunables = Tunables {
     use_zero_pages: AtomicBool::new(true),
     split_thp: AtomicBool::new(true),
     sweep_millisecs: AtomicU32::new(1000),
+    fresh_frame: AtomicBool::new(false),
     domain_policy: AtomicU32::new(DomainPolicy::Uid as u32),
     domain_cgroup_level: AtomicU32::new(1),
 };
@@ -150,6 +153,15 @@ pub(crate) const DOMAIN_POLICIES: [(&str, DomainPolicy); 4] = [
 /// policy, so that tags of different policies (or levels) never compare equal.
 const DOMAIN_ID_BITS: u32 = 52;
 
+/// The policy (index in [`DOMAIN_POLICIES`]), cgroup level and number of a domain tag.
+pub(crate) fn domain_parts(tag: u64) -> (usize, u64, u64) {
+    (
+        (tag >> 60) as usize,
+        (tag >> DOMAIN_ID_BITS) & 0xff,
+        tag & ((1 << DOMAIN_ID_BITS) - 1),
+    )
+}
+
 /// The merge domain of `mm` under the current policy, as the tag the index and the kernel's
 /// stable nodes carry: the policy, the cgroup level for `cgroup`, and the domain's number
 /// (cut to 52 bits: uids, namespace inode numbers and cgroup ids of this boot fit).
@@ -165,9 +177,9 @@ pub(crate) fn domain_of(mm: &MmWithUser) -> Result<u64> {
         _ => 0,
     };
     let id = mm_domain(mm, policy, level)?;
-    Ok((policy as u64) << 60
-        | u64::from(level) << DOMAIN_ID_BITS
-        | id & ((1 << DOMAIN_ID_BITS) - 1))
+    Ok(((policy as u64) << 60)
+        | (u64::from(level) << DOMAIN_ID_BITS)
+        | (id & ((1 << DOMAIN_ID_BITS) - 1)))
 }
 
 /// Reads a boolean tunable.

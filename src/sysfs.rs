@@ -3,16 +3,18 @@
 //! `/sys/kernel/mm/upm/`: counters and tunables.
 //!
 //! The files and their meaning are documented in `Documentation/ABI/testing/sysfs-kernel-mm-upm`
-//! (kernel patch) and in the README. State counters are computed on every read from the
-//! content-hash index; activity counters are cumulative since the module was loaded.
+//! (kernel patch) and in the README. Entry counts are kept exact as entries come and go; how
+//! often merged pages are mapped is counted by the sweep, or on read for `CAP_SYS_ADMIN`;
+//! activity counters are cumulative since the module was loaded.
 
 use crate::{
     ffi::{
-        sysfs::{SysfsBuf, SysfsFile, SysfsHandler},
-        upm_ops,
+        sysfs::{Access, SysfsBuf, SysfsFile, SysfsHandler},
+        task,
+        upm_ops::{self, DomainPolicy},
     },
     merge::Upm,
-    stats::{Skip, DOMAIN_POLICIES, STATS, TUNABLES},
+    stats::{domain_parts, Skip, DOMAIN_POLICIES, STATS, TUNABLES},
 };
 use core::{
     fmt::Write,
@@ -21,7 +23,7 @@ use core::{
 use kernel::{c_str, prelude::*};
 
 macro_rules! files {
-    ($($name:ident $(= $writable:literal)?),* $(,)?) => {
+    ($($name:ident $(= $access:ident)?),* $(,)?) => {
         /// The files, in the order of [`FILES`].
         #[derive(Clone, Copy)]
         #[expect(non_camel_case_types)]
@@ -31,11 +33,11 @@ macro_rules! files {
 
         const FILES: &[SysfsFile] = &[$(SysfsFile {
             name: c_str!(stringify!($name)),
-            writable: files!(@w $($writable)?),
+            access: files!(@a $($access)?),
         }),*];
     };
-    (@w) => { false };
-    (@w $w:literal) => { $w };
+    (@a) => { Access::Read };
+    (@a $a:ident) => { Access::$a };
 }
 
 files! {
@@ -61,12 +63,14 @@ files! {
     stable_pages_freed,
     madvise_calls,
     unmerge_calls,
-    run = true,
-    use_zero_pages = true,
-    split_thp = true,
-    sweep_millisecs = true,
-    domain_policy = true,
-    domain_cgroup_level = true,
+    domains = RootRead,
+    run = ReadWrite,
+    use_zero_pages = ReadWrite,
+    split_thp = ReadWrite,
+    sweep_millisecs = ReadWrite,
+    fresh_frame = ReadWrite,
+    domain_policy = ReadWrite,
+    domain_cgroup_level = ReadWrite,
 }
 
 fn parse_bool(input: &str) -> Result<bool> {
@@ -87,6 +91,9 @@ impl SysfsHandler for Upm {
 
     fn show(&self, index: usize, out: &mut SysfsBuf<'_>) -> Result {
         let file = *ALL.get(index).ok_or(EINVAL)?;
+        if let File::domains = file {
+            return self.show_domains(out);
+        }
         if let File::domain_policy = file {
             // All policies, the current one in brackets, as /sys/kernel/mm/transparent_hugepage.
             let current = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
@@ -101,12 +108,21 @@ impl SysfsHandler for Upm {
             }
             return writeln!(out).map_err(|_| EINVAL);
         }
+        // An exact count walks the whole index under its lock: only for privileged readers.
+        // Everyone else gets the mappings as of the last sweep pass.
+        let counts = || {
+            if task::is_admin() {
+                self.index.counts()
+            } else {
+                self.index.cached_counts()
+            }
+        };
         let value: u64 = match file {
-            File::pages_shared => self.index.counts().shared,
-            File::pages_sharing => self.index.counts().sharing,
-            File::pages_unshared => self.index.counts().unshared,
-            File::stable_nodes => self.index.counts().nodes,
-            File::candidates => self.index.counts().candidates,
+            File::pages_shared => counts().shared,
+            File::pages_sharing => counts().sharing,
+            File::pages_unshared => counts().unshared,
+            File::stable_nodes => self.index.cached_counts().nodes,
+            File::candidates => self.index.cached_counts().candidates,
             File::zero_pages => upm_ops::zero_pages_mapped(),
             File::pages_scanned => STATS.pages_scanned.get(),
             File::pages_merged => STATS.pages_merged.get(),
@@ -127,11 +143,12 @@ impl SysfsHandler for Upm {
             File::run => TUNABLES.run.load(Ordering::Relaxed).into(),
             File::use_zero_pages => TUNABLES.use_zero_pages.load(Ordering::Relaxed).into(),
             File::split_thp => TUNABLES.split_thp.load(Ordering::Relaxed).into(),
+            File::fresh_frame => TUNABLES.fresh_frame.load(Ordering::Relaxed).into(),
             File::sweep_millisecs => TUNABLES.sweep_millisecs.load(Ordering::Relaxed).into(),
             File::domain_cgroup_level => {
                 TUNABLES.domain_cgroup_level.load(Ordering::Relaxed).into()
             }
-            File::domain_policy => return Err(EINVAL),
+            File::domain_policy | File::domains => return Err(EINVAL),
         };
         writeln!(out, "{value}").map_err(|_| EINVAL)
     }
@@ -141,6 +158,7 @@ impl SysfsHandler for Upm {
             File::run => store_bool(&TUNABLES.run, input),
             File::use_zero_pages => store_bool(&TUNABLES.use_zero_pages, input),
             File::split_thp => store_bool(&TUNABLES.split_thp, input),
+            File::fresh_frame => store_bool(&TUNABLES.fresh_frame, input),
             File::sweep_millisecs => {
                 let ms: u32 = input.parse().map_err(|_| EINVAL)?;
                 // The sweep re-arms itself with this period: keep it sane.
@@ -174,5 +192,38 @@ impl SysfsHandler for Upm {
             }
             _ => Err(EPERM),
         }
+    }
+}
+
+impl Upm {
+    /// `domains`: one line per merge domain that has entries, root only (it names other
+    /// tenants' domains). Domains that do not fit the page are left out.
+    fn show_domains(&self, out: &mut SysfsBuf<'_>) -> Result {
+        writeln!(
+            out,
+            "domain pages_shared pages_sharing pages_unshared stable_nodes candidates"
+        )
+        .map_err(|_| EINVAL)?;
+        self.index.domain_counts(|tag, c| {
+            // A line is well under this; never leave a partial one.
+            if out.remaining() < 128 {
+                return false;
+            }
+            let (policy, level, id) = domain_parts(tag);
+            let name = DOMAIN_POLICIES.get(policy).map_or("?", |p| p.0);
+            let counts = (c.shared, c.sharing, c.unshared, c.nodes, c.candidates);
+            let _ = if policy == DomainPolicy::Cgroup as usize {
+                write!(out, "{name}:{level}:{id}")
+            } else {
+                write!(out, "{name}:{id}")
+            };
+            let _ = writeln!(
+                out,
+                " {} {} {} {} {}",
+                counts.0, counts.1, counts.2, counts.3, counts.4
+            );
+            true
+        });
+        Ok(())
     }
 }

@@ -54,6 +54,9 @@ pub(crate) const MAX_PROBES: usize = 8;
 /// Entries examined per hold of the index lock by the sweep.
 const SWEEP_BATCH: usize = 64;
 
+/// Entries examined per run of the sweep: bounded work, whatever the size of the index.
+const SWEEP_PER_RUN: usize = 4096;
+
 /// Merge domain, content hash, then a sequence number that tells entries apart.
 ///
 /// The domain comes first: a page is only ever looked up among the entries of its own domain.
@@ -80,8 +83,8 @@ pub(crate) enum Probe {
     Merged(ARef<UpmNode>),
 }
 
-/// What the index holds right now, for the sysfs counters.
-#[derive(Default)]
+/// What the index holds, for the sysfs counters.
+#[derive(Default, Clone, Copy)]
 pub(crate) struct IndexCounts {
     /// Merged pages mapped by two or more page table entries.
     pub(crate) shared: u64,
@@ -95,17 +98,34 @@ pub(crate) struct IndexCounts {
     pub(crate) candidates: u64,
 }
 
-/// A number that identifies `mm` while it is referenced.
-pub(crate) fn mm_id(mm: &Mm) -> usize {
-    mm.as_raw() as usize
+impl IndexCounts {
+    /// Counts one entry.
+    fn add(&mut self, entry: &Entry) {
+        let node = match entry {
+            Entry::Candidate { .. } => {
+                self.candidates += 1;
+                return;
+            }
+            Entry::Merged(node) => node,
+        };
+        self.nodes += 1;
+        match node.mapcount() {
+            Ok(0) | Err(_) => {}
+            Ok(1) => self.unshared += 1,
+            Ok(n) => {
+                self.shared += 1;
+                self.sharing += u64::from(n) - 1;
+            }
+        }
+    }
 }
 
-/// Whether `mm`'s process still exists (its address space has users).
-fn mm_alive(mm: &Mm) -> bool {
-    // Never the last `mmput()` under the index lock: that would tear down an address space.
-    mm.mmget_not_zero()
-        .map(MmWithUser::into_mmput_async)
-        .is_some()
+/// Where the sweep stands in its pass over the index.
+struct SweepPass {
+    /// The next key to look at.
+    resume: Key,
+    /// Counts of the entries seen so far in this pass.
+    counts: IndexCounts,
 }
 
 /// The entries, with a second map that finds the candidate of an (mm, address).
@@ -113,6 +133,12 @@ pub(crate) struct Index {
     entries: RBTree<Key, Entry>,
     candidate_keys: RBTree<(usize, usize), Key>,
     next_seq: u64,
+    /// Exact numbers of candidate and merged entries, kept as entries come and go.
+    candidates: u64,
+    nodes: u64,
+    sweep: SweepPass,
+    /// The counts of the last complete sweep pass: what unprivileged readers get.
+    swept: IndexCounts,
 }
 
 /// The content-hash index and its lock.
@@ -131,6 +157,13 @@ impl ContentIndex {
                     entries: RBTree::new(),
                     candidate_keys: RBTree::new(),
                     next_seq: 0,
+                    candidates: 0,
+                    nodes: 0,
+                    sweep: SweepPass {
+                        resume: (0, 0, 0),
+                        counts: IndexCounts::default(),
+                    },
+                    swept: IndexCounts::default(),
                 },
                 "upm_index"
             ),
@@ -142,21 +175,23 @@ impl ContentIndex {
         self.inner.lock()
     }
 
-    /// Drops entries whose page or process is gone; returns how many merged pages were dropped.
-    pub(crate) fn sweep(&self) -> u64 {
-        let mut resume: Key = (0, 0, 0);
+    /// Runs the next part of the sweep pass: looks at up to [`SWEEP_PER_RUN`] entries, drops
+    /// those whose page or process is gone and counts the others. Returns how many merged
+    /// pages were dropped and whether the pass is complete (its counts are then published).
+    pub(crate) fn sweep(&self) -> (u64, bool) {
         let mut freed = 0;
-        loop {
+        for _ in 0..SWEEP_PER_RUN / SWEEP_BATCH {
             let mut stale: [Option<Key>; SWEEP_BATCH] = [None; SWEEP_BATCH];
             let mut found = 0;
-            let mut done = true;
             let mut index = self.lock();
+            let index = &mut *index;
+            let mut cursor = index.entries.cursor_lower_bound(&index.sweep.resume);
             let mut seen = 0;
-            let mut cursor = index.entries.cursor_lower_bound(&resume);
+            let mut done = true;
             while let Some(c) = cursor {
                 let (key, entry) = c.current();
                 if seen == SWEEP_BATCH {
-                    resume = *key;
+                    index.sweep.resume = *key;
                     done = false;
                     break;
                 }
@@ -171,43 +206,70 @@ impl ContentIndex {
                     freed += u64::from(matches!(entry, Entry::Merged(_)));
                     stale[found] = Some(*key);
                     found += 1;
+                } else {
+                    index.sweep.counts.add(entry);
                 }
                 cursor = c.move_next();
             }
             for key in stale.iter().flatten() {
                 drop(index.remove(key));
             }
-            drop(index);
             if done {
-                return freed;
+                index.swept = core::mem::take(&mut index.sweep.counts);
+                index.sweep.resume = (0, 0, 0);
+                return (freed, true);
             }
+            drop(index);
             cond_resched();
         }
+        (freed, false)
     }
 
-    /// Counts the merged pages by how often they are mapped, and the candidates.
+    /// Counts the merged pages by how often they are mapped, now: a walk of the whole index,
+    /// for privileged readers only.
     pub(crate) fn counts(&self) -> IndexCounts {
         let index = self.lock();
         let mut counts = IndexCounts::default();
         for entry in index.entries.values() {
-            let node = match entry {
-                Entry::Candidate { .. } => {
-                    counts.candidates += 1;
-                    continue;
-                }
-                Entry::Merged(node) => node,
-            };
-            counts.nodes += 1;
-            match node.mapcount() {
-                Ok(0) | Err(_) => {}
-                Ok(1) => counts.unshared += 1,
-                Ok(n) => {
-                    counts.shared += 1;
-                    counts.sharing += u64::from(n) - 1;
+            counts.add(entry);
+        }
+        counts
+    }
+
+    /// Calls `emit` with each domain that has entries and its counts, in domain order, until
+    /// it returns false. Walks the whole index: for privileged readers only.
+    pub(crate) fn domain_counts(&self, mut emit: impl FnMut(u64, &IndexCounts) -> bool) {
+        let index = self.lock();
+        let mut current: Option<(u64, IndexCounts)> = None;
+        for (key, entry) in index.entries.iter() {
+            match &mut current {
+                Some((domain, counts)) if *domain == key.0 => counts.add(entry),
+                _ => {
+                    if let Some((domain, counts)) = current.take() {
+                        if !emit(domain, &counts) {
+                            return;
+                        }
+                    }
+                    let mut counts = IndexCounts::default();
+                    counts.add(entry);
+                    current = Some((key.0, counts));
                 }
             }
         }
-        counts
+        if let Some((domain, counts)) = current {
+            emit(domain, &counts);
+        }
+    }
+
+    /// The counts without a walk: mappings as of the last complete sweep pass (at most a few
+    /// sweep periods old), entries exact.
+    pub(crate) fn cached_counts(&self) -> IndexCounts {
+        let index = self.lock();
+        IndexCounts {
+            candidates: index.candidates,
+            nodes: index.nodes,
+            ..index.swept
+        }
     }
 }
 
@@ -259,8 +321,12 @@ impl Index {
     /// Takes the entry at `key` out of the index.
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        if let Entry::Candidate { mm, addr } = &entry {
-            self.candidate_keys.remove(&(mm_id(mm), *addr));
+        match &entry {
+            Entry::Candidate { mm, addr } => {
+                self.candidate_keys.remove(&(mm_id(mm), *addr));
+                self.candidates -= 1;
+            }
+            Entry::Merged(_) => self.nodes -= 1,
         }
         Some(entry)
     }
@@ -275,6 +341,7 @@ impl Index {
         let key = self.next_key(domain, hash);
         self.entries
             .try_create_and_insert(key, Entry::Merged(node), GFP_KERNEL_ACCOUNT)?;
+        self.nodes += 1;
         Ok(())
     }
 
@@ -308,6 +375,7 @@ impl Index {
             self.candidate_keys.remove(&(mm_id, addr));
             return Err(e);
         }
+        self.candidates += 1;
         Ok(())
     }
 

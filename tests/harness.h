@@ -86,4 +86,8 @@ size_t move_set(char *base, char *twin, size_t pages, int node);
 extern const struct test parity_tests[];
 extern const size_t parity_test_count;
 
+/* domain_tests.c */
+extern const struct test domain_tests[];
+extern const size_t domain_test_count;
+
 #endif /* UPM_HARNESS_H */

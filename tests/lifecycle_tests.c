@@ -585,7 +585,39 @@ static enum result test_memcg_pressure(void)
 	return r;
 }
 
+/*
+ * rmmod while a reader holds a sysfs file open: the file is gone for it (ENODEV), not a call
+ * into freed module code, also when CONFIG_DEBUG_KOBJECT_RELEASE delays the kobject's
+ * release; and the directory comes back at once with the next insmod.
+ */
+static enum result test_rmmod_open_sysfs(void)
+{
+	char buf[64];
+	int fd = open(UPM_SYSFS_DIR "/pages_sharing", O_RDONLY);
+	int wfd = open(UPM_SYSFS_DIR "/sweep_millisecs", O_WRONLY);
+	ssize_t n, w;
+	int read_err, write_err;
+
+	CHECK(fd >= 0 && wfd >= 0, "open");
+	CHECK(pread(fd, buf, sizeof(buf), 0) > 0, "read before rmmod");
+	CHECK(module_unload() == 0, "rmmod with sysfs files open");
+	errno = 0;
+	n = pread(fd, buf, sizeof(buf), 0);
+	read_err = errno;
+	errno = 0;
+	w = pwrite(wfd, "1000", 4, 0);
+	write_err = errno;
+	close(fd);
+	close(wfd);
+	CHECK(module_load() == 0, "insmod right after");
+	CHECK(n < 0 && read_err == ENODEV, "read after rmmod: %zd, errno %d", n, read_err);
+	CHECK(w < 0 && write_err == ENODEV, "write after rmmod: %zd, errno %d", w, write_err);
+	CHECK(counter("pages_sharing") == 0, "the new directory reads");
+	return PASS;
+}
+
 const struct test lifecycle_tests[] = {
+	{ "rmmod_open_sysfs", test_rmmod_open_sysfs, "rmmod with sysfs files open: ENODEV" },
 	{ "uffd_wp", test_uffd_wp, "unmerge under uffd-wp; wp areas not merged" },
 	{ "munmap_partial", test_munmap_partial, "partial and whole munmap of merged pages" },
 	{ "mremap_grow", test_mremap_grow, "merged pages move with a growing mapping" },

@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -794,6 +795,77 @@ static int stress_seconds(void)
 	return env_secs && *env_secs ? atoi(env_secs) : 60;
 }
 
+/* Two cgroups under the cgroup policy: the stress processes spread over two merge domains. */
+#define STRESS_DOMAINS 2
+
+static int stress_domains_setup(void)
+{
+	char path[64];
+
+	if (access("/sys/fs/cgroup/cgroup.procs", F_OK))
+		return -1;
+	for (int d = 0; d < STRESS_DOMAINS; d++) {
+		snprintf(path, sizeof(path), "/sys/fs/cgroup/upm_stress%d", d);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			return -1;
+	}
+	if (write_str(UPM_SYSFS_DIR "/domain_policy", "cgroup") ||
+	    write_long(UPM_SYSFS_DIR "/domain_cgroup_level", 1))
+		return -1;
+	return 0;
+}
+
+static void stress_domains_teardown(void)
+{
+	char path[64];
+
+	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
+	for (int d = 0; d < STRESS_DOMAINS; d++) {
+		snprintf(path, sizeof(path), "/sys/fs/cgroup/upm_stress%d", d);
+		rmdir(path);
+	}
+}
+
+static int stress_domain_join(int p)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/sys/fs/cgroup/upm_stress%d/cgroup.procs", p % STRESS_DOMAINS);
+	return write_long(path, getpid());
+}
+
+struct pfn_domain {
+	uint64_t pfn;
+	int domain;
+};
+
+static int cmp_pfn_domain(const void *a, const void *b)
+{
+	const struct pfn_domain *x = a, *y = b;
+
+	return x->pfn < y->pfn ? -1 : x->pfn > y->pfn;
+}
+
+/* Frames that processes of two different domains map (the zero page aside). */
+static long frames_across_domains(struct stress_report *r, uint64_t zpfn)
+{
+	size_t per = STRESS_THREADS * STRESS_PAGES, n = 0;
+	struct pfn_domain *all = calloc(STRESS_PROCS * per, sizeof(*all));
+	long crossing = 0;
+
+	if (!all)
+		return -1;
+	for (int p = 0; p < STRESS_PROCS; p++)
+		for (size_t i = 0; i < per; i++)
+			all[n++] = (struct pfn_domain){ r[p].pfns[i], p % STRESS_DOMAINS };
+	qsort(all, n, sizeof(*all), cmp_pfn_domain);
+	for (size_t i = 1; i < n; i++)
+		crossing += all[i].pfn && all[i].pfn != zpfn && all[i].pfn == all[i - 1].pfn &&
+			    all[i].domain != all[i - 1].domain;
+	free(all);
+	return crossing;
+}
+
 static enum result test_stress(void)
 {
 	const char *env_seed = getenv("UPM_STRESS_SEED");
@@ -808,10 +880,14 @@ static enum result test_stress(void)
 	fprintf(stderr, "    seed %llu, %d s (UPM_STRESS_SEED, UPM_STRESS_SECS)\n",
 		(unsigned long long)seed, secs);
 	CHECK(r && all, "alloc");
+	CHECK(stress_domains_setup() == 0, "two cgroups as merge domains");
 	for (int p = 0; p < STRESS_PROCS; p++) {
 		pids[p] = fork();
-		if (pids[p] == 0)
+		if (pids[p] == 0) {
+			if (stress_domain_join(p))
+				r[p].bad++;
 			stress_process(&r[p], seed + p, secs);
+		}
 	}
 	for (int p = 0; p < STRESS_PROCS; p++)
 		while (!r[p].stopped)
@@ -860,6 +936,7 @@ static enum result test_stress(void)
 	fprintf(stderr, "\n");
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
 	long k_unshared = counter("pages_unshared");
+	long crossing = frames_across_domains(r, zpfn);
 
 	if (numa_balancing >= 0)
 		write_long("/proc/sys/kernel/numa_balancing", numa_balancing);
@@ -867,8 +944,10 @@ static enum result test_stress(void)
 		r[p].release = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
 		wait_exit(pids[p]);
+	stress_domains_teardown();
 	fprintf(stderr, "    %ld operations; pagemap and smaps: shared %ld sharing %ld unshared %ld\n",
 		ops, shared, sharing, unshared);
+	CHECK(crossing == 0, "%ld frames mapped in two merge domains", crossing);
 	CHECK(bad == 0, "%ld failed operations or content mismatches", bad);
 	CHECK(ops > 100, "only %ld operations", ops);
 	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
@@ -949,6 +1028,10 @@ static enum result run_one(const struct test *t)
 	}
 	write_long("/sys/kernel/mm/ksm/pages_to_scan", 100);
 	write_long("/sys/kernel/mm/ksm/sleep_millisecs", 20);
+	/* Merge domains as the module's defaults, for a test that failed half-way. */
+	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
+	write_long(UPM_SYSFS_DIR "/domain_cgroup_level", 1);
+	write_long(UPM_SYSFS_DIR "/fresh_frame", 0);
 	if (!module_loaded()) {
 		/* A test that unloads the module failed half-way: put it back for the next. */
 		fprintf(stderr, "    left the module unloaded; loading it again\n");
@@ -971,15 +1054,26 @@ static enum result run_one(const struct test *t)
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0, skipped = 0;
-	size_t n_core = ARRAY_SIZE(tests), n_life = lifecycle_test_count;
-	size_t n = n_core + n_life + parity_test_count;
-	const struct test **all = calloc(n, sizeof(*all));
+	const struct {
+		const struct test *tests;
+		size_t count;
+	} groups[] = {
+		{ tests, ARRAY_SIZE(tests) },
+		{ lifecycle_tests, lifecycle_test_count },
+		{ parity_tests, parity_test_count },
+		{ domain_tests, domain_test_count },
+	};
+	size_t n = 0;
+	const struct test **all;
 
+	for (size_t g = 0; g < ARRAY_SIZE(groups); g++)
+		n += groups[g].count;
+	all = calloc(n, sizeof(*all));
+	n = 0;
+	for (size_t g = 0; g < ARRAY_SIZE(groups); g++)
+		for (size_t i = 0; i < groups[g].count; i++)
+			all[n++] = &groups[g].tests[i];
 	page_size = sysconf(_SC_PAGESIZE);
-	for (size_t i = 0; i < n; i++)
-		all[i] = i < n_core		 ? &tests[i] :
-			 i < n_core + n_life ? &lifecycle_tests[i - n_core] :
-					       &parity_tests[i - n_core - n_life];
 	if (argc > 1 && !strcmp(argv[1], "--list")) {
 		for (size_t i = 0; i < n; i++)
 			printf("%-30s %s\n", all[i]->name, all[i]->what);
@@ -1013,6 +1107,16 @@ int main(int argc, char **argv)
 			failed++;
 		}
 		fflush(stdout);
+	}
+	for (int a = 1; a < argc; a++) {
+		int known = 0;
+
+		for (size_t i = 0; i < n; i++)
+			known |= !strcmp(argv[a], all[i]->name);
+		if (!known) {
+			printf("FAIL %s: no such test\n", argv[a]);
+			failed++;
+		}
 	}
 	printf("vm: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;

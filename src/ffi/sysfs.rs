@@ -26,14 +26,32 @@ pub(crate) trait SysfsHandler: Send + Sync {
 pub(crate) struct SysfsFile {
     /// The file name.
     pub(crate) name: &'static CStr,
-    /// Whether root may write it (a tunable).
-    pub(crate) writable: bool,
+    /// Who may read and write it.
+    pub(crate) access: Access,
+}
+
+/// Who may read and write a sysfs file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Everyone reads (0444).
+    Read,
+    /// Everyone reads, root writes: a tunable (0644).
+    ReadWrite,
+    /// Only root reads (0400).
+    RootRead,
 }
 
 /// The page-sized output buffer of a sysfs `show`.
 pub(crate) struct SysfsBuf<'a> {
     buf: &'a mut [u8],
     len: usize,
+}
+
+impl SysfsBuf<'_> {
+    /// Bytes left in the buffer.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.len
+    }
 }
 
 impl core::fmt::Write for SysfsBuf<'_> {
@@ -86,14 +104,18 @@ impl<T: SysfsHandler> SysfsDir<T> {
             // SAFETY: All-zero is a valid `kobj_attribute` (null pointers, no callbacks).
             let mut attr: bindings::kobj_attribute = unsafe { core::mem::zeroed() };
             attr.attr.name = file.name.as_char_ptr();
-            attr.attr.mode = if file.writable { 0o644 } else { 0o444 };
+            attr.attr.mode = match file.access {
+                Access::Read => 0o444,
+                Access::ReadWrite => 0o644,
+                Access::RootRead => 0o400,
+            };
             #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
             {
                 // Dynamically allocated attributes need a static lockdep key.
                 attr.attr.key = SYSFS_ATTR_LOCK_CLASS.0.get();
             }
             attr.show = Some(Self::show_callback);
-            if file.writable {
+            if file.access == Access::ReadWrite {
                 attr.store = Some(Self::store_callback);
             }
             attrs.push(

@@ -20,3 +20,16 @@ pub(crate) fn fatal_signal_pending() -> bool {
     // call.
     unsafe { bindings::upm_fatal_signal_pending(bindings::get_current()) }
 }
+
+/// Whether the current task has `CAP_SYS_ADMIN` in the initial user namespace, without an
+/// audit record: it only chooses between an exact and a cached answer, never grants access.
+pub(crate) fn is_admin() -> bool {
+    // SAFETY: `init_user_ns` lives forever; `ns_capable_noaudit()` only reads the current
+    // task's credentials.
+    unsafe {
+        bindings::ns_capable_noaudit(
+            core::ptr::addr_of_mut!(bindings::init_user_ns),
+            bindings::CAP_SYS_ADMIN as i32,
+        )
+    }
+}

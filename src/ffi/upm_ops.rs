@@ -306,14 +306,21 @@ impl MergeableVma {
 
     /// Write-protects `page` (mapped here) and `twin` (mapped in `twin_vma`, of this mm or of
     /// another whose `mmap_lock` is held), compares them in full and, if identical, makes
-    /// `page` a KSM page with a new stable node of `domain` that `twin`'s mapping shares.
+    /// `page` (or, with `fresh_frame`, a fresh copy of it that replaces both mappings) a KSM
+    /// page with a new stable node of `domain` that `twin`'s mapping shares.
     pub(crate) fn merge_pair(
         &self,
         page: &UserPage,
         twin_vma: &MergeableVma,
         twin: &UserPage,
         domain: u64,
+        fresh_frame: bool,
     ) -> Result<ARef<UpmNode>, MergeError> {
+        let flags = if fresh_frame {
+            bindings::UPM_MERGE_FRESH_FRAME
+        } else {
+            0
+        };
         let mut node = core::ptr::null_mut();
         // SAFETY: Both VMAs are valid, mergeable and locked by their type invariants; both
         // pages are referenced; the C function checks that each page is mapped in its VMA;
@@ -325,6 +332,7 @@ impl MergeableVma {
                 twin_vma.as_ptr(),
                 twin.as_ptr(),
                 domain,
+                flags,
                 &mut node,
             )
         })?;
