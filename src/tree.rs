@@ -183,8 +183,8 @@ impl ContentIndex {
         for _ in 0..SWEEP_PER_RUN / SWEEP_BATCH {
             let mut stale: [Option<Key>; SWEEP_BATCH] = [None; SWEEP_BATCH];
             let mut found = 0;
-            let mut index = self.lock();
-            let index = &mut *index;
+            let mut guard = self.lock();
+            let index = &mut *guard;
             let mut cursor = index.entries.cursor_lower_bound(&index.sweep.resume);
             let mut seen = 0;
             let mut done = true;
@@ -219,7 +219,7 @@ impl ContentIndex {
                 index.sweep.resume = (0, 0, 0);
                 return (freed, true);
             }
-            drop(index);
+            drop(guard);
             cond_resched();
         }
         (freed, false)
@@ -271,6 +271,19 @@ impl ContentIndex {
             ..index.swept
         }
     }
+}
+
+/// A number that identifies `mm` while it is referenced.
+pub(crate) fn mm_id(mm: &Mm) -> usize {
+    mm.as_raw() as usize
+}
+
+/// Whether `mm`'s process still exists (its address space has users).
+fn mm_alive(mm: &Mm) -> bool {
+    // Never the last `mmput()` under the index lock: that would tear down an address space.
+    mm.mmget_not_zero()
+        .map(MmWithUser::into_mmput_async)
+        .is_some()
 }
 
 impl Index {

@@ -567,6 +567,9 @@ static double advise_time(size_t pages, const uint64_t *target, uint64_t seed, l
 			return -1;
 		t = now() - t;
 		*merged += counter("pages_merged");
+		/* Unmerging drops the candidates: every round starts from the same index. */
+		if (unmerge(p, pages))
+			return -1;
 		munmap(p, pages * page_size);
 		best = t < best ? t : best;
 	}
