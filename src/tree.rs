@@ -20,22 +20,26 @@
 //! it, so candidates are bounded by the memory advised and their nodes are charged to the
 //! adviser's memory cgroup.
 //!
-//! Entries go stale: a candidate's page changes or goes away, its process exits; a merged page
-//! is freed once nothing maps it. Stale entries are dropped when a lookup meets them and by the
-//! periodic sweep.
+//! Entries go stale: a candidate's page changes or goes away (its area is unmapped), its
+//! process exits; a merged page is freed once nothing maps it. Stale entries are dropped when a
+//! lookup meets them and by the periodic sweep, which looks at a bounded number per run.
+//!
+//! Every key starts with the merge domain of its page (see [`crate::stats::domain_of`]): a page
+//! is only ever compared with entries of its own domain.
 //!
 //! # Lock order
 //!
 //! 1. `mmap_lock` of the advised mm (read), held by `merge.rs` for a batch of pages;
 //! 2. [`ContentIndex::inner`], a mutex held for the whole decision about one page, so that two
 //!    advisers never pair with the same candidate;
-//! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()`;
+//! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()` (to pair with it,
+//!    and in the sweep, to check that its area is still mapped);
 //! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives.
 
 use crate::ffi::{
     mm::{Mm, MmWithUser},
     task::cond_resched,
-    upm_ops::UpmNode,
+    upm_ops::{MergeableVma, UpmNode},
 };
 use kernel::{
     new_mutex,
@@ -199,7 +203,7 @@ impl ContentIndex {
                 // A merged page that nothing maps any more is no twin for anyone: its node
                 // dies once the page is freed (a per-CPU folio batch may still hold it).
                 let gone = match entry {
-                    Entry::Candidate { mm, .. } => !mm_alive(mm),
+                    Entry::Candidate { mm, addr } => !candidate_mapped(mm, *addr),
                     Entry::Merged(node) => !matches!(node.mapcount(), Ok(n) if n > 0),
                 };
                 if gone {
@@ -278,11 +282,20 @@ pub(crate) fn mm_id(mm: &Mm) -> usize {
     mm.as_raw() as usize
 }
 
-/// Whether `mm`'s process still exists (its address space has users).
-fn mm_alive(mm: &Mm) -> bool {
+/// Whether a candidate may still pair: its process exists and `addr` still lies in an area
+/// UPM may merge in. An mm whose `mmap_lock` is busy counts as still mapping it.
+fn candidate_mapped(mm: &Mm, addr: usize) -> bool {
+    let Some(user) = mm.mmget_not_zero() else {
+        return false;
+    };
     // Never the last `mmput()` under the index lock: that would tear down an address space.
-    mm.mmget_not_zero()
-        .map(MmWithUser::into_mmput_async)
+    let user = MmWithUser::into_mmput_async(user);
+    let Some(guard) = user.mmap_read_trylock() else {
+        return true;
+    };
+    guard
+        .vma_lookup(addr)
+        .and_then(MergeableVma::from_vma)
         .is_some()
 }
 

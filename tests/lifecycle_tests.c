@@ -616,7 +616,34 @@ static enum result test_rmmod_open_sysfs(void)
 	return PASS;
 }
 
+/*
+ * A live process that unmaps advised memory leaves no candidates behind: the sweep drops
+ * those whose area is gone, so the index does not grow with a runtime's frees.
+ */
+static enum result test_munmap_drops_candidates(void)
+{
+	const size_t n = 256;
+	long before = counter("candidates");
+	char *p = map_anon(n), *keep = map_anon(1);
+	long after_advise;
+
+	CHECK(p && keep, "map");
+	fill_pages(p, n, 71, 1);
+	fill_pages(keep, 1, 72, 1);
+	CHECK(advise(p, n) == 0 && advise(keep, 1) == 0, "advise");
+	after_advise = counter("candidates");
+	CHECK(after_advise == before + (long)n + 1, "candidates %ld -> %ld", before, after_advise);
+	CHECK(munmap(p, n * page_size) == 0, "munmap");
+	for (int i = 0; i < 100 && counter("candidates") != before + 1; i++)
+		usleep(50 * 1000);
+	CHECK(counter("candidates") == before + 1,
+	      "%ld candidates 5 s after munmap (the mapped one must stay)", counter("candidates"));
+	return PASS;
+}
+
 const struct test lifecycle_tests[] = {
+	{ "munmap_drops_candidates", test_munmap_drops_candidates,
+	  "unmapped candidates of a live process are swept" },
 	{ "rmmod_open_sysfs", test_rmmod_open_sysfs, "rmmod with sysfs files open: ENODEV" },
 	{ "uffd_wp", test_uffd_wp, "unmerge under uffd-wp; wp areas not merged" },
 	{ "munmap_partial", test_munmap_partial, "partial and whole munmap of merged pages" },
