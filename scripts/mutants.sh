@@ -3,8 +3,10 @@
 #   module-*.patch  applies to a copy of src/, built as its own upm.ko in $UPM_CACHE/mutants;
 #   kernel-*.patch  applies to the cached kernel tree for one build, then the tree is
 #                   restored and rebuilt (also when this script fails or is interrupted).
-# For each mutant the VM suite (tests/build/upm_tests, stress shortened to 20 s) runs in the
-# debug VM; a mutant is "caught" when the run fails: a test failed or the kernel splatted.
+# Line 1 of a patch says what it breaks, line 2 ("Caught-by: TEST...") names the tests written
+# to catch it. Those tests run in the debug VM (stress shortened to 20 s); the mutant is
+# caught only when one of them fails, and the summary says which. A run that fails otherwise
+# (another test, a timeout, a splat alone) is reported, not counted as a catch.
 # Exits non-zero if any mutant survives.
 #
 #   scripts/mutants.sh [MUTANT_NAME...]
@@ -32,21 +34,28 @@ restore_kernel() {
 }
 trap restore_kernel EXIT
 
-# run_suite NAME [vm-run options]: runs the suite, records caught/survived.
+# run_suite NAME PATCH [vm-run options]: runs the mutant's tests, records caught/survived.
 run_suite() {
-	local name=$1 log="$work/$1.log" failed
-	shift
-	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- tests/build/upm_tests \
-		>"$log" 2>&1
-	local rc=$?
+	local name=$1 patch=$2 log="$work/$1.log" tests failed by="" t
+	shift 2
+	tests=$(sed -n '2s/^Caught-by: //p' "$patch")
+	if [ -z "$tests" ]; then
+		upm_log "$patch has no Caught-by: line"
+		exit 2
+	fi
+	# shellcheck disable=SC2086 # one word per test
+	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- \
+		"tests/build/upm_tests $tests" >"$log" 2>&1
 	failed=$(sed -n 's/^FAIL //p' "$log" | tr '\n' ' ')
-	grep -q "kernel splat in guest dmesg" "$log" && failed+="(kernel splat) "
-	if [ "$rc" != 0 ]; then
+	for t in $tests; do
+		[[ " $failed " == *" $t "* ]] && by+="$t "
+	done
+	if [ -n "$by" ]; then
 		caught=$((caught + 1))
-		summary+=("caught   $name: ${failed:-run failed, see $log}")
+		summary+=("caught   $name by: $by")
 	else
 		survived=$((survived + 1))
-		summary+=("SURVIVED $name: every test passed ($log)")
+		summary+=("SURVIVED $name: none of [$tests] failed (other failures: ${failed:-none}; $log)")
 	fi
 	upm_log "${summary[-1]}"
 }
@@ -65,13 +74,13 @@ for patch in tests/mutants/*.patch; do
 		patch -s -d "$dir" -p1 <"$patch" || { upm_log "$patch does not apply"; exit 2; }
 		make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
 			{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }
-		run_suite "$name" --module "$dir/src/upm.ko"
+		run_suite "$name" "$patch" --module "$dir/src/upm.ko"
 		;;
 	kernel-*)
 		git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" ||
 			{ upm_log "$patch does not apply"; exit 2; }
 		build_kernel || exit 2
-		run_suite "$name"
+		run_suite "$name" "$patch"
 		restore_kernel
 		;;
 	esac

@@ -26,11 +26,14 @@ use crate::{
     stats::{enabled, Skip, STATS, TUNABLES},
     tree::{mm_id, ContentIndex, Index, Key, Probe},
 };
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use kernel::{prelude::*, types::ARef};
 
 /// Pages handled per hold of `mmap_lock`.
 const BATCH_PAGES: usize = 512;
+
+/// Pages per call whose pairing is retried at its end because the twin's mm was busy.
+const MAX_DEFERRED: usize = 4096;
 
 /// Delay before the next run of a sweep pass that is not complete, in milliseconds.
 const SWEEP_CONTINUE_MS: u32 = 10;
@@ -54,6 +57,23 @@ struct Call<'a> {
     domain: u64,
     /// Whether this call flushed every CPU's LRU batches already.
     drained: Cell<bool>,
+    /// Pages whose twin's mm was busy, to try again at the end of the call.
+    deferred: RefCell<KVec<usize>>,
+    /// The last mm found busy: the end of the call waits for its `mmap_lock`.
+    busy_twin: RefCell<Option<ARef<Mm>>>,
+    /// Whether this is the retry at the end of the call (nothing more is deferred).
+    last_try: Cell<bool>,
+}
+
+impl Call<'_> {
+    /// Defers `addr` to the end of the call; false if it must be counted now.
+    fn defer(&self, addr: usize) -> bool {
+        if self.last_try.get() {
+            return false;
+        }
+        let mut deferred = self.deferred.borrow_mut();
+        deferred.len() < MAX_DEFERRED && deferred.push(addr, GFP_KERNEL).is_ok()
+    }
 }
 
 /// Why a candidate could not be paired with.
@@ -130,8 +150,11 @@ impl Upm {
             mm,
             domain: crate::stats::domain_of(mm)?,
             drained: Cell::new(false),
+            deferred: RefCell::new(KVec::new()),
+            busy_twin: RefCell::new(None),
+            last_try: Cell::new(false),
         };
-        self.walk(mm, start, end, |guard, vma, from, to| {
+        let walked = self.walk(mm, start, end, |guard, vma, from, to| {
             let pages = ((to - from) / PAGE_SIZE) as u64;
             let Some(vma) = MergeableVma::from_vma(vma) else {
                 STATS.skip(Skip::Vma, pages);
@@ -142,7 +165,45 @@ impl Upm {
                 self.merge_one(&call, guard, vma, addr);
             }
             Ok(())
-        })
+        });
+        if walked == Err(EINTR) {
+            STATS.skip(Skip::Busy, call.deferred.borrow().len() as u64);
+            return walked;
+        }
+        self.retry_deferred(&call)?;
+        walked
+    }
+
+    /// Tries the deferred pages once more. A candidate's mm is only ever trylocked while our
+    /// own `mmap_lock` is held, and is busy while its owner holds it and a writer (mmap,
+    /// khugepaged) waits; so first wait for that lock holding none of ours, then retry.
+    fn retry_deferred(&self, call: &Call<'_>) -> Result {
+        let deferred = core::mem::take(&mut *call.deferred.borrow_mut());
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        call.last_try.set(true);
+        let interrupted = || {
+            STATS.skip(Skip::Busy, deferred.len() as u64);
+            EINTR
+        };
+        if let Some(twin) = call.busy_twin.borrow_mut().take() {
+            if let Some(user) = twin.mmget_not_zero() {
+                let user = MmWithUser::into_mmput_async(user);
+                drop(user.mmap_read_lock_killable().map_err(|_| interrupted())?);
+            }
+        }
+        let guard = call
+            .mm
+            .mmap_read_lock_killable()
+            .map_err(|_| interrupted())?;
+        for addr in deferred {
+            match guard.vma_lookup(addr).and_then(MergeableVma::from_vma) {
+                Some(vma) => self.merge_one(call, &guard, vma, addr),
+                None => STATS.skip(Skip::Other, 1),
+            }
+        }
+        Ok(())
     }
 
     fn unmerge_range(&self, mm: &MmWithUser, start: usize, end: usize) -> Result {
@@ -195,6 +256,10 @@ impl Upm {
             };
         }
         if let Err(e) = result {
+            if e == MergeError::Busy && call.defer(addr) {
+                // Counted when it is retried at the end of the call.
+                return;
+            }
             STATS.skip(
                 match e {
                     MergeError::Pinned | MergeError::Batched => Skip::Pinned,
@@ -308,6 +373,7 @@ impl Upm {
                         }
                         Err(PairError::Busy) => {
                             twin_busy = true;
+                            *call.busy_twin.borrow_mut() = Some(twin_mm.clone());
                             continue;
                         }
                         Err(PairError::Stale) => {

@@ -1028,7 +1028,10 @@ static enum result run_one(const struct test *t)
 	}
 	write_long("/sys/kernel/mm/ksm/pages_to_scan", 100);
 	write_long("/sys/kernel/mm/ksm/sleep_millisecs", 20);
-	/* Merge domains as the module's defaults, for a test that failed half-way. */
+	/* Tunables as the module's defaults, for a test that failed half-way. */
+	write_long(UPM_SYSFS_DIR "/run", 1);
+	write_long(UPM_SYSFS_DIR "/use_zero_pages", 1);
+	write_long(UPM_SYSFS_DIR "/split_thp", 1);
 	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
 	write_long(UPM_SYSFS_DIR "/domain_cgroup_level", 1);
 	write_long(UPM_SYSFS_DIR "/fresh_frame", 0);

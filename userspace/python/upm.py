@@ -125,9 +125,16 @@ def advise_all_anonymous():
 
 
 def stats():
-    """The module's counters and tunables, as a dict of ints."""
+    """The module's numeric counters and tunables, as a dict of ints.
+
+    Files that hold text (domain_policy) or that the caller may not read (the root-only
+    domains) are left out.
+    """
     result = {}
     for name in sorted(os.listdir(SYSFS_DIR)):
-        with open(os.path.join(SYSFS_DIR, name), encoding="ascii") as f:
-            result[name] = int(f.read())
+        try:
+            with open(os.path.join(SYSFS_DIR, name), encoding="ascii") as f:
+                result[name] = int(f.read())
+        except (OSError, ValueError):
+            continue
     return result
