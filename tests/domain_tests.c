@@ -129,19 +129,7 @@ static void stop(struct member *m)
 
 static uint64_t frame_of(const struct member *m, size_t i)
 {
-	char path[64];
-	uint64_t entry = 0;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", m->pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &entry, sizeof(entry),
-		  (off_t)((m->addr / page_size + i) * sizeof(entry))) != sizeof(entry))
-		entry = 0;
-	close(fd);
-	return entry & PM_PRESENT ? entry & PM_PFN_MASK : 0;
+	return pfn_in(m->pid, m->addr, i);
 }
 
 /* Pages of `a` that map the same frame as the same page of `b`. */

@@ -110,6 +110,24 @@ uint64_t pfn_of(const void *addr)
 	return entry & PM_PFN_MASK;
 }
 
+/* The frame of page `i` of `addr` in process `pid` (root reads frame numbers), 0 if none. */
+uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i)
+{
+	char path[64];
+	uint64_t entry = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &entry, sizeof(entry), (off_t)((addr / page_size + i) * sizeof(entry))) !=
+	    sizeof(entry))
+		entry = 0;
+	close(fd);
+	return entry & PM_PRESENT ? entry & PM_PFN_MASK : 0;
+}
+
 /* The frame of the shared zero page, as a read fault maps it. */
 uint64_t zero_pfn(void)
 {

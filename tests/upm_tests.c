@@ -243,24 +243,7 @@ static int child_fill_advise_wait(void *arg)
 	return 0;
 }
 
-/* The frame and contents of page `i` of `addr` in process `pid`, read as root. */
-static uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i)
-{
-	char path[64];
-	uint64_t entry = 0;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &entry, sizeof(entry), (off_t)((addr / page_size + i) * sizeof(entry))) !=
-	    sizeof(entry))
-		entry = 0;
-	close(fd);
-	return entry & PM_PRESENT ? entry & PM_PFN_MASK : 0;
-}
-
+/* The contents of `pages` pages at `addr` in process `pid`, checked as check_pages(). */
 static int contents_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t seed)
 {
 	char path[64];
