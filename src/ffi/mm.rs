@@ -8,7 +8,8 @@
 //! the VMAs of [`virt`].
 //!
 //! Not upstream (a port adds them to `rust/kernel/mm.rs` or keeps them here):
-//! [`MmWithUser::mmap_read_lock_killable`] and [`MmapReadGuard::find_vma`].
+//! [`MmWithUser::mmap_read_lock_killable`] and [`MmapReadGuard::find_vma`], and
+//! [`MmWithUserAsync`], which the series on the list had but upstream's file does not.
 
 pub(crate) mod virt;
 
