@@ -117,10 +117,36 @@ pub fn why_unsupported() -> Error {
     }
 }
 
-fn madvise(range: Range<usize>, advice: i32) -> Result<()> {
-    // SAFETY: madvise with these advices never changes the contents of memory, so any range
-    // is safe; the kernel validates it.
-    let ret = unsafe { libc::madvise(range.start as *mut libc::c_void, range.len(), advice) };
+/// A UPM advice. Typed, so that no caller can send another advice by accident: with a plain
+/// number, 4 (`MADV_DONTNEED`) would discard the target's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// `MADV_UPM_MERGEABLE`: merge identical pages.
+    Merge,
+    /// `MADV_UPM_UNMERGEABLE`: give merged pages private copies again.
+    Unmerge,
+}
+
+impl Advice {
+    /// The advice number the kernel expects.
+    pub fn value(self) -> i32 {
+        match self {
+            Advice::Merge => MADV_UPM_MERGEABLE,
+            Advice::Unmerge => MADV_UPM_UNMERGEABLE,
+        }
+    }
+}
+
+fn madvise(range: Range<usize>, advice: Advice) -> Result<()> {
+    // SAFETY: the UPM advices never change the contents of memory, so any range is safe; the
+    // kernel validates it.
+    let ret = unsafe {
+        libc::madvise(
+            range.start as *mut libc::c_void,
+            range.len(),
+            advice.value(),
+        )
+    };
     if ret == 0 {
         Ok(())
     } else {
@@ -130,12 +156,12 @@ fn madvise(range: Range<usize>, advice: i32) -> Result<()> {
 
 /// Merges identical pages in `range` of this process (`MADV_UPM_MERGEABLE`).
 pub fn advise(range: Range<usize>) -> Result<()> {
-    madvise(range, MADV_UPM_MERGEABLE)
+    madvise(range, Advice::Merge)
 }
 
 /// Gives the merged pages in `range` of this process private copies again.
 pub fn unmerge(range: Range<usize>) -> Result<()> {
-    madvise(range, MADV_UPM_UNMERGEABLE)
+    madvise(range, Advice::Unmerge)
 }
 
 /// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
@@ -197,7 +223,11 @@ fn mappings(pid: i32) -> Result<Vec<Mapping>> {
 
 /// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
 /// `process_madvise(2)`; returns the bytes advised.
-pub fn advise_process(pid: i32, ranges: Option<Vec<Range<usize>>>, advice: i32) -> Result<usize> {
+pub fn advise_process(
+    pid: i32,
+    ranges: Option<Vec<Range<usize>>>,
+    advice: Advice,
+) -> Result<usize> {
     let ranges = match ranges {
         Some(r) => r,
         None => anonymous_ranges(pid)?,
@@ -215,7 +245,8 @@ pub fn advise_process(pid: i32, ranges: Option<Vec<Range<usize>>>, advice: i32) 
             iov_len: range.len(),
         };
         // SAFETY: `iov` is one valid iovec; the kernel only reads it.
-        let ret = unsafe { libc::syscall(libc::SYS_process_madvise, pidfd, &iov, 1, advice, 0) };
+        let ret =
+            unsafe { libc::syscall(libc::SYS_process_madvise, pidfd, &iov, 1, advice.value(), 0) };
         if ret < 0 {
             match last_error() {
                 // A mapping that went away meanwhile is not an error for a whole-process advise.
@@ -438,5 +469,11 @@ mod tests {
     #[test]
     fn advice_values_come_from_the_header() {
         assert_eq!((MADV_UPM_MERGEABLE, MADV_UPM_UNMERGEABLE), (104, 105));
+    }
+
+    #[test]
+    fn advice_names_only_the_upm_advices() {
+        assert_eq!(Advice::Merge.value(), MADV_UPM_MERGEABLE);
+        assert_eq!(Advice::Unmerge.value(), MADV_UPM_UNMERGEABLE);
     }
 }

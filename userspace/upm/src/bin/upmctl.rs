@@ -8,7 +8,7 @@
 
 use clap::{Parser, Subcommand};
 use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
-use upm::{Error, MADV_UPM_MERGEABLE, MADV_UPM_UNMERGEABLE};
+use upm::{Advice, Error};
 
 #[derive(Parser)]
 #[command(version, about = "Inspect and steer UPM (user-guided page merging)")]
@@ -154,7 +154,7 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn advise(pid: i32, range: Option<Range<usize>>, advice: i32) -> Result<(), Error> {
+fn advise(pid: i32, range: Option<Range<usize>>, advice: Advice) -> Result<(), Error> {
     if !upm::is_supported() {
         return Err(upm::why_unsupported());
     }
@@ -170,8 +170,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Watch { interval, count } => watch(interval, count),
-        Command::Advise { pid, range } => advise(pid, range, MADV_UPM_MERGEABLE),
-        Command::Unmerge { pid, range } => advise(pid, range, MADV_UPM_UNMERGEABLE),
+        Command::Advise { pid, range } => advise(pid, range, Advice::Merge),
+        Command::Unmerge { pid, range } => advise(pid, range, Advice::Unmerge),
         Command::Show { pid, json } => show(pid, json),
     }
 }
