@@ -54,14 +54,6 @@ struct report {
 	int err;
 };
 
-static int join_cgroup(const char *cg)
-{
-	char path[256];
-
-	snprintf(path, sizeof(path), CG_ROOT "/%s/cgroup.procs", cg);
-	return write_long(path, getpid());
-}
-
 static void member_main(const struct spec *s, int report_fd)
 {
 	struct report r = { 0 };

@@ -56,6 +56,7 @@ int page_intact(const void *base, size_t i, uint64_t seed);
 uint64_t pagemap_entry(const void *addr);
 uint64_t pfn_of(const void *addr);
 uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i);
+int join_cgroup(const char *cg);
 uint64_t zero_pfn(void);
 size_t count_pfn_equal(const void *a, const void *b, size_t pages);
 size_t distinct_pfns(const void *p, size_t pages);

@@ -467,17 +467,13 @@ static enum result test_pfnmap(void)
 
 /* ---- memory pressure ---- */
 
-#define CG_DIR "/sys/fs/cgroup/upm-test"
+#define CG_NAME "upm-test"
+#define CG_DIR "/sys/fs/cgroup/" CG_NAME
 #define SHARER_PAGES 2048 /* 8 MiB each */
 
 struct pressure {
 	int ready, go;
 };
-
-static int join_cgroup(void)
-{
-	return write_long(CG_DIR "/cgroup.procs", 0);
-}
 
 /* Fills 8 MiB of common contents 1 MiB at a time, merging as it goes; checks it twice. */
 static int sharer(void *arg)
@@ -485,7 +481,7 @@ static int sharer(void *arg)
 	struct pressure *p = arg;
 	char *b;
 
-	if (join_cgroup())
+	if (join_cgroup(CG_NAME))
 		return 2;
 	b = map_anon(SHARER_PAGES);
 	if (!b)
@@ -510,7 +506,7 @@ static int hog(void *arg)
 	char *h;
 
 	(void)arg;
-	if (join_cgroup() || write_str("/proc/self/oom_score_adj", "1000"))
+	if (join_cgroup(CG_NAME) || write_str("/proc/self/oom_score_adj", "1000"))
 		return 2;
 	h = map_anon(pages);
 	if (!h)

@@ -117,6 +117,28 @@ static double small_advise_us(size_t bytes)
 	return t * 1e6 / calls;
 }
 
+/*
+ * Seconds to advise `b` when `a`, advised already, has the same contents (`seed`): the pairing
+ * call. Checks that every page merged, then unmaps both and waits for the index to empty;
+ * -1 on any failure.
+ */
+static double time_second_advise(char *a, char *b, size_t pages, uint64_t seed)
+{
+	double t = now_s();
+
+	if (advise(b, pages))
+		return -1;
+	t = now_s() - t;
+	if (count_pfn_equal(a, b, pages) != pages || check_pages(b, pages, seed, 1) >= 0) {
+		fprintf(stderr, "UPM did not merge every page (fresh_frame=%ld)\n",
+			counter("fresh_frame"));
+		return -1;
+	}
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+	return wait_tree_empty() ? -1 : t;
+}
+
 int main(int argc, char **argv)
 {
 	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 64;
@@ -137,17 +159,8 @@ int main(int argc, char **argv)
 	/* What a runtime pays for advising memory with no twin: its next write to each page. */
 	t_write_advised = write_pass(a, pages);
 	t_write_plain = write_pass(b, pages);
-	t0 = now_s();
-	if (advise(b, pages))
-		return 1;
-	t_second = now_s() - t0;
-	if (count_pfn_equal(a, b, pages) != pages || check_pages(b, pages, 4242, 1) >= 0) {
-		fprintf(stderr, "UPM did not merge every page\n");
-		return 1;
-	}
-	munmap(a, pages * page_size);
-	munmap(b, pages * page_size);
-	if (wait_tree_empty())
+	t_second = time_second_advise(a, b, pages, 4242);
+	if (t_second < 0)
 		return 1;
 
 	/* The same pairing with fresh_frame=1: each merged page is copied to a new frame. */
@@ -160,20 +173,9 @@ int main(int argc, char **argv)
 	fill_pages(a, pages, 4343, 1);
 	fill_pages(b, pages, 4343, 1);
 	set_tunable("fresh_frame", 1);
-	if (advise(a, pages))
-		return 1;
-	t0 = now_s();
-	if (advise(b, pages))
-		return 1;
-	t_fresh = now_s() - t0;
+	t_fresh = advise(a, pages) ? -1 : time_second_advise(a, b, pages, 4343);
 	set_tunable("fresh_frame", 0);
-	if (count_pfn_equal(a, b, pages) != pages || check_pages(b, pages, 4343, 1) >= 0) {
-		fprintf(stderr, "UPM did not merge every page with fresh_frame=1\n");
-		return 1;
-	}
-	munmap(a, pages * page_size);
-	munmap(b, pages * page_size);
-	if (wait_tree_empty())
+	if (t_fresh < 0)
 		return 1;
 
 	/* Small advises, and what each merge domain policy adds to a call. */

@@ -110,6 +110,15 @@ uint64_t pfn_of(const void *addr)
 	return entry & PM_PFN_MASK;
 }
 
+/* Moves the calling process into cgroup v2 group `cg` (a path below /sys/fs/cgroup). */
+int join_cgroup(const char *cg)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "/sys/fs/cgroup/%s/cgroup.procs", cg);
+	return write_long(path, getpid());
+}
+
 /* The frame of page `i` of `addr` in process `pid` (root reads frame numbers), 0 if none. */
 uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i)
 {

@@ -873,13 +873,6 @@ static void stress_domains_teardown(void)
 	}
 }
 
-static int stress_domain_join(int p)
-{
-	char path[64];
-
-	snprintf(path, sizeof(path), "/sys/fs/cgroup/upm_stress%d/cgroup.procs", p % STRESS_DOMAINS);
-	return write_long(path, getpid());
-}
 
 struct pfn_domain {
 	uint64_t pfn;
@@ -931,7 +924,10 @@ static enum result test_stress(void)
 	for (int p = 0; p < STRESS_PROCS; p++) {
 		pids[p] = fork();
 		if (pids[p] == 0) {
-			if (stress_domain_join(p))
+			char cg[32];
+
+			snprintf(cg, sizeof(cg), "upm_stress%d", p % STRESS_DOMAINS);
+			if (join_cgroup(cg))
 				r[p].bad++;
 			stress_process(&r[p], seed + p, secs);
 		}
