@@ -211,7 +211,6 @@ impl Upm {
             }
             let (policy, level, id) = domain_parts(tag);
             let name = DOMAIN_POLICIES.get(policy).map_or("?", |p| p.0);
-            let counts = (c.shared, c.sharing, c.unshared, c.nodes, c.candidates);
             let _ = if policy == DomainPolicy::Cgroup as usize {
                 write!(out, "{name}:{level}:{id}")
             } else {
@@ -220,7 +219,7 @@ impl Upm {
             let _ = writeln!(
                 out,
                 " {} {} {} {} {}",
-                counts.0, counts.1, counts.2, counts.3, counts.4
+                c.shared, c.sharing, c.unshared, c.nodes, c.candidates
             );
             true
         });
