@@ -29,8 +29,8 @@ help:
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
 	@echo "make test STRESS_SECS=600 [STRESS_SEED=N]  a longer (or replayed) stress test"
 	@echo "make mutants         build deliberately broken modules; the suite must fail each"
-	@echo "make demo            boot the VM, load UPM and show a merge with counters"
-	@echo "make bench           UPM against KSM in the release-kernel VM (BENCH_MIB=64)"
+	@echo "make demo            16 ResNet-50 function instances, UPM off and on (DEMO_INSTANCES=16)"
+	@echo "make bench           UPM against KSM and the floor, release VM (BENCH_MIB=256)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
 
 # The objects in src/ belong to one kernel: switching KDIR cleans them first.
@@ -62,18 +62,25 @@ test: setup
 	$(MAKE) tests
 	UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) scripts/run-tests.sh $(TESTS)
 
+# The demo's figures describe what users run: the release kernel. Writes results/demo.{json,png}.
+DEMO_INSTANCES ?= 16
+DEMO_BUDGET_MIB ?= 1024
 demo: setup
-	scripts/build-kernel.sh $(FLAVOUR)
-	$(MAKE) module
+	scripts/build-kernel.sh release
+	$(MAKE) module FLAVOUR=release
 	$(MAKE) tests
-	scripts/vm-run.sh --flavour $(FLAVOUR) -- tests/demo.sh
+	UPM_VM_MEM=6G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
+		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB)
 
-# UPM against KSM in the same VM, on the release kernel (no debug options).
+# UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
+# guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.
+BENCH_MIB ?= 256
 bench: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) tests
-	scripts/vm-run.sh --flavour release -- tests/build/upm_bench $(BENCH_MIB)
+	UPM_VM_MEM=12G UPM_VM_APPEND=slab_nomerge UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
+		'tests/build/upm_bench $(BENCH_MIB) "$$UPM_VM_OUT/results/bench.json"'
 
 # Deliberately broken variants of the module and the kernel series: the suite must fail on each.
 mutants: setup

@@ -50,6 +50,12 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 	python3 -m pip install --quiet numpy
 fi
 
+# make demo draws its figure with matplotlib.
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+	upm_log "installing matplotlib from PyPI"
+	python3 -m pip install --quiet matplotlib
+fi
+
 # checkpatch.pl runs scripts/spdxcheck.py with the python3 on PATH.
 if ! python3 -c 'import ply, git' 2>/dev/null; then
 	upm_log "installing ply and GitPython from PyPI (checkpatch's SPDX check)"

@@ -2,6 +2,7 @@
 # Runs inside the VM (see vm-run.sh): load the module, run the command, save status and dmesg.
 set -u
 out=$UPM_VM_OUT
+mkdir -p "$out/results"
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
 # What a distribution's machine has and merged pages must cope with: swap (on zram, so no
 # disk is needed) and the cgroup v2 hierarchy (memory.reclaim, memory.max).
@@ -10,6 +11,14 @@ if [ -e /sys/block/zram0/disksize ] && ! grep -q zram0 /proc/swaps; then
 		echo "vm-guest: zram swap setup failed" >&2
 fi
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
+# A stuck task or CPU ends the run at once (vng boots with panic=-1 and -no-reboot, so a
+# panic stops QEMU) instead of at the VM timeout; the kernel log is streamed to the host as
+# it is written, so the report survives the panic and nothing is lost to the ring buffer.
+sysctl -q -w kernel.hung_task_timeout_secs=60 kernel.hung_task_panic=1 \
+	kernel.softlockup_panic=1 kernel.watchdog_thresh=10 ||
+	echo "vm-guest: could not arm the hung-task and soft-lockup detectors" >&2
+cat /dev/kmsg >"$out/kmsg" &
+kmsg_pid=$!
 rc=0
 if [ "$UPM_LOAD_MODULE" = 1 ]; then
 	insmod "$UPM_MODULE" || rc=$?
@@ -25,5 +34,7 @@ if [ -w /sys/kernel/debug/kmemleak ]; then
 	grep -q . /sys/kernel/debug/kmemleak && cat /sys/kernel/debug/kmemleak >"$out/kmemleak"
 fi
 dmesg >"$out/dmesg"
+sleep 0.2
+kill "$kmsg_pid" 2>/dev/null
 echo "$rc" >"$out/rc"
 exit "$rc"

@@ -9,7 +9,9 @@
 # After the command, the guest's dmesg is checked for kernel splats (BUG, WARNING, KASAN,
 # lockdep, Bad rss-counter...). Any splat fails the run, whatever the command returned, and
 # the offending lines are printed. The guest sees the host's file system read-only, except
-# for $UPM_VM_OUT (a fresh directory per run) which it may write.
+# for $UPM_VM_OUT (a fresh directory per run) which it may write. What the command writes to
+# $UPM_VM_OUT/results is copied to $UPM_RESULTS_DIR, when that is set. UPM_VM_MEM sizes the
+# guest (default 4G); UPM_VM_APPEND adds to the kernel command line.
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
@@ -49,7 +51,7 @@ fi
 
 # Patterns that mean the kernel hit a bug; kept in one place, also used by the self-test.
 splat_re='BUG:|WARNING:|KASAN|Oops|possible circular locking|possible recursive locking'
-splat_re+='|Bad rss-counter|Bad page|RCU stall|rcu_sched self-detected stall|general protection'
+splat_re+='|Bad rss-counter|Bad page|RCU stall|self-detected stall|general protection'
 splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsistent lock state'
 splat_re+='|detected stalls on CPUs|blocked for more than|soft lockup'
 
@@ -67,8 +69,8 @@ set +e
 # offset 0 over what came before.
 # Two NUMA nodes of 2 GiB (numa=fake=2) so pages can move between nodes, and 1 GiB of
 # ZONE_MOVABLE (movablecore=) so a memory block can go offline.
-timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m 4G -p 2 --rwdir="$out" --cwd "$PWD" \
-	--append "numa=fake=2 movablecore=1G" \
+timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
+	--append "numa=fake=2 movablecore=1G ${UPM_VM_APPEND:-}" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" \
 	2>&1 | cat
@@ -79,14 +81,21 @@ if [ "$vng_rc" = 124 ] || [ "$vng_rc" = 137 ]; then
 fi
 upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)") s"
 
+# The streamed log (complete even after a panic) and the final dmesg, in case streaming failed.
+cat "$out/kmsg" "$out/dmesg" 2>/dev/null >"$out/klog"
 if [ ! -f "$out/rc" ]; then
 	upm_log "the guest did not finish its script (vng exit status $vng_rc)"
+	grep -E -B2 -A30 "$splat_re" "$out/klog" | head -200 >&2
 	exit 1
 fi
 rc=$(cat "$out/rc")
-if grep -E -q "$splat_re" "$out/dmesg"; then
+if [ -n "${UPM_RESULTS_DIR:-}" ] && [ -d "$out/results" ]; then
+	mkdir -p "$UPM_RESULTS_DIR"
+	cp -r "$out/results/." "$UPM_RESULTS_DIR/"
+fi
+if grep -E -q "$splat_re" "$out/klog"; then
 	upm_log "kernel splat in guest dmesg:"
-	grep -E -B2 -A20 "$splat_re" "$out/dmesg" | head -200 >&2
+	grep -E -B2 -A20 "$splat_re" "$out/klog" | head -200 >&2
 	exit 1
 fi
 exit "$rc"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs in the VM (make demo): the built-in density workload of 4 function instances.
+# Runs in the VM (make demo): N image-recognition function instances with UPM off and on.
+#   demo.sh [instances] [memory budget MiB]
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "kernel $(uname -r); UPM module loaded: $(test -d /sys/kernel/mm/upm && echo yes || echo no)"
-build/upm_demo "${UPM_DEMO_INSTANCES:-4}" "${UPM_DEMO_WEIGHTS_MIB:-32}" "${UPM_DEMO_PRIVATE_MIB:-4}"
-echo
-"${UPM_PYTHON:-python3}" demo_python.py "${UPM_DEMO_INSTANCES:-4}"
+"${UPM_PYTHON:-python3}" demo_function.py --instances "${1:-16}" \
+	--budget-mib "${2:-1024}" --out "$UPM_VM_OUT/results"

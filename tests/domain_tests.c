@@ -464,50 +464,6 @@ out:
 	return r;
 }
 
-/* xxh64 as lib/xxhash.c computes it, for the collision test. */
-static const uint64_t P1 = 0x9E3779B185EBCA87ull, P2 = 0xC2B2AE3D27D4EB4Full; /* PRIME64_1, _2 */
-
-static uint64_t rotl64(uint64_t x, int r)
-{
-	return (x << r) | (x >> (64 - r));
-}
-
-static uint64_t xxh_round(uint64_t acc, uint64_t input)
-{
-	return rotl64(acc + input * P2, 31) * P1;
-}
-
-/* The four lanes after the first `stripes` 32-byte stripes of `p`, with seed 0. */
-static void lanes(const uint64_t *p, size_t stripes, uint64_t v[4])
-{
-	v[0] = P1 + P2;
-	v[1] = P2;
-	v[2] = 0;
-	v[3] = -P1;
-	for (size_t s = 0; s < stripes; s++)
-		for (int l = 0; l < 4; l++)
-			v[l] = xxh_round(v[l], p[4 * s + l]);
-}
-
-/* xxh64 with seed 0 of a whole page, finished as lib/xxhash.c does (no tail: 4096 = 128 x 32). */
-static uint64_t xxh64_page(const uint64_t *p)
-{
-	static const uint64_t P3 = 0x165667B19E3779F9ull, P4 = 0x85EBCA77C2B2AE63ull;
-	uint64_t v[4], h;
-
-	lanes(p, page_size / 32, v);
-	h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18);
-	for (int l = 0; l < 4; l++)
-		h = (h ^ xxh_round(0, v[l])) * P1 + P4;
-	h += page_size;
-	h ^= h >> 33;
-	h *= P2;
-	h ^= h >> 29;
-	h *= P3;
-	h ^= h >> 32;
-	return h;
-}
-
 static uint64_t inverse(uint64_t x)
 {
 	uint64_t inv = x; /* Newton's iteration; x is odd */
@@ -526,11 +482,11 @@ static void collide(uint64_t *page, const uint64_t *target)
 	size_t words = page_size / 8, stripes = words / 4;
 	uint64_t want[4], have[4];
 
-	lanes(target, stripes, want);
-	lanes(page, stripes - 1, have);
+	xxh64_lanes(target, stripes, want);
+	xxh64_lanes(page, stripes - 1, have);
 	for (int l = 0; l < 4; l++)
-		page[words - 4 + l] = (rotl64(want[l] * inverse(P1), 64 - 31) - have[l]) *
-				      inverse(P2);
+		page[words - 4 + l] = (rotl64(want[l] * inverse(XXH_PRIME64_1), 64 - 31) - have[l]) *
+				      inverse(XXH_PRIME64_2);
 }
 
 static double now(void)

@@ -46,6 +46,7 @@ struct test {
 extern size_t page_size;
 void *map_anon(size_t pages);
 void fill_pages(void *p, size_t pages, uint64_t seed, int distinct);
+void fill_page(void *page, size_t i, uint64_t seed);
 int map_twins(char **a, char **b, size_t pages, uint64_t seed);
 int check_pages(const void *p, size_t pages, uint64_t seed, int distinct);
 int page_intact(const void *base, size_t i, uint64_t seed);
@@ -77,6 +78,14 @@ int module_load(void);
 pid_t spawn(int (*fn)(void *), void *arg);
 int wait_exit(pid_t pid);
 void *map_shared(size_t bytes);
+#define XXH_PRIME64_1 0x9E3779B185EBCA87ull
+#define XXH_PRIME64_2 0xC2B2AE3D27D4EB4Full
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+void xxh64_lanes(const uint64_t *p, size_t stripes, uint64_t v[4]);
+uint64_t xxh64_page(const uint64_t *p);
 
 /* lifecycle_tests.c */
 extern const struct test lifecycle_tests[];

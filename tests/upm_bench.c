@@ -1,25 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * UPM against KSM, in the same VM and the same run: how long until two 64 MiB regions of
- * identical pages share their frames.
+ * UPM against KSM and against the least work any merger must do, in the same VM and the same
+ * run (make bench, release kernel).
  *
- *   upm_bench [MiB]         (default 64)
+ *   upm_bench [MiB] [JSON]     (default 256 MiB per adviser; JSON: where to write the figures)
+ *   upm_bench pair [MiB]       only the throughput pairing at 100% duplicates, for profiling
  *
- * UPM: one madvise(MADV_UPM_MERGEABLE) per region; the time of the second call is the
- * merge (the first promotes its pages to stable pages). KSM: MADV_MERGEABLE on both regions,
- * ksmd unthrottled (pages_to_scan 10000, sleep_millisecs 0) and at its defaults (100 pages
- * per 20 ms); the time until pages_sharing reaches the expected count. Frames are verified
- * with pagemap in both cases.
+ * Sections, each printed as it finishes and written to JSON at the end:
+ * - throughput: two processes hold the same R MiB of pseudo-random pages (0%, 50% or 100% of
+ *   the second one's pages have a twin in the first); each calls madvise once. The same data,
+ *   in the same boot, merged by ksmd (MADV_MERGEABLE, 10000 pages per pass, no sleep), and the
+ *   floor: a userspace xxh64 of every page of both copies plus a memcmp of each pair whose
+ *   hashes match, the least reading a correct merger must do. Frames are checked with pagemap.
+ * - KSM at its defaults (100 pages / 20 ms) on the 100% data: time to fully merged.
+ * - advise cost when nothing merges, and loops of small advises under each domain policy;
+ *   fresh_frame=1 against the default.
+ * - copy-on-write: first write to a merged page against a first write to a page shared by fork.
+ * - scaling: 1, 2 and 4 advisers in separate processes on distinct data, and 1 GiB and 4 GiB
+ *   ranges (skipped when the VM lacks the memory).
+ * - slab memory per candidate and per merged page, the module's (kmalloc) and the kernel's
+ *   (rmap items, nodes), next to KSM's for the same pages; JSON pairs are [module, kernel].
+ * Speed never fails the run: only a wrong merge (frames, contents) does.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
 #include "../include/upm.h"
+
+#define KSM_FAST_PAGES 10000
 
 static double now_s(void)
 {
@@ -31,16 +46,10 @@ static double now_s(void)
 
 static long ksm_read(const char *name)
 {
-	char path[128], buf[64] = "";
-	int fd;
+	char path[128];
 
 	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
-	fd = open(path, O_RDONLY);
-	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) < 0)
-		buf[0] = 0;
-	if (fd >= 0)
-		close(fd);
-	return strtol(buf, NULL, 10);
+	return read_long(path);
 }
 
 static int ksm_write(const char *name, long value)
@@ -51,38 +60,315 @@ static int ksm_write(const char *name, long value)
 	return write_long(path, value);
 }
 
-/* Seconds until KSM shares `pages` pages, or -1 after `limit` seconds. */
-static double ksm_time(size_t pages, long to_scan, long sleep_ms, double limit)
+/*
+ * Bytes in use in the slab caches, split between the module's own allocations (the Rust
+ * index: kmalloc caches) and the kernel's structures for merged pages (KSM's rmap items and
+ * stable nodes, UPM's nodes, the xarray of each mm's items). Exact per cache only when the
+ * guest boots with slab_nomerge (make bench does), else named caches may alias kmalloc ones.
+ */
+struct slab_use {
+	long module, kernel;
+};
+
+static struct slab_use slab_use(void)
 {
-	char *a = map_anon(pages), *b = map_anon(pages);
+	static const char *const kernel_caches[] = { "ksm_rmap_item", "ksm_stable_node",
+						     "upm_node", "radix_tree_node" };
+	struct slab_use use = { 0, 0 };
+	char line[512], name[64];
+	long active, objsize;
+	FILE *f = fopen("/proc/slabinfo", "r");
+
+	if (!f)
+		return (struct slab_use){ -1, -1 };
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s %ld %*d %ld", name, &active, &objsize) != 3)
+			continue;
+		if (!strncmp(name, "kmalloc-", 8))
+			use.module += active * objsize;
+		for (size_t i = 0; i < ARRAY_SIZE(kernel_caches); i++)
+			if (!strcmp(name, kernel_caches[i]))
+				use.kernel += active * objsize;
+	}
+	fclose(f);
+	return use;
+}
+
+static struct slab_use slab_since(struct slab_use before)
+{
+	struct slab_use now = slab_use();
+
+	return (struct slab_use){ now.module - before.module, now.kernel - before.kernel };
+}
+
+/* Frame numbers of `pages` pages at `addr` in process `pid` (0: this one); 0 where absent. */
+static int read_pfns(pid_t pid, uintptr_t addr, size_t pages, uint64_t *pfns)
+{
+	char path[64];
+	size_t bytes = pages * sizeof(*pfns);
+	ssize_t got;
+	int fd;
+
+	snprintf(path, sizeof(path), pid ? "/proc/%d/pagemap" : "/proc/self/pagemap", pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	got = pread(fd, pfns, bytes, (off_t)(addr / page_size * sizeof(*pfns)));
+	close(fd);
+	if (got != (ssize_t)bytes)
+		return -1;
+	for (size_t i = 0; i < pages; i++)
+		pfns[i] = pfns[i] & PM_PRESENT ? pfns[i] & PM_PFN_MASK : 0;
+	return 0;
+}
+
+/* How many pages i map the same frame at a in pid_a and at b in pid_b; -1 on error. */
+static long shared_frames(pid_t pid_a, uintptr_t a, pid_t pid_b, uintptr_t b, size_t pages)
+{
+	uint64_t *fa = calloc(pages, 8), *fb = calloc(pages, 8);
+	long n = -1;
+
+	if (fa && fb && !read_pfns(pid_a, a, pages, fa) && !read_pfns(pid_b, b, pages, fb)) {
+		n = 0;
+		for (size_t i = 0; i < pages; i++)
+			n += fa[i] && fa[i] == fb[i];
+	}
+	free(fa);
+	free(fb);
+	return n;
+}
+
+/* The index empties once the sweep has seen every freed page: it may take a while for GiBs. */
+static int wait_index_empty(double limit)
+{
+	double t0 = now_s();
+
+	while (counter("stable_nodes") || counter("candidates")) {
+		if (now_s() - t0 > limit)
+			return -1;
+		usleep(20 * 1000);
+	}
+	return 0;
+}
+
+/* Whether page i of the second region has a twin in the first, for `dup` percent of pages. */
+static int has_twin(size_t i, int dup)
+{
+	return (i * 37 + 11) % 100 < (size_t)dup;
+}
+
+static void fill_mix(char *p, size_t pages, uint64_t seed, int dup)
+{
+	for (size_t i = 0; i < pages; i++)
+		fill_page(p + i * page_size, i, has_twin(i, dup) ? seed : seed + 1);
+}
+
+static int check_mix(const char *p, size_t pages, uint64_t seed, int dup)
+{
+	uint64_t expect[4096 / 8];
+
+	for (size_t i = 0; i < pages; i++) {
+		fill_page(expect, i, has_twin(i, dup) ? seed : seed + 1);
+		if (memcmp(expect, p + i * page_size, page_size))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * A process holding one region, driven over pipes: 'u' advises it with UPM and replies with
+ * the seconds taken (-1 on error), 'k' advises it with MADV_MERGEABLE, 'c' checks its contents,
+ * 'q' ends it (its siblings hold copies of its pipes, so it cannot wait for end of file).
+ */
+struct holder {
+	pid_t pid;
+	int cmd, reply;
+	uintptr_t addr;
+	size_t pages;
+};
+
+static void holder_main(int cmd, int reply, size_t pages, uint64_t seed, int dup)
+{
+	char *p = map_anon(pages);
+	uintptr_t addr = (uintptr_t)p;
+	double t;
+	char c;
+
+	if (!p)
+		_exit(1);
+	fill_mix(p, pages, seed, dup);
+	if (write(reply, &addr, sizeof(addr)) != sizeof(addr))
+		_exit(1);
+	while (read(cmd, &c, 1) == 1 && c != 'q') {
+		t = now_s();
+		if (c == 'u')
+			t = advise(p, pages) ? -1 : now_s() - t;
+		else if (c == 'k')
+			t = madvise(p, pages * page_size, MADV_MERGEABLE) ? -1 : 0;
+		else if (c == 'c')
+			t = check_mix(p, pages, seed, dup) ? -1 : 0;
+		if (write(reply, &t, sizeof(t)) != sizeof(t))
+			_exit(1);
+	}
+	_exit(0);
+}
+
+static int holder_start(struct holder *h, size_t pages, uint64_t seed, int dup)
+{
+	int to[2], from[2];
+
+	if (pipe(to) || pipe(from))
+		return -1;
+	h->pid = fork();
+	if (h->pid == 0) {
+		close(to[1]);
+		close(from[0]);
+		holder_main(to[0], from[1], pages, seed, dup);
+	}
+	close(to[0]);
+	close(from[1]);
+	h->cmd = to[1];
+	h->reply = from[0];
+	h->pages = pages;
+	return read(h->reply, &h->addr, sizeof(h->addr)) == sizeof(h->addr) ? 0 : -1;
+}
+
+static double holder_ask(struct holder *h, char c)
+{
+	double t = -1;
+
+	if (write(h->cmd, &c, 1) != 1 || read(h->reply, &t, sizeof(t)) != sizeof(t))
+		return -1;
+	return t;
+}
+
+static void holder_stop(struct holder *h)
+{
+	char quit = 'q';
+
+	if (write(h->cmd, &quit, 1) != 1)
+		kill(h->pid, SIGKILL);
+	close(h->cmd);
+	close(h->reply);
+	wait_exit(h->pid);
+}
+
+struct throughput {
+	int dup;
+	size_t expect;
+	double upm_first, upm_second, ksm, floor;
+	struct slab_use upm_candidates, upm_merged, ksm_merged;
+};
+
+/* UPM on the two holders: first and second advise, frames and contents checked. */
+static int run_upm(struct throughput *r, size_t pages, uint64_t seed)
+{
+	struct holder a, b;
+	struct slab_use slab0;
+	long shared;
+	int ret = -1;
+
+	if (holder_start(&a, pages, seed, 100) || holder_start(&b, pages, seed, r->dup))
+		return -1;
+	slab0 = slab_use();
+	r->upm_first = holder_ask(&a, 'u');
+	r->upm_candidates = slab_since(slab0);
+	r->upm_second = holder_ask(&b, 'u');
+	r->upm_merged = slab_since(slab0);
+	shared = shared_frames(a.pid, a.addr, b.pid, b.addr, pages);
+	if (r->upm_first < 0 || r->upm_second < 0)
+		fprintf(stderr, "UPM madvise failed\n");
+	else if (shared != (long)r->expect)
+		fprintf(stderr, "UPM shares %ld frames, expected %zu\n", shared, r->expect);
+	else if (holder_ask(&a, 'c') || holder_ask(&b, 'c'))
+		fprintf(stderr, "UPM changed the contents of a page\n");
+	else
+		ret = 0;
+	holder_stop(&a);
+	holder_stop(&b);
+	return wait_index_empty(60) ? -1 : ret;
+}
+
+/*
+ * Seconds until ksmd has merged `expect` pages of the two holders (for 0% duplicates: two full
+ * scans, the least ksmd needs before it could merge anything), or -1 after `limit` seconds.
+ */
+static double ksm_merge(struct holder *a, struct holder *b, size_t expect, long to_scan,
+			long sleep_ms, double limit, struct slab_use *slab_used)
+{
+	long scans = ksm_read("full_scans"), shared;
+	struct slab_use slab0 = slab_use();
 	double t0, t = -1;
 
-	fill_pages(a, pages, 4242, 1);
-	fill_pages(b, pages, 4242, 1);
+	if (holder_ask(a, 'k') || holder_ask(b, 'k'))
+		return -1;
 	ksm_write("pages_to_scan", to_scan);
 	ksm_write("sleep_millisecs", sleep_ms);
-	madvise(a, pages * page_size, MADV_MERGEABLE);
-	madvise(b, pages * page_size, MADV_MERGEABLE);
 	t0 = now_s();
 	ksm_write("run", 1);
 	while (now_s() - t0 < limit) {
-		if (ksm_read("pages_sharing") >= (long)pages) {
+		if (expect ? ksm_read("pages_sharing") >= (long)expect :
+			     ksm_read("full_scans") >= scans + 2) {
 			t = now_s() - t0;
 			break;
 		}
-		usleep(5 * 1000);
+		usleep(2 * 1000);
 	}
 	ksm_write("run", 0);
-	if (t >= 0 && count_pfn_equal(a, b, pages) != pages)
+	if (slab_used)
+		*slab_used = slab_since(slab0);
+	shared = shared_frames(a->pid, a->addr, b->pid, b->addr, a->pages);
+	if (t >= 0 && (shared != (long)expect || holder_ask(a, 'c') || holder_ask(b, 'c'))) {
+		fprintf(stderr, "KSM shares %ld frames, expected %zu\n", shared, expect);
 		t = -2;
-	ksm_write("run", 2); /* unmerge everything KSM merged */
-	munmap(a, pages * page_size);
-	munmap(b, pages * page_size);
+	}
+	ksm_write("run", 2); /* unmerge everything ksmd merged */
+	return t;
+}
+
+static double run_ksm(size_t pages, uint64_t seed, int dup, size_t expect, long to_scan,
+		      long sleep_ms, double limit, struct slab_use *slab_used)
+{
+	struct holder a, b;
+	double t;
+
+	if (holder_start(&a, pages, seed, 100) || holder_start(&b, pages, seed, dup))
+		return -1;
+	t = ksm_merge(&a, &b, expect, to_scan, sleep_ms, limit, slab_used);
+	holder_stop(&a);
+	holder_stop(&b);
 	ksm_write("run", 0);
 	return t;
 }
 
-/* One write to every page, undone untimed; returns the time of the writes. */
+/* The floor: hash every page of both copies, compare each pair whose hashes match. */
+static double run_floor(size_t pages, uint64_t seed, int dup, size_t expect)
+{
+	char *a = map_anon(pages), *b = map_anon(pages);
+	uint64_t *ha = calloc(pages, 8), *hb = calloc(pages, 8);
+	size_t equal = 0;
+	double t;
+
+	if (!a || !b || !ha || !hb)
+		return -1;
+	fill_mix(a, pages, seed, 100);
+	fill_mix(b, pages, seed, dup);
+	t = now_s();
+	for (size_t i = 0; i < pages; i++)
+		ha[i] = xxh64_page((const uint64_t *)(a + i * page_size));
+	for (size_t i = 0; i < pages; i++) {
+		hb[i] = xxh64_page((const uint64_t *)(b + i * page_size));
+		equal += hb[i] == ha[i] && !memcmp(a + i * page_size, b + i * page_size, page_size);
+	}
+	t = now_s() - t;
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+	free(ha);
+	free(hb);
+	return equal == expect ? t : -1;
+}
+
+/* Seconds for one write to every page (undone untimed). */
 static double write_pass(char *p, size_t pages)
 {
 	double t0 = now_s(), t;
@@ -95,10 +381,7 @@ static double write_pass(char *p, size_t pages)
 	return t;
 }
 
-/*
- * Microseconds per MADV_UPM_MERGEABLE call of `bytes` each, over 4 MiB of unique, freshly
- * written pages: what a runtime pays for small advises, under the current domain policy.
- */
+/* Microseconds per MADV_UPM_MERGEABLE call of `bytes` each, over 4 MiB of unique pages. */
 static double small_advise_us(size_t bytes)
 {
 	size_t pages = 1024, step = bytes / page_size, calls = pages / step;
@@ -117,70 +400,228 @@ static double small_advise_us(size_t bytes)
 	return t * 1e6 / calls;
 }
 
-/*
- * Seconds to advise `b` when `a`, advised already, has the same contents (`seed`): the pairing
- * call. Checks that every page merged, then unmaps both and waits for the index to empty;
- * -1 on any failure.
- */
-static double time_second_advise(char *a, char *b, size_t pages, uint64_t seed)
+/* Seconds to advise `a` then its twin `b` (in `first`, `second`); every page must merge. */
+static int advise_twins(char *a, char *b, size_t pages, uint64_t seed, double *first,
+			double *second)
 {
 	double t = now_s();
 
+	if (advise(a, pages))
+		return -1;
+	*first = now_s() - t;
+	t = now_s();
 	if (advise(b, pages))
 		return -1;
-	t = now_s() - t;
-	if (count_pfn_equal(a, b, pages) != pages || check_pages(b, pages, seed, 1) >= 0) {
+	*second = now_s() - t;
+	if (shared_frames(0, (uintptr_t)a, 0, (uintptr_t)b, pages) != (long)pages ||
+	    check_pages(b, pages, seed, 1) >= 0) {
 		fprintf(stderr, "UPM did not merge every page (fresh_frame=%ld)\n",
 			counter("fresh_frame"));
 		return -1;
 	}
+	return 0;
+}
+
+/* One pair of twin regions of `pages` pages, advised and merged; unmapped before returning. */
+static int twin_pair(size_t pages, uint64_t seed, double *first, double *second)
+{
+	char *a, *b;
+	int ret;
+
+	if (map_twins(&a, &b, pages, seed))
+		return -1;
+	ret = advise_twins(a, b, pages, seed, first, second);
 	munmap(a, pages * page_size);
 	munmap(b, pages * page_size);
-	return wait_tree_empty() ? -1 : t;
+	return wait_index_empty(120) ? -1 : ret;
+}
+
+struct cow {
+	double merged_us, fork_us, plain_us, advised_unique_us;
+};
+
+/* Microseconds per first write: to a merged page, to a fork-shared page, to an unshared one. */
+static int run_cow(size_t pages, struct cow *r)
+{
+	char *a, *b, *c;
+	double first, second;
+	int go[2];
+	pid_t child;
+
+	if (map_twins(&a, &b, pages, 5151) || advise_twins(a, b, pages, 5151, &first, &second))
+		return -1;
+	r->merged_us = write_pass(b, pages) * 1e6 / pages;
+	if (check_pages(a, pages, 5151, 1) >= 0 || check_pages(b, pages, 5151, 1) >= 0)
+		return -1;
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+
+	c = map_anon(pages);
+	if (!c || pipe(go))
+		return -1;
+	fill_pages(c, pages, 5252, 1);
+	r->plain_us = write_pass(c, pages) * 1e6 / pages;
+	child = fork();
+	if (child == 0) {
+		char x;
+
+		close(go[1]);
+		_exit(read(go[0], &x, 1) < 0);
+	}
+	close(go[0]);
+	r->fork_us = write_pass(c, pages) * 1e6 / pages;
+	close(go[1]);
+	wait_exit(child);
+	munmap(c, pages * page_size);
+
+	/* Pages advised with no twin are left as they were: their first write costs nothing. */
+	c = map_anon(pages);
+	if (!c)
+		return -1;
+	fill_pages(c, pages, 5353, 1);
+	if (advise(c, pages))
+		return -1;
+	r->advised_unique_us = write_pass(c, pages) * 1e6 / pages;
+	munmap(c, pages * page_size);
+	return wait_index_empty(60);
+}
+
+/* One scaling adviser: twin regions of its own, advised and merged, then it waits to exit. */
+struct scaler {
+	size_t pages;
+	uint64_t seed;
+	int ready, go;
+};
+
+static int scaler_main(void *arg)
+{
+	struct scaler *s = arg;
+	double first, second;
+	char *a, *b, x = 'r';
+
+	if (map_twins(&a, &b, s->pages, s->seed) || write(s->ready, &x, 1) != 1 ||
+	    read(s->go, &x, 1) != 1)
+		return 1;
+	return advise_twins(a, b, s->pages, s->seed, &first, &second) ? 1 : 0;
+}
+
+/* Wall-clock seconds for `n` processes to merge their own twin regions of `pages` each. */
+static double run_scaling(int n, size_t pages)
+{
+	int ready[2], go[2], failed = 0;
+	pid_t pids[8];
+	double t;
+	char x;
+
+	if (pipe(ready) || pipe(go))
+		return -1;
+	for (int i = 0; i < n; i++) {
+		struct scaler s = { pages, 6000 + 10 * n + i, ready[1], go[0] };
+
+		pids[i] = spawn(scaler_main, &s);
+	}
+	for (int i = 0; i < n; i++)
+		if (read(ready[0], &x, 1) != 1)
+			return -1;
+	t = now_s();
+	for (int i = 0; i < n; i++)
+		if (write(go[1], "g", 1) != 1)
+			return -1;
+	for (int i = 0; i < n; i++)
+		failed |= wait_exit(pids[i]);
+	t = now_s() - t;
+	close(ready[0]);
+	close(ready[1]);
+	close(go[0]);
+	close(go[1]);
+	return failed || wait_index_empty(60) ? -1 : t;
+}
+
+static double mib_s(double mib, double t)
+{
+	return t > 0 ? mib / t : 0;
+}
+
+/* The pairing alone, for `perf record` (tests/profile.sh). */
+static int pair_only(size_t mib)
+{
+	struct throughput r = { .dup = 100, .expect = mib << 20 >> 12 };
+
+	if (run_upm(&r, r.expect, 4545))
+		return 1;
+	printf("first advise %.3f s, second %.3f s (%zu MiB each)\n", r.upm_first, r.upm_second,
+	       mib);
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 64;
-	size_t pages = mib << 20 >> 12;
-	char *a = map_anon(pages), *b = map_anon(pages);
-	double t0, t_first, t_second, t_ksm_fast, t_ksm_default, t_write_advised, t_write_plain;
+	if (argc > 1 && !strcmp(argv[1], "pair"))
+		return pair_only(argc > 2 ? strtoul(argv[2], NULL, 10) : 64);
 
-	if (!a || !b || !module_loaded() || ksm_read("run") != 0) {
-		fprintf(stderr, "needs memory, upm.ko loaded and ksmd stopped\n");
+	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 256, pages = mib << 20 >> 12;
+	const char *json_path = argc > 2 ? argv[2] : NULL;
+	static const int dups[] = { 0, 50, 100 };
+	struct throughput tp[ARRAY_SIZE(dups)] = {};
+	static const char *const policies[] = { "uid", "global", "userns", "cgroup" };
+	double small[ARRAY_SIZE(policies)][2], t_ksm_default, t_plain[2], t_fresh[2];
+	static const int scale_n[] = { 1, 2, 4 };
+	double t_scale[ARRAY_SIZE(scale_n)];
+	static const int large_gib[] = { 1, 4 };
+	double t_large[ARRAY_SIZE(large_gib)][2];
+	size_t scale_pages = pages / 4;
+	struct cow cow;
+	FILE *json;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!module_loaded() || ksm_read("run") != 0) {
+		fprintf(stderr, "needs upm.ko loaded and ksmd stopped\n");
 		return 2;
 	}
-	fill_pages(a, pages, 4242, 1);
-	fill_pages(b, pages, 4242, 1);
-	t0 = now_s();
-	if (advise(a, pages))
-		return 1;
-	t_first = now_s() - t0;
-	/* What a runtime pays for advising memory with no twin: its next write to each page. */
-	t_write_advised = write_pass(a, pages);
-	t_write_plain = write_pass(b, pages);
-	t_second = time_second_advise(a, b, pages, 4242);
-	if (t_second < 0)
-		return 1;
+	printf("UPM benchmark, %zu MiB per adviser (%zu pages), kernel and VM of this run\n", mib,
+	       pages);
 
-	/* The same pairing with fresh_frame=1: each merged page is copied to a new frame. */
-	double t_fresh;
+	printf("\nthroughput: two processes, one madvise each; MiB/s over both copies (2 x %zu MiB)\n",
+	       mib);
+	printf("  dup  UPM first  UPM second  UPM both   KSM(10000/0ms)  floor   UPM/KSM UPM/floor\n");
+	for (size_t d = 0; d < ARRAY_SIZE(dups); d++) {
+		struct throughput *r = &tp[d];
 
-	a = map_anon(pages);
-	b = map_anon(pages);
-	if (!a || !b)
-		return 2;
-	fill_pages(a, pages, 4343, 1);
-	fill_pages(b, pages, 4343, 1);
+		r->dup = dups[d];
+		for (size_t i = 0; i < pages; i++)
+			r->expect += has_twin(i, r->dup);
+		if (run_upm(r, pages, 100 + d))
+			return 1;
+		r->ksm = run_ksm(pages, 100 + d, r->dup, r->expect, KSM_FAST_PAGES, 0, 300,
+				 &r->ksm_merged);
+		r->floor = run_floor(pages, 100 + d, r->dup, r->expect);
+		if (r->ksm < 0 || r->floor < 0) {
+			fprintf(stderr, "KSM (%.3f) or the floor (%.3f) failed\n", r->ksm, r->floor);
+			return 1;
+		}
+		double both = r->upm_first + r->upm_second;
+
+		printf("  %3d%% %7.0f    %7.0f    %7.0f    %7.0f        %7.0f  %6.2fx  %6.2fx\n",
+		       r->dup, mib_s(mib, r->upm_first), mib_s(mib, r->upm_second),
+		       mib_s(2 * mib, both), mib_s(2 * mib, r->ksm), mib_s(2 * mib, r->floor),
+		       r->ksm / both, r->floor / both);
+	}
+
+	t_ksm_default = run_ksm(pages, 100 + 2, 100, pages, 100, 20, 180, NULL);
+	printf("\ntime to fully merged, 100%% duplicates: UPM %.3f s, KSM at its defaults "
+	       "(100 pages / 20 ms) %s%.1f s: UPM %s%.0fx faster\n",
+	       tp[2].upm_first + tp[2].upm_second, t_ksm_default < 0 ? "> " : "",
+	       t_ksm_default < 0 ? 180.0 : t_ksm_default, t_ksm_default < 0 ? "> " : "",
+	       (t_ksm_default < 0 ? 180.0 : t_ksm_default) / (tp[2].upm_first + tp[2].upm_second));
+
+	if (twin_pair(pages / 4, 4343, &t_plain[0], &t_plain[1]))
+		return 1;
 	set_tunable("fresh_frame", 1);
-	t_fresh = advise(a, pages) ? -1 : time_second_advise(a, b, pages, 4343);
-	set_tunable("fresh_frame", 0);
-	if (t_fresh < 0)
+	if (twin_pair(pages / 4, 4343, &t_fresh[0], &t_fresh[1]))
 		return 1;
-
-	/* Small advises, and what each merge domain policy adds to a call. */
-	static const char *const policies[] = { "uid", "global", "userns", "cgroup" };
-	double small[ARRAY_SIZE(policies)][2];
+	set_tunable("fresh_frame", 0);
+	printf("\nsecond advise of %zu MiB with fresh_frame=1: %.3f s against %.3f s (%+.0f%%)\n",
+	       mib / 4, t_fresh[1], t_plain[1], 100 * (t_fresh[1] - t_plain[1]) / t_plain[1]);
 
 	for (size_t i = 0; i < ARRAY_SIZE(policies); i++) {
 		write_str(UPM_SYSFS_DIR "/domain_policy", policies[i]);
@@ -188,34 +629,96 @@ int main(int argc, char **argv)
 		small[i][1] = small_advise_us(65536);
 	}
 	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
-	if (wait_tree_empty())
+	if (wait_index_empty(60))
 		return 1;
-
-	t_ksm_fast = ksm_time(pages, 10000, 0, 120);
-	t_ksm_default = ksm_time(pages, 100, 20, 60);
-
-	printf("merge of %zu MiB of duplicate pages (two regions of %zu pages):\n", mib, pages);
-	printf("  UPM  madvise, first region (candidates only):    %8.3f s (%.0f MiB/s)\n",
-	       t_first, mib / t_first);
-	printf("  UPM  madvise, second region (pair and merge):    %8.3f s (%.0f MiB/s)\n",
-	       t_second, mib / t_second);
-	printf("  UPM  second region with fresh_frame=1:           %8.3f s (%.0f MiB/s, %+.0f%%)\n",
-	       t_fresh, mib / t_fresh, 100 * (t_fresh - t_second) / t_second);
-	printf("  first write to each page after the first advise: %8.3f s (unadvised: %.3f s)\n",
-	       t_write_advised, t_write_plain);
-	printf("  KSM  unthrottled (10000 pages, 0 ms):            %8.3f s (%.0f MiB/s)%s\n",
-	       t_ksm_fast, t_ksm_fast > 0 ? 2 * mib / t_ksm_fast : 0,
-	       t_ksm_fast < 0 ? " (did not finish)" : "");
-	if (t_ksm_default < 0)
-		printf("  KSM  defaults (100 pages / 20 ms):               not done after 60 s\n");
-	else
-		printf("  KSM  defaults (100 pages / 20 ms):               %8.3f s\n", t_ksm_default);
-	if (t_ksm_fast > 0)
-		printf("  UPM (both calls) is %.1fx faster than unthrottled KSM\n",
-		       t_ksm_fast / (t_first + t_second));
 	printf("small advises of unique pages, per call (domain policy):\n");
 	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
 		printf("  %-6s  4 KiB: %7.1f us   64 KiB: %7.1f us\n", policies[i], small[i][0],
 		       small[i][1]);
-	return 0;
+
+	if (run_cow(4096, &cow))
+		return 1;
+	printf("\nfirst write per page: merged page %.2f us, fork-shared page %.2f us (%.2fx), "
+	       "unshared %.2f us, advised with no twin %.2f us\n",
+	       cow.merged_us, cow.fork_us, cow.merged_us / cow.fork_us, cow.plain_us,
+	       cow.advised_unique_us);
+
+	printf("\nscaling: N processes each merging its own twin regions of %zu MiB (2 vCPUs)\n",
+	       mib / 4);
+	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++) {
+		t_scale[i] = run_scaling(scale_n[i], scale_pages);
+		if (t_scale[i] < 0)
+			return 1;
+		printf("  %d adviser%s: %.3f s, %.0f MiB/s in all\n", scale_n[i],
+		       scale_n[i] > 1 ? "s" : " ", t_scale[i],
+		       mib_s(2.0 * scale_n[i] * mib / 4, t_scale[i]));
+	}
+	printf("large ranges, one process, twin regions of:\n");
+	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++) {
+		size_t gib_pages = (size_t)large_gib[i] << 30 >> 12;
+		long avail = proc_kb("/proc/meminfo", "MemAvailable");
+
+		t_large[i][0] = t_large[i][1] = -1;
+		if (avail < (long)(2 * (gib_pages * 4) + (512 << 10))) {
+			printf("  %d GiB: skipped, MemAvailable %ld MiB\n", large_gib[i], avail >> 10);
+			continue;
+		}
+		if (twin_pair(gib_pages, 7000 + i, &t_large[i][0], &t_large[i][1]))
+			return 1;
+		printf("  %d GiB: first %.3f s (%.0f MiB/s), second %.3f s (%.0f MiB/s)\n",
+		       large_gib[i], t_large[i][0], mib_s(1024.0 * large_gib[i], t_large[i][0]),
+		       t_large[i][1], mib_s(1024.0 * large_gib[i], t_large[i][1]));
+	}
+
+	struct throughput *full = &tp[ARRAY_SIZE(dups) - 1];
+
+	printf("\nslab memory per page, 100%% duplicates (module: kmalloc caches; kernel: rmap "
+	       "items, stable and UPM nodes, xarrays):\n");
+	printf("  UPM candidate:                    module %6.1f B, kernel %6.1f B\n",
+	       (double)full->upm_candidates.module / pages, (double)full->upm_candidates.kernel / pages);
+	printf("  UPM merged page (two mappings):   module %6.1f B, kernel %6.1f B\n",
+	       (double)full->upm_merged.module / pages, (double)full->upm_merged.kernel / pages);
+	printf("  KSM merged page (two mappings):   ksmd   %6.1f B, kernel %6.1f B\n",
+	       (double)full->ksm_merged.module / pages, (double)full->ksm_merged.kernel / pages);
+
+	if (!json_path)
+		return 0;
+	json = fopen(json_path, "w");
+	if (!json)
+		return 1;
+	fprintf(json, "{\n  \"mib\": %zu,\n  \"throughput\": [\n", mib);
+	for (size_t d = 0; d < ARRAY_SIZE(dups); d++)
+		fprintf(json,
+			"    {\"dup_percent\": %d, \"upm_first_s\": %.4f, \"upm_second_s\": %.4f, "
+			"\"ksm_s\": %.4f, \"floor_s\": %.4f, \"upm_mib_s\": %.1f, \"ksm_mib_s\": %.1f, "
+			"\"floor_mib_s\": %.1f}%s\n",
+			tp[d].dup, tp[d].upm_first, tp[d].upm_second, tp[d].ksm, tp[d].floor,
+			mib_s(2 * mib, tp[d].upm_first + tp[d].upm_second), mib_s(2 * mib, tp[d].ksm),
+			mib_s(2 * mib, tp[d].floor), d + 1 < ARRAY_SIZE(dups) ? "," : "");
+	fprintf(json, "  ],\n  \"ksm_default_s\": %.3f,\n", t_ksm_default);
+	fprintf(json, "  \"fresh_frame_second_s\": %.4f, \"default_second_s\": %.4f,\n", t_fresh[1],
+		t_plain[1]);
+	fprintf(json, "  \"small_advise_us\": {");
+	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
+		fprintf(json, "\"%s\": [%.1f, %.1f]%s", policies[i], small[i][0], small[i][1],
+			i + 1 < ARRAY_SIZE(policies) ? ", " : "},\n");
+	fprintf(json,
+		"  \"cow_us\": {\"merged\": %.3f, \"fork\": %.3f, \"unshared\": %.3f, "
+		"\"advised_unique\": %.3f},\n",
+		cow.merged_us, cow.fork_us, cow.plain_us, cow.advised_unique_us);
+	fprintf(json, "  \"scaling_s\": {");
+	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++)
+		fprintf(json, "\"%d\": %.4f%s", scale_n[i], t_scale[i],
+			i + 1 < ARRAY_SIZE(scale_n) ? ", " : "},\n");
+	fprintf(json, "  \"large_s\": {");
+	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++)
+		fprintf(json, "\"%d\": [%.3f, %.3f]%s", large_gib[i], t_large[i][0], t_large[i][1],
+			i + 1 < ARRAY_SIZE(large_gib) ? ", " : "},\n");
+	fprintf(json,
+		"  \"slab_bytes_per_page\": {\"upm_candidate\": [%.1f, %.1f], "
+		"\"upm_merged\": [%.1f, %.1f], \"ksm_merged\": [%.1f, %.1f]}\n}\n",
+		(double)full->upm_candidates.module / pages, (double)full->upm_candidates.kernel / pages,
+		(double)full->upm_merged.module / pages, (double)full->upm_merged.kernel / pages,
+		(double)full->ksm_merged.module / pages, (double)full->ksm_merged.kernel / pages);
+	return fclose(json) ? 1 : 0;
 }

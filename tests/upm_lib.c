@@ -45,6 +45,12 @@ void fill_pages(void *p, size_t pages, uint64_t seed, int distinct)
 		pattern((uint64_t *)((char *)p + i * page_size), i, seed, distinct);
 }
 
+/* Page i of a distinct-pages region filled with seed, written at `page`. */
+void fill_page(void *page, size_t i, uint64_t seed)
+{
+	pattern(page, i, seed, 1);
+}
+
 /* Two fresh regions of `pages` pages with the same distinct-per-page contents. */
 int map_twins(char **a, char **b, size_t pages, uint64_t seed)
 {
@@ -355,4 +361,44 @@ void *map_shared(size_t bytes)
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
 	return p == MAP_FAILED ? NULL : p;
+}
+
+/* xxh64 as lib/xxhash.c computes it, for the hash-collision test and the benchmark floor. */
+#define P1 XXH_PRIME64_1
+#define P2 XXH_PRIME64_2
+
+static uint64_t xxh_round(uint64_t acc, uint64_t input)
+{
+	return rotl64(acc + input * P2, 31) * P1;
+}
+
+/* The four lanes after the first `stripes` 32-byte stripes of `p`, with seed 0. */
+void xxh64_lanes(const uint64_t *p, size_t stripes, uint64_t v[4])
+{
+	v[0] = P1 + P2;
+	v[1] = P2;
+	v[2] = 0;
+	v[3] = -P1;
+	for (size_t s = 0; s < stripes; s++)
+		for (int l = 0; l < 4; l++)
+			v[l] = xxh_round(v[l], p[4 * s + l]);
+}
+
+/* xxh64 with seed 0 of a whole page, finished as lib/xxhash.c does (no tail: 4096 = 128 x 32). */
+uint64_t xxh64_page(const uint64_t *p)
+{
+	static const uint64_t P3 = 0x165667B19E3779F9ull, P4 = 0x85EBCA77C2B2AE63ull;
+	uint64_t v[4], h;
+
+	xxh64_lanes(p, page_size / 32, v);
+	h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18);
+	for (int l = 0; l < 4; l++)
+		h = (h ^ xxh_round(0, v[l])) * P1 + P4;
+	h += page_size;
+	h ^= h >> 33;
+	h *= P2;
+	h ^= h >> 29;
+	h *= P3;
+	h ^= h >> 32;
+	return h;
 }
