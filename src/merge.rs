@@ -365,9 +365,10 @@ impl Upm {
                         });
                     match pair {
                         Ok(node) => {
-                            drop(index.remove(key));
                             // The pair is merged whether or not the index can keep the node.
-                            let _ = index.insert_merged(domain, hash, node.clone());
+                            if let Err(node) = index.promote(key, node.clone()) {
+                                let _ = index.insert_merged(domain, hash, node);
+                            }
                             STATS.pages_promoted.inc();
                             node
                         }

@@ -303,29 +303,26 @@ impl Index {
     /// Up to [`MAX_PROBES`] entries of `domain` with `hash`, merged pages first, with new
     /// references.
     pub(crate) fn probe(&mut self, domain: u64, hash: u64) -> KVec<(Key, Probe)> {
-        let mut merged = KVec::new();
-        let mut candidates = KVec::new();
+        let mut probes = KVec::new();
         let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, 0));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (domain, hash) || merged.len() + candidates.len() == MAX_PROBES {
+            if (key.0, key.1) != (domain, hash) || probes.len() == MAX_PROBES {
                 break;
             }
-            // A failed push only shortens the list of twins to try.
-            let _ = match entry {
-                Entry::Merged(node) => merged.push((*key, Probe::Merged(node.clone())), GFP_KERNEL),
-                Entry::Candidate { mm, addr } => {
-                    candidates.push((*key, Probe::Candidate(mm.clone(), *addr)), GFP_KERNEL)
-                }
+            // One allocation per page at most; a failed one only shortens the list of twins.
+            if probes.is_empty() && probes.reserve(MAX_PROBES, GFP_KERNEL).is_err() {
+                break;
+            }
+            let probe = match entry {
+                Entry::Merged(node) => Probe::Merged(node.clone()),
+                Entry::Candidate { mm, addr } => Probe::Candidate(mm.clone(), *addr),
             };
+            let _ = probes.push((*key, probe), GFP_KERNEL);
             cursor = c.move_next();
         }
-        for c in candidates {
-            if merged.push(c, GFP_KERNEL).is_err() {
-                break;
-            }
-        }
-        merged
+        probes.sort_unstable_by_key(|(_, probe)| matches!(probe, Probe::Candidate(..)));
+        probes
     }
 
     /// Whether `node` has an entry of `domain` under `hash`.
@@ -360,6 +357,24 @@ impl Index {
     fn next_key(&mut self, domain: u64, hash: u64) -> Key {
         self.next_seq += 1;
         (domain, hash, self.next_seq)
+    }
+
+    /// Turns the candidate at `key` into the merged page `node` in place (same domain and hash:
+    /// the pair just merged), without freeing and allocating a tree node; gives `node` back if
+    /// `key` has no candidate.
+    pub(crate) fn promote(&mut self, key: &Key, node: ARef<UpmNode>) -> Result<(), ARef<UpmNode>> {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return Err(node);
+        };
+        if !matches!(entry, Entry::Candidate { .. }) {
+            return Err(node);
+        }
+        if let Entry::Candidate { mm, addr } = core::mem::replace(entry, Entry::Merged(node)) {
+            self.candidate_keys.remove(&(mm_id(&mm), addr));
+        }
+        self.candidates -= 1;
+        self.nodes += 1;
+        Ok(())
     }
 
     /// Adds a merged page of `domain` under `hash`.

@@ -542,6 +542,223 @@ static double mib_s(double mib, double t)
 	return t > 0 ? mib / t : 0;
 }
 
+static const int dups[] = { 0, 50, 100 };
+static const char *const policies[] = { "uid", "global", "userns", "cgroup" };
+static const int scale_n[] = { 1, 2, 4 };
+static const int large_gib[] = { 1, 4 };
+
+/* Everything one run measures: printed section by section, written to JSON at the end. */
+static struct results {
+	size_t mib, pages;
+	struct throughput tp[ARRAY_SIZE(dups)];
+	double ksm_default, plain[2], fresh[2];
+	double small[ARRAY_SIZE(policies)][2];
+	struct cow cow;
+	double scale[ARRAY_SIZE(scale_n)];
+	double large[ARRAY_SIZE(large_gib)][2];
+} res;
+
+static int bench_throughput(void)
+{
+	size_t mib = res.mib, pages = res.pages;
+
+	printf("\nthroughput: two processes, one madvise each; MiB/s over both copies (2 x %zu MiB)\n",
+	       mib);
+	printf("  dup  UPM first  UPM second  UPM both   KSM(10000/0ms)  floor   UPM/KSM UPM/floor\n");
+	for (size_t d = 0; d < ARRAY_SIZE(dups); d++) {
+		struct throughput *r = &res.tp[d];
+		double both;
+
+		r->dup = dups[d];
+		for (size_t i = 0; i < pages; i++)
+			r->expect += has_twin(i, r->dup);
+		if (run_upm(r, pages, 100 + d))
+			return -1;
+		r->ksm = run_ksm(pages, 100 + d, r->dup, r->expect, KSM_FAST_PAGES, 0, 300,
+				 &r->ksm_merged);
+		r->floor = run_floor(pages, 100 + d, r->dup, r->expect);
+		if (r->ksm < 0 || r->floor < 0) {
+			fprintf(stderr, "KSM (%.3f) or the floor (%.3f) failed\n", r->ksm, r->floor);
+			return -1;
+		}
+		both = r->upm_first + r->upm_second;
+		printf("  %3d%% %7.0f    %7.0f    %7.0f    %7.0f        %7.0f  %6.2fx  %6.2fx\n",
+		       r->dup, mib_s(mib, r->upm_first), mib_s(mib, r->upm_second),
+		       mib_s(2 * mib, both), mib_s(2 * mib, r->ksm), mib_s(2 * mib, r->floor),
+		       r->ksm / both, r->floor / both);
+	}
+	return 0;
+}
+
+static int bench_ksm_default(void)
+{
+	const struct throughput *full = &res.tp[ARRAY_SIZE(dups) - 1];
+	double upm = full->upm_first + full->upm_second, limit = 180, ksm;
+
+	res.ksm_default = run_ksm(res.pages, 100 + ARRAY_SIZE(dups) - 1, 100, res.pages, 100, 20,
+				  limit, NULL);
+	ksm = res.ksm_default < 0 ? limit : res.ksm_default;
+	printf("\ntime to fully merged, 100%% duplicates: UPM %.3f s, KSM at its defaults "
+	       "(100 pages / 20 ms) %s%.1f s: UPM %s%.0fx faster\n",
+	       upm, res.ksm_default < 0 ? "> " : "", ksm, res.ksm_default < 0 ? "> " : "",
+	       ksm / upm);
+	return 0;
+}
+
+static int bench_fresh_frame(void)
+{
+	size_t pages = res.pages / 4;
+	int ret;
+
+	if (twin_pair(pages, 4343, &res.plain[0], &res.plain[1]))
+		return -1;
+	set_tunable("fresh_frame", 1);
+	ret = twin_pair(pages, 4343, &res.fresh[0], &res.fresh[1]);
+	set_tunable("fresh_frame", 0);
+	printf("\nsecond advise of %zu MiB with fresh_frame=1: %.3f s against %.3f s (%+.0f%%)\n",
+	       res.mib / 4, res.fresh[1], res.plain[1],
+	       100 * (res.fresh[1] - res.plain[1]) / res.plain[1]);
+	return ret;
+}
+
+static int bench_small_advises(void)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(policies); i++) {
+		write_str(UPM_SYSFS_DIR "/domain_policy", policies[i]);
+		res.small[i][0] = small_advise_us(4096);
+		res.small[i][1] = small_advise_us(65536);
+	}
+	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
+	printf("small advises of unique pages, per call (domain policy):\n");
+	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
+		printf("  %-6s  4 KiB: %7.1f us   64 KiB: %7.1f us\n", policies[i], res.small[i][0],
+		       res.small[i][1]);
+	return wait_index_empty(60);
+}
+
+static int bench_cow(void)
+{
+	struct cow *c = &res.cow;
+
+	if (run_cow(4096, c))
+		return -1;
+	printf("\nfirst write per page: merged page %.2f us, fork-shared page %.2f us (%.2fx), "
+	       "unshared %.2f us, advised with no twin %.2f us\n",
+	       c->merged_us, c->fork_us, c->merged_us / c->fork_us, c->plain_us,
+	       c->advised_unique_us);
+	return 0;
+}
+
+static int bench_scaling(void)
+{
+	size_t mib = res.mib / 4;
+
+	printf("\nscaling: N processes each merging its own twin regions of %zu MiB (2 vCPUs)\n",
+	       mib);
+	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++) {
+		res.scale[i] = run_scaling(scale_n[i], res.pages / 4);
+		if (res.scale[i] < 0)
+			return -1;
+		printf("  %d adviser%s: %.3f s, %.0f MiB/s in all\n", scale_n[i],
+		       scale_n[i] > 1 ? "s" : " ", res.scale[i],
+		       mib_s(2.0 * scale_n[i] * mib, res.scale[i]));
+	}
+	printf("large ranges, one process, twin regions of:\n");
+	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++) {
+		size_t pages = (size_t)large_gib[i] << 30 >> 12;
+		long avail = proc_kb("/proc/meminfo", "MemAvailable");
+		double *t = res.large[i], gib_mib = 1024.0 * large_gib[i];
+
+		t[0] = t[1] = -1;
+		if (avail < (long)(2 * (pages * 4) + (512 << 10))) {
+			printf("  %d GiB: skipped, MemAvailable %ld MiB\n", large_gib[i], avail >> 10);
+			continue;
+		}
+		if (twin_pair(pages, 7000 + i, &t[0], &t[1]))
+			return -1;
+		printf("  %d GiB: first %.3f s (%.0f MiB/s), second %.3f s (%.0f MiB/s)\n",
+		       large_gib[i], t[0], mib_s(gib_mib, t[0]), t[1], mib_s(gib_mib, t[1]));
+	}
+	return 0;
+}
+
+/* Bytes per page of a slab measurement over the throughput run's pages. */
+static double per_page(long bytes)
+{
+	return (double)bytes / res.pages;
+}
+
+static void print_slab(void)
+{
+	const struct throughput *full = &res.tp[ARRAY_SIZE(dups) - 1];
+
+	printf("\nslab memory per page, 100%% duplicates (module: kmalloc caches; kernel: rmap "
+	       "items, stable and UPM nodes, xarrays):\n");
+	printf("  UPM candidate:                    module %6.1f B, kernel %6.1f B\n",
+	       per_page(full->upm_candidates.module), per_page(full->upm_candidates.kernel));
+	printf("  UPM merged page (two mappings):   module %6.1f B, kernel %6.1f B\n",
+	       per_page(full->upm_merged.module), per_page(full->upm_merged.kernel));
+	printf("  KSM merged page (two mappings):   ksmd   %6.1f B, kernel %6.1f B\n",
+	       per_page(full->ksm_merged.module), per_page(full->ksm_merged.kernel));
+}
+
+/* "name": {"key": value or [values], ...} for `n` keys of `width` values each. */
+static void json_by_count(FILE *f, const char *name, const int *keys, const double *values,
+			  size_t n, size_t width)
+{
+	fprintf(f, "  \"%s\": {", name);
+	for (size_t i = 0; i < n; i++) {
+		fprintf(f, "%s\"%d\": %s", i ? ", " : "", keys[i], width > 1 ? "[" : "");
+		for (size_t w = 0; w < width; w++)
+			fprintf(f, "%s%.4f", w ? ", " : "", values[i * width + w]);
+		fprintf(f, "%s", width > 1 ? "]" : "");
+	}
+	fprintf(f, "},\n");
+}
+
+static int write_json(const char *path)
+{
+	const struct throughput *full = &res.tp[ARRAY_SIZE(dups) - 1];
+	size_t mib = res.mib;
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		return -1;
+	fprintf(f, "{\n  \"mib\": %zu,\n  \"throughput\": [\n", mib);
+	for (size_t d = 0; d < ARRAY_SIZE(dups); d++) {
+		const struct throughput *r = &res.tp[d];
+
+		fprintf(f,
+			"    {\"dup_percent\": %d, \"upm_first_s\": %.4f, \"upm_second_s\": %.4f, "
+			"\"ksm_s\": %.4f, \"floor_s\": %.4f, \"upm_mib_s\": %.1f, \"ksm_mib_s\": %.1f, "
+			"\"floor_mib_s\": %.1f}%s\n",
+			r->dup, r->upm_first, r->upm_second, r->ksm, r->floor,
+			mib_s(2 * mib, r->upm_first + r->upm_second), mib_s(2 * mib, r->ksm),
+			mib_s(2 * mib, r->floor), d + 1 < ARRAY_SIZE(dups) ? "," : "");
+	}
+	fprintf(f, "  ],\n  \"ksm_default_s\": %.3f,\n", res.ksm_default);
+	fprintf(f, "  \"fresh_frame_second_s\": %.4f, \"default_second_s\": %.4f,\n", res.fresh[1],
+		res.plain[1]);
+	fprintf(f, "  \"small_advise_us\": {");
+	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
+		fprintf(f, "%s\"%s\": [%.1f, %.1f]", i ? ", " : "", policies[i], res.small[i][0],
+			res.small[i][1]);
+	fprintf(f, "},\n");
+	fprintf(f,
+		"  \"cow_us\": {\"merged\": %.3f, \"fork\": %.3f, \"unshared\": %.3f, "
+		"\"advised_unique\": %.3f},\n",
+		res.cow.merged_us, res.cow.fork_us, res.cow.plain_us, res.cow.advised_unique_us);
+	json_by_count(f, "scaling_s", scale_n, res.scale, ARRAY_SIZE(scale_n), 1);
+	json_by_count(f, "large_s", large_gib, &res.large[0][0], ARRAY_SIZE(large_gib), 2);
+	fprintf(f,
+		"  \"slab_bytes_per_page\": {\"upm_candidate\": [%.1f, %.1f], "
+		"\"upm_merged\": [%.1f, %.1f], \"ksm_merged\": [%.1f, %.1f]}\n}\n",
+		per_page(full->upm_candidates.module), per_page(full->upm_candidates.kernel),
+		per_page(full->upm_merged.module), per_page(full->upm_merged.kernel),
+		per_page(full->ksm_merged.module), per_page(full->ksm_merged.kernel));
+	return fclose(f) ? -1 : 0;
+}
+
 /* The pairing alone, for `perf record` (tests/profile.sh). */
 static int pair_only(size_t mib)
 {
@@ -556,169 +773,24 @@ static int pair_only(size_t mib)
 
 int main(int argc, char **argv)
 {
+	static int (*const sections[])(void) = { bench_throughput, bench_ksm_default,
+						 bench_fresh_frame, bench_small_advises,
+						 bench_cow, bench_scaling };
+
 	if (argc > 1 && !strcmp(argv[1], "pair"))
 		return pair_only(argc > 2 ? strtoul(argv[2], NULL, 10) : 64);
-
-	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 256, pages = mib << 20 >> 12;
-	const char *json_path = argc > 2 ? argv[2] : NULL;
-	static const int dups[] = { 0, 50, 100 };
-	struct throughput tp[ARRAY_SIZE(dups)] = {};
-	static const char *const policies[] = { "uid", "global", "userns", "cgroup" };
-	double small[ARRAY_SIZE(policies)][2], t_ksm_default, t_plain[2], t_fresh[2];
-	static const int scale_n[] = { 1, 2, 4 };
-	double t_scale[ARRAY_SIZE(scale_n)];
-	static const int large_gib[] = { 1, 4 };
-	double t_large[ARRAY_SIZE(large_gib)][2];
-	size_t scale_pages = pages / 4;
-	struct cow cow;
-	FILE *json;
-
+	res.mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 256;
+	res.pages = res.mib << 20 >> 12;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!module_loaded() || ksm_read("run") != 0) {
 		fprintf(stderr, "needs upm.ko loaded and ksmd stopped\n");
 		return 2;
 	}
-	printf("UPM benchmark, %zu MiB per adviser (%zu pages), kernel and VM of this run\n", mib,
-	       pages);
-
-	printf("\nthroughput: two processes, one madvise each; MiB/s over both copies (2 x %zu MiB)\n",
-	       mib);
-	printf("  dup  UPM first  UPM second  UPM both   KSM(10000/0ms)  floor   UPM/KSM UPM/floor\n");
-	for (size_t d = 0; d < ARRAY_SIZE(dups); d++) {
-		struct throughput *r = &tp[d];
-
-		r->dup = dups[d];
-		for (size_t i = 0; i < pages; i++)
-			r->expect += has_twin(i, r->dup);
-		if (run_upm(r, pages, 100 + d))
+	printf("UPM benchmark, %zu MiB per adviser (%zu pages), kernel and VM of this run\n",
+	       res.mib, res.pages);
+	for (size_t i = 0; i < ARRAY_SIZE(sections); i++)
+		if (sections[i]())
 			return 1;
-		r->ksm = run_ksm(pages, 100 + d, r->dup, r->expect, KSM_FAST_PAGES, 0, 300,
-				 &r->ksm_merged);
-		r->floor = run_floor(pages, 100 + d, r->dup, r->expect);
-		if (r->ksm < 0 || r->floor < 0) {
-			fprintf(stderr, "KSM (%.3f) or the floor (%.3f) failed\n", r->ksm, r->floor);
-			return 1;
-		}
-		double both = r->upm_first + r->upm_second;
-
-		printf("  %3d%% %7.0f    %7.0f    %7.0f    %7.0f        %7.0f  %6.2fx  %6.2fx\n",
-		       r->dup, mib_s(mib, r->upm_first), mib_s(mib, r->upm_second),
-		       mib_s(2 * mib, both), mib_s(2 * mib, r->ksm), mib_s(2 * mib, r->floor),
-		       r->ksm / both, r->floor / both);
-	}
-
-	t_ksm_default = run_ksm(pages, 100 + 2, 100, pages, 100, 20, 180, NULL);
-	printf("\ntime to fully merged, 100%% duplicates: UPM %.3f s, KSM at its defaults "
-	       "(100 pages / 20 ms) %s%.1f s: UPM %s%.0fx faster\n",
-	       tp[2].upm_first + tp[2].upm_second, t_ksm_default < 0 ? "> " : "",
-	       t_ksm_default < 0 ? 180.0 : t_ksm_default, t_ksm_default < 0 ? "> " : "",
-	       (t_ksm_default < 0 ? 180.0 : t_ksm_default) / (tp[2].upm_first + tp[2].upm_second));
-
-	if (twin_pair(pages / 4, 4343, &t_plain[0], &t_plain[1]))
-		return 1;
-	set_tunable("fresh_frame", 1);
-	if (twin_pair(pages / 4, 4343, &t_fresh[0], &t_fresh[1]))
-		return 1;
-	set_tunable("fresh_frame", 0);
-	printf("\nsecond advise of %zu MiB with fresh_frame=1: %.3f s against %.3f s (%+.0f%%)\n",
-	       mib / 4, t_fresh[1], t_plain[1], 100 * (t_fresh[1] - t_plain[1]) / t_plain[1]);
-
-	for (size_t i = 0; i < ARRAY_SIZE(policies); i++) {
-		write_str(UPM_SYSFS_DIR "/domain_policy", policies[i]);
-		small[i][0] = small_advise_us(4096);
-		small[i][1] = small_advise_us(65536);
-	}
-	write_str(UPM_SYSFS_DIR "/domain_policy", "uid");
-	if (wait_index_empty(60))
-		return 1;
-	printf("small advises of unique pages, per call (domain policy):\n");
-	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
-		printf("  %-6s  4 KiB: %7.1f us   64 KiB: %7.1f us\n", policies[i], small[i][0],
-		       small[i][1]);
-
-	if (run_cow(4096, &cow))
-		return 1;
-	printf("\nfirst write per page: merged page %.2f us, fork-shared page %.2f us (%.2fx), "
-	       "unshared %.2f us, advised with no twin %.2f us\n",
-	       cow.merged_us, cow.fork_us, cow.merged_us / cow.fork_us, cow.plain_us,
-	       cow.advised_unique_us);
-
-	printf("\nscaling: N processes each merging its own twin regions of %zu MiB (2 vCPUs)\n",
-	       mib / 4);
-	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++) {
-		t_scale[i] = run_scaling(scale_n[i], scale_pages);
-		if (t_scale[i] < 0)
-			return 1;
-		printf("  %d adviser%s: %.3f s, %.0f MiB/s in all\n", scale_n[i],
-		       scale_n[i] > 1 ? "s" : " ", t_scale[i],
-		       mib_s(2.0 * scale_n[i] * mib / 4, t_scale[i]));
-	}
-	printf("large ranges, one process, twin regions of:\n");
-	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++) {
-		size_t gib_pages = (size_t)large_gib[i] << 30 >> 12;
-		long avail = proc_kb("/proc/meminfo", "MemAvailable");
-
-		t_large[i][0] = t_large[i][1] = -1;
-		if (avail < (long)(2 * (gib_pages * 4) + (512 << 10))) {
-			printf("  %d GiB: skipped, MemAvailable %ld MiB\n", large_gib[i], avail >> 10);
-			continue;
-		}
-		if (twin_pair(gib_pages, 7000 + i, &t_large[i][0], &t_large[i][1]))
-			return 1;
-		printf("  %d GiB: first %.3f s (%.0f MiB/s), second %.3f s (%.0f MiB/s)\n",
-		       large_gib[i], t_large[i][0], mib_s(1024.0 * large_gib[i], t_large[i][0]),
-		       t_large[i][1], mib_s(1024.0 * large_gib[i], t_large[i][1]));
-	}
-
-	struct throughput *full = &tp[ARRAY_SIZE(dups) - 1];
-
-	printf("\nslab memory per page, 100%% duplicates (module: kmalloc caches; kernel: rmap "
-	       "items, stable and UPM nodes, xarrays):\n");
-	printf("  UPM candidate:                    module %6.1f B, kernel %6.1f B\n",
-	       (double)full->upm_candidates.module / pages, (double)full->upm_candidates.kernel / pages);
-	printf("  UPM merged page (two mappings):   module %6.1f B, kernel %6.1f B\n",
-	       (double)full->upm_merged.module / pages, (double)full->upm_merged.kernel / pages);
-	printf("  KSM merged page (two mappings):   ksmd   %6.1f B, kernel %6.1f B\n",
-	       (double)full->ksm_merged.module / pages, (double)full->ksm_merged.kernel / pages);
-
-	if (!json_path)
-		return 0;
-	json = fopen(json_path, "w");
-	if (!json)
-		return 1;
-	fprintf(json, "{\n  \"mib\": %zu,\n  \"throughput\": [\n", mib);
-	for (size_t d = 0; d < ARRAY_SIZE(dups); d++)
-		fprintf(json,
-			"    {\"dup_percent\": %d, \"upm_first_s\": %.4f, \"upm_second_s\": %.4f, "
-			"\"ksm_s\": %.4f, \"floor_s\": %.4f, \"upm_mib_s\": %.1f, \"ksm_mib_s\": %.1f, "
-			"\"floor_mib_s\": %.1f}%s\n",
-			tp[d].dup, tp[d].upm_first, tp[d].upm_second, tp[d].ksm, tp[d].floor,
-			mib_s(2 * mib, tp[d].upm_first + tp[d].upm_second), mib_s(2 * mib, tp[d].ksm),
-			mib_s(2 * mib, tp[d].floor), d + 1 < ARRAY_SIZE(dups) ? "," : "");
-	fprintf(json, "  ],\n  \"ksm_default_s\": %.3f,\n", t_ksm_default);
-	fprintf(json, "  \"fresh_frame_second_s\": %.4f, \"default_second_s\": %.4f,\n", t_fresh[1],
-		t_plain[1]);
-	fprintf(json, "  \"small_advise_us\": {");
-	for (size_t i = 0; i < ARRAY_SIZE(policies); i++)
-		fprintf(json, "\"%s\": [%.1f, %.1f]%s", policies[i], small[i][0], small[i][1],
-			i + 1 < ARRAY_SIZE(policies) ? ", " : "},\n");
-	fprintf(json,
-		"  \"cow_us\": {\"merged\": %.3f, \"fork\": %.3f, \"unshared\": %.3f, "
-		"\"advised_unique\": %.3f},\n",
-		cow.merged_us, cow.fork_us, cow.plain_us, cow.advised_unique_us);
-	fprintf(json, "  \"scaling_s\": {");
-	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++)
-		fprintf(json, "\"%d\": %.4f%s", scale_n[i], t_scale[i],
-			i + 1 < ARRAY_SIZE(scale_n) ? ", " : "},\n");
-	fprintf(json, "  \"large_s\": {");
-	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++)
-		fprintf(json, "\"%d\": [%.3f, %.3f]%s", large_gib[i], t_large[i][0], t_large[i][1],
-			i + 1 < ARRAY_SIZE(large_gib) ? ", " : "},\n");
-	fprintf(json,
-		"  \"slab_bytes_per_page\": {\"upm_candidate\": [%.1f, %.1f], "
-		"\"upm_merged\": [%.1f, %.1f], \"ksm_merged\": [%.1f, %.1f]}\n}\n",
-		(double)full->upm_candidates.module / pages, (double)full->upm_candidates.kernel / pages,
-		(double)full->upm_merged.module / pages, (double)full->upm_merged.kernel / pages,
-		(double)full->ksm_merged.module / pages, (double)full->ksm_merged.kernel / pages);
-	return fclose(json) ? 1 : 0;
+	print_slab();
+	return argc > 2 && write_json(argv[2]) ? 1 : 0;
 }

@@ -666,7 +666,10 @@ static enum result test_run_tunable(void)
 
 #define STRESS_PROCS 4
 #define STRESS_THREADS 3
-#define STRESS_PAGES 48
+/* More than the module's 512-page mmap_lock batch: advises of a region cross a batch. */
+#define STRESS_PAGES 544
+#define STRESS_COMMON (STRESS_PAGES / 2) /* pages 0..STRESS_COMMON-1: the same everywhere */
+#define STRESS_LOG 16
 
 struct stress_report {
 	volatile int stopped;	 /* threads joined */
@@ -677,13 +680,24 @@ struct stress_report {
 	uint64_t pfns[STRESS_THREADS * STRESS_PAGES];
 };
 
+static const char *const stress_ops[] = { "advise", "advise", "advise", "unmerge", "write",
+					  "verify", "dontneed", "mprotect", "mremap", "fork",
+					  "advise racing writes" };
+
 struct stress_thread {
+	int proc, id;
 	uint64_t rng;
 	char *region;		/* STRESS_PAGES pages, owned by this thread */
 	char *shadow;		/* what the region must contain */
 	const char *common;	/* the half that is the same everywhere */
 	volatile int *stop;
 	long ops, bad;
+	/* The last operations, printed when one goes wrong: the seed replays each thread's
+	 * operations, not their interleaving. */
+	struct {
+		int op;
+		size_t first, n;
+	} log[STRESS_LOG];
 };
 
 static uint64_t rnd(uint64_t *s)
@@ -694,9 +708,147 @@ static uint64_t rnd(uint64_t *s)
 	return *s;
 }
 
-static int verify_region(const char *region, const char *shadow, size_t first, size_t n)
+/* Counts a failed operation, naming it, its pages and the thread's last operations. */
+static void stress_fail(struct stress_thread *t, const char *what, long page)
 {
-	return memcmp(region + first * page_size, shadow + first * page_size, n * page_size) != 0;
+	fprintf(stderr, "    stress: process %d thread %d, op %ld: %s", t->proc, t->id,
+		t->ops - 1, what);
+	if (page >= 0)
+		fprintf(stderr, " (page %ld)", page);
+	fprintf(stderr, "; last ops, newest first:");
+	for (long i = t->ops - 1, k = 0; i >= 0 && k < STRESS_LOG; i--, k++) {
+		const typeof(t->log[0]) *l = &t->log[i % STRESS_LOG];
+
+		fprintf(stderr, " %s[%zu+%zu]", stress_ops[l->op], l->first, l->n);
+	}
+	fprintf(stderr, "\n");
+	t->bad++;
+}
+
+/* Checks pages first..first+n-1 against the shadow; reports the first that differs. */
+static void verify_region(struct stress_thread *t, size_t first, size_t n, const char *during)
+{
+	for (size_t p = first; p < first + n; p++)
+		if (memcmp(t->region + p * page_size, t->shadow + p * page_size, page_size)) {
+			stress_fail(t, during, (long)p);
+			return;
+		}
+}
+
+/*
+ * A second thread that flips word 0 of the common pages of a range while its owner advises
+ * the range (those pages have twins everywhere, so they are being merged), checking that
+ * each write reads back, and restores them when told to stop.
+ */
+struct racer {
+	char *at;
+	size_t n;
+	volatile int stop;
+	long lost;
+};
+
+static void *race_writes(void *arg)
+{
+	struct racer *r = arg;
+	uint64_t orig[STRESS_PAGES], last[STRESS_PAGES], seq = 0;
+
+	for (size_t i = 0; i < r->n; i++)
+		orig[i] = last[i] = *(uint64_t *)(r->at + i * page_size);
+	do {
+		for (size_t i = 0; i < r->n; i++) {
+			volatile uint64_t *w = (volatile uint64_t *)(r->at + i * page_size);
+
+			r->lost += *w != last[i];
+			last[i] = last[i] == orig[i] ? ++seq | 1ull << 63 : orig[i];
+			*w = last[i];
+		}
+	} while (!r->stop);
+	for (size_t i = 0; i < r->n; i++)
+		*(uint64_t *)(r->at + i * page_size) = orig[i];
+	return NULL;
+}
+
+static void stress_op(struct stress_thread *t, int op, size_t first, size_t n)
+{
+	size_t bytes = n * page_size;
+	char *at = t->region + first * page_size;
+	pid_t pid;
+	char *moved;
+
+	switch (op) {
+	case 0: case 1: case 2:
+		if (advise(at, n) && errno != EINTR)
+			stress_fail(t, "advise failed", -1);
+		break;
+	case 3:
+		if (unmerge(at, n))
+			stress_fail(t, "unmerge failed", -1);
+		break;
+	case 4: { /* write one byte of the private half: region and shadow */
+		size_t half = (STRESS_PAGES - STRESS_COMMON) * page_size;
+		size_t off = STRESS_COMMON * page_size + rnd(&t->rng) % half;
+
+		t->region[off]++;
+		t->shadow[off]++;
+		break;
+	}
+	case 5:
+		verify_region(t, first, n, "contents differ from the shadow");
+		break;
+	case 6: /* drop pages: they read back as zeroes; refill the common half */
+		madvise(at, bytes, MADV_DONTNEED);
+		memset(t->shadow + first * page_size, 0, bytes);
+		for (size_t p = first; p < first + n && p < STRESS_COMMON; p++) {
+			memcpy(t->region + p * page_size, t->common + p * page_size, page_size);
+			memcpy(t->shadow + p * page_size, t->common + p * page_size, page_size);
+		}
+		break;
+	case 7: /* mprotect round trip */
+		mprotect(at, bytes, PROT_READ);
+		verify_region(t, first, n, "contents differ while read-only");
+		mprotect(at, bytes, PROT_READ | PROT_WRITE);
+		break;
+	case 8: /* move the whole region elsewhere */
+		moved = mmap(NULL, STRESS_PAGES * page_size, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (moved != MAP_FAILED)
+			moved = mremap(t->region, STRESS_PAGES * page_size, STRESS_PAGES * page_size,
+				       MREMAP_MAYMOVE | MREMAP_FIXED, moved);
+		if (moved == MAP_FAILED)
+			stress_fail(t, "mremap failed", -1);
+		else
+			t->region = moved;
+		break;
+	case 9: /* fork: the child sees the same contents, writes, exits */
+		pid = fork();
+		if (pid == 0) {
+			int bad = memcmp(t->region, t->shadow, STRESS_PAGES * page_size) != 0;
+
+			memset(t->region, 0x77, page_size);
+			_exit(bad);
+		}
+		if (pid < 0 || wait_exit(pid) != 0)
+			stress_fail(t, "fork child saw other contents", -1);
+		break;
+	case 10: { /* advise while another thread writes the same, twinned, pages */
+		struct racer r = { .at = at, .n = first < STRESS_COMMON ?
+				   (first + n < STRESS_COMMON ? n : STRESS_COMMON - first) : 0 };
+		pthread_t writer;
+
+		if (!r.n || pthread_create(&writer, NULL, race_writes, &r)) {
+			stress_op(t, 0, first, n);
+			break;
+		}
+		if (advise(at, n) && errno != EINTR)
+			stress_fail(t, "advise failed", -1);
+		r.stop = 1;
+		pthread_join(writer, NULL);
+		if (r.lost)
+			stress_fail(t, "a write racing the advise was lost", -1);
+		verify_region(t, first, n, "contents differ after racing writes");
+		break;
+	}
+	}
 }
 
 static void *stress_thread(void *arg)
@@ -706,73 +858,12 @@ static void *stress_thread(void *arg)
 	while (!*t->stop) {
 		size_t first = rnd(&t->rng) % STRESS_PAGES;
 		size_t n = 1 + rnd(&t->rng) % (STRESS_PAGES - first);
-		size_t bytes = n * page_size;
-		char *at = t->region + first * page_size;
-		pid_t pid;
-		char *moved;
+		int op = rnd(&t->rng) % ARRAY_SIZE(stress_ops);
 
-		switch (rnd(&t->rng) % 10) {
-		case 0: case 1: case 2:
-			if (advise(at, n) && errno != EINTR)
-				t->bad++;
-			break;
-		case 3:
-			if (unmerge(at, n))
-				t->bad++;
-			break;
-		case 4: { /* write one byte of the private half: region and shadow */
-			size_t half = STRESS_PAGES / 2 * page_size;
-			size_t off = half + rnd(&t->rng) % half;
-
-			t->region[off]++;
-			t->shadow[off]++;
-			break;
-		}
-		case 5:
-			t->bad += verify_region(t->region, t->shadow, first, n);
-			break;
-		case 6: /* drop pages: they read back as zeroes; refill the common half */
-			madvise(at, bytes, MADV_DONTNEED);
-			memset(t->shadow + first * page_size, 0, bytes);
-			for (size_t p = first; p < first + n && p < STRESS_PAGES / 2; p++) {
-				memcpy(t->region + p * page_size, t->common + p * page_size,
-				       page_size);
-				memcpy(t->shadow + p * page_size, t->common + p * page_size,
-				       page_size);
-			}
-			break;
-		case 7: /* mprotect round trip */
-			mprotect(at, bytes, PROT_READ);
-			t->bad += verify_region(t->region, t->shadow, first, n);
-			mprotect(at, bytes, PROT_READ | PROT_WRITE);
-			break;
-		case 8: /* move the whole region elsewhere */
-			moved = mmap(NULL, STRESS_PAGES * page_size, PROT_NONE,
-				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (moved != MAP_FAILED)
-				moved = mremap(t->region, STRESS_PAGES * page_size,
-					       STRESS_PAGES * page_size,
-					       MREMAP_MAYMOVE | MREMAP_FIXED, moved);
-			if (moved == MAP_FAILED)
-				t->bad++;
-			else
-				t->region = moved;
-			break;
-		case 9: /* fork: the child sees the same contents, writes, exits */
-			pid = fork();
-			if (pid == 0) {
-				int bad = verify_region(t->region, t->shadow, 0, STRESS_PAGES);
-
-				memset(t->region, 0x77, page_size);
-				_exit(bad);
-			}
-			if (pid < 0 || wait_exit(pid) != 0)
-				t->bad++;
-			break;
-		}
-		t->ops++;
+		t->log[t->ops++ % STRESS_LOG] = (typeof(t->log[0])){ op, first, n };
+		stress_op(t, op, first, n);
 	}
-	t->bad += verify_region(t->region, t->shadow, 0, STRESS_PAGES);
+	verify_region(t, 0, STRESS_PAGES, "contents differ at the end");
 	return NULL;
 }
 
@@ -782,23 +873,23 @@ static long ksm_kb_self(void)
 	return proc_kb("/proc/self/smaps_rollup", "KSM");
 }
 
-static void stress_process(struct stress_report *r, uint64_t seed, int secs)
+static void stress_process(struct stress_report *r, int proc, uint64_t seed, int secs)
 {
 	struct stress_thread t[STRESS_THREADS];
 	pthread_t th[STRESS_THREADS];
 	volatile int stop = 0;
-	char *common = malloc(STRESS_PAGES / 2 * page_size);
+	char *common = malloc(STRESS_COMMON * page_size);
 
-	fill_pages(common, STRESS_PAGES / 2, 151, 1);
+	fill_pages(common, STRESS_COMMON, 151, 1);
 
 	for (int i = 0; i < STRESS_THREADS; i++) {
-		t[i] = (struct stress_thread){ .rng = seed * 7919 + i + 1, .stop = &stop,
-					       .common = common };
+		t[i] = (struct stress_thread){ .proc = proc, .id = i, .rng = seed * 7919 + i + 1,
+					       .stop = &stop, .common = common };
 		t[i].region = map_anon(STRESS_PAGES);
 		t[i].shadow = malloc(STRESS_PAGES * page_size);
 		/* Half the pages are the same in every thread and process, half are not. */
-		memcpy(t[i].region, common, STRESS_PAGES / 2 * page_size);
-		fill_pages(t[i].region + STRESS_PAGES / 2 * page_size, STRESS_PAGES / 2,
+		memcpy(t[i].region, common, STRESS_COMMON * page_size);
+		fill_pages(t[i].region + STRESS_COMMON * page_size, STRESS_PAGES - STRESS_COMMON,
 			   seed * 31 + i, 1);
 		memcpy(t[i].shadow, t[i].region, STRESS_PAGES * page_size);
 		pthread_create(&th[i], NULL, stress_thread, &t[i]);
@@ -808,7 +899,6 @@ static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 	for (int i = 0; i < STRESS_THREADS; i++) {
 		pthread_join(th[i], NULL);
 		r->ops += t[i].ops;
-		r->bad += t[i].bad;
 	}
 	/* Once nobody writes any more, a last advise must share the common half. */
 	r->stopped = 1;
@@ -816,8 +906,9 @@ static void stress_process(struct stress_report *r, uint64_t seed, int secs)
 		usleep(10 * 1000);
 	for (int i = 0; i < STRESS_THREADS; i++) {
 		if (advise(t[i].region, STRESS_PAGES))
-			r->bad++;
-		r->bad += verify_region(t[i].region, t[i].shadow, 0, STRESS_PAGES);
+			stress_fail(&t[i], "final advise failed", -1);
+		verify_region(&t[i], 0, STRESS_PAGES, "contents differ after the final advise");
+		r->bad += t[i].bad;
 		for (int p = 0; p < STRESS_PAGES; p++)
 			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
 	}
@@ -906,6 +997,35 @@ static long frames_across_domains(struct stress_report *r, uint64_t zpfn)
 	return crossing;
 }
 
+/*
+ * After the final advise, each common page must be one frame per merge domain, mapped by
+ * every thread of every process of that domain. Returns the pages that are not, naming the
+ * first.
+ */
+static long common_pages_unshared(struct stress_report *r)
+{
+	long unshared = 0;
+
+	for (int d = 0; d < STRESS_DOMAINS; d++)
+		for (size_t page = 0; page < STRESS_COMMON; page++) {
+			uint64_t frame = r[d].pfns[page];
+
+			for (int p = d; p < STRESS_PROCS; p += STRESS_DOMAINS)
+				for (int t = 0; t < STRESS_THREADS; t++) {
+					uint64_t pfn = r[p].pfns[t * STRESS_PAGES + page];
+
+					if (pfn && pfn == frame)
+						continue;
+					if (!unshared++)
+						fprintf(stderr, "    common page %zu: process %d thread "
+							"%d maps frame %#llx, domain %d's is %#llx\n",
+							page, p, t, (unsigned long long)pfn, d,
+							(unsigned long long)frame);
+				}
+		}
+	return unshared;
+}
+
 static enum result test_stress(void)
 {
 	const char *env_seed = getenv("UPM_STRESS_SEED");
@@ -929,7 +1049,7 @@ static enum result test_stress(void)
 			snprintf(cg, sizeof(cg), "upm_stress%d", p % STRESS_DOMAINS);
 			if (join_cgroup(cg))
 				r[p].bad++;
-			stress_process(&r[p], seed + p, secs);
+			stress_process(&r[p], p, seed + p, secs);
 		}
 	}
 	for (int p = 0; p < STRESS_PROCS; p++)
@@ -979,7 +1099,10 @@ static enum result test_stress(void)
 	fprintf(stderr, "\n");
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
 	long k_unshared = counter("pages_unshared");
-	long crossing = frames_across_domains(r, zpfn);
+	long crossing = frames_across_domains(r, zpfn), unshared_common = common_pages_unshared(r);
+	/* Each domain: STRESS_COMMON frames, each mapped by all its threads. */
+	long expected_sharing = STRESS_DOMAINS * STRESS_COMMON *
+				(STRESS_PROCS / STRESS_DOMAINS * STRESS_THREADS - 1);
 
 	if (numa_balancing >= 0)
 		write_long("/proc/sys/kernel/numa_balancing", numa_balancing);
@@ -995,7 +1118,10 @@ static enum result test_stress(void)
 	CHECK(ops > 100, "only %ld operations", ops);
 	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
 	      "sysfs shared %ld sharing %ld unshared %ld", k_shared, k_sharing, k_unshared);
-	CHECK(sharing > 0, "the common half is shared");
+	CHECK(unshared_common == 0, "%ld mappings of common pages not on their domain's frame",
+	      unshared_common);
+	CHECK(sharing >= expected_sharing, "sharing %ld, at least %ld expected", sharing,
+	      expected_sharing);
 	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
 	return PASS;
 }
