@@ -26,7 +26,7 @@ use crate::{
     stats::{enabled, Skip, STATS, TUNABLES},
     tree::{mm_id, ContentIndex, Index, Key, Probe},
 };
-use core::cell::{Cell, RefCell};
+use core::cell::Cell;
 use kernel::{prelude::*, types::ARef};
 
 /// Pages handled per hold of `mmap_lock`.
@@ -58,9 +58,9 @@ struct Call<'a> {
     /// Whether this call flushed every CPU's LRU batches already.
     drained: Cell<bool>,
     /// Pages whose twin's mm was busy, to try again at the end of the call.
-    deferred: RefCell<KVec<usize>>,
+    deferred: Cell<KVec<usize>>,
     /// The last mm found busy: the end of the call waits for its `mmap_lock`.
-    busy_twin: RefCell<Option<ARef<Mm>>>,
+    busy_twin: Cell<Option<ARef<Mm>>>,
     /// Whether this is the retry at the end of the call (nothing more is deferred).
     last_try: Cell<bool>,
 }
@@ -71,8 +71,11 @@ impl Call<'_> {
         if self.last_try.get() {
             return false;
         }
-        let mut deferred = self.deferred.borrow_mut();
-        deferred.len() < MAX_DEFERRED && deferred.push(addr, GFP_KERNEL).is_ok()
+        // Cells, not RefCells: nothing here can panic on a borrow.
+        let mut deferred = self.deferred.take();
+        let deferred_now = deferred.len() < MAX_DEFERRED && deferred.push(addr, GFP_KERNEL).is_ok();
+        self.deferred.set(deferred);
+        deferred_now
     }
 }
 
@@ -150,8 +153,8 @@ impl Upm {
             mm,
             domain: crate::stats::domain_of(mm)?,
             drained: Cell::new(false),
-            deferred: RefCell::new(KVec::new()),
-            busy_twin: RefCell::new(None),
+            deferred: Cell::new(KVec::new()),
+            busy_twin: Cell::new(None),
             last_try: Cell::new(false),
         };
         let walked = self.walk(mm, start, end, |guard, vma, from, to| {
@@ -167,7 +170,7 @@ impl Upm {
             Ok(())
         });
         if walked == Err(EINTR) {
-            STATS.skip(Skip::Busy, call.deferred.borrow().len() as u64);
+            STATS.skip(Skip::Busy, call.deferred.take().len() as u64);
             return walked;
         }
         self.retry_deferred(&call)?;
@@ -178,7 +181,7 @@ impl Upm {
     /// own `mmap_lock` is held, and is busy while its owner holds it and a writer (mmap,
     /// khugepaged) waits; so first wait for that lock holding none of ours, then retry.
     fn retry_deferred(&self, call: &Call<'_>) -> Result {
-        let deferred = core::mem::take(&mut *call.deferred.borrow_mut());
+        let deferred = call.deferred.take();
         if deferred.is_empty() {
             return Ok(());
         }
@@ -187,7 +190,7 @@ impl Upm {
             STATS.skip(Skip::Busy, deferred.len() as u64);
             EINTR
         };
-        if let Some(twin) = call.busy_twin.borrow_mut().take() {
+        if let Some(twin) = call.busy_twin.take() {
             if let Some(user) = twin.mmget_not_zero() {
                 let user = MmWithUser::into_mmput_async(user);
                 drop(user.mmap_read_lock_killable().map_err(|_| interrupted())?);
@@ -374,7 +377,7 @@ impl Upm {
                         }
                         Err(PairError::Busy) => {
                             twin_busy = true;
-                            *call.busy_twin.borrow_mut() = Some(twin_mm.clone());
+                            call.busy_twin.set(Some(twin_mm.clone()));
                             continue;
                         }
                         Err(PairError::Stale) => {
