@@ -13,6 +13,7 @@
 #include <linux/capability.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -1126,6 +1127,151 @@ static enum result test_stress(void)
 	return PASS;
 }
 
+/* ---- every cumulative counter, exactly ---- */
+
+static const char *const cumulative[] = {
+	"pages_scanned",	     "pages_merged",	     "pages_promoted",
+	"pages_zero_merged",	     "pages_already_merged", "pages_skipped",
+	"pages_skipped_not_present", "pages_skipped_vma",    "pages_skipped_thp",
+	"pages_skipped_pinned",	     "pages_skipped_busy",   "pages_skipped_other",
+	"hash_collisions",	     "stable_pages_freed",   "madvise_calls",
+	"unmerge_calls",
+};
+
+/*
+ * Checks that since `before` every cumulative counter moved by exactly what `expect` lists
+ * ("name", delta pairs, NULL-terminated) and the others not at all; `before` is updated.
+ */
+static int counters_moved(const char *step, long before[], ...)
+{
+	long want[ARRAY_SIZE(cumulative)] = { 0 };
+	int wrong = 0;
+	const char *name;
+	va_list ap;
+
+	va_start(ap, before);
+	while ((name = va_arg(ap, const char *))) {
+		long delta = va_arg(ap, long);
+
+		for (size_t i = 0; i < ARRAY_SIZE(cumulative); i++)
+			if (!strcmp(name, cumulative[i]))
+				want[i] = delta;
+	}
+	va_end(ap);
+	for (size_t i = 0; i < ARRAY_SIZE(cumulative); i++) {
+		long now = counter(cumulative[i]);
+
+		if (now - before[i] != want[i]) {
+			fprintf(stderr, "    %s: %s moved by %ld, expected %ld\n", step, cumulative[i],
+				now - before[i], want[i]);
+			wrong++;
+		}
+		before[i] = now;
+	}
+	return wrong;
+}
+
+/* The index's gauges (root reads them exact). */
+static int gauges_are(const char *step, long candidates, long nodes, long shared, long sharing)
+{
+	long c = counter("candidates"), n = counter("stable_nodes");
+	long sh = counter("pages_shared"), sg = counter("pages_sharing");
+
+	if (c == candidates && n == nodes && sh == shared && sg == sharing)
+		return 0;
+	fprintf(stderr, "    %s: candidates %ld stable_nodes %ld pages_shared %ld pages_sharing %ld, "
+		"expected %ld %ld %ld %ld\n", step, c, n, sh, sg, candidates, nodes, shared, sharing);
+	return 1;
+}
+
+/*
+ * A scripted sequence of advises whose outcome is known page by page: after each step every
+ * cumulative counter must have moved by exactly the expected amount and the gauges must
+ * hold exact values. Ground truth for the frames is checked alongside.
+ */
+static enum result test_counters_exact(void)
+{
+	long before[ARRAY_SIZE(cumulative)], n = N;
+	char *a, *b, *c = map_anon(N), *z = map_anon(N), *h = map_anon(N), *sh = map_shared(N * page_size);
+
+	CHECK(map_twins(&a, &b, N, 181) == 0 && c && z && h && sh, "setup");
+	fill_pages(c, N, 181, 1);
+	memset(z, 0, N * page_size); /* written: anonymous pages of zeroes */
+	h[0] = 1;		     /* one page present, the rest never touched */
+	fill_pages(sh, N, 181, 1);
+	CHECK(set_tunable("use_zero_pages", 1) == 0, "use_zero_pages");
+	for (size_t i = 0; i < ARRAY_SIZE(cumulative); i++)
+		before[i] = counter(cumulative[i]);
+
+	CHECK(advise(a, N) == 0, "advise a");
+	CHECK(!counters_moved("first region", before, "pages_scanned", n, "madvise_calls", 1L,
+			      NULL) && !gauges_are("first region", n, 0, 0, 0), "first region");
+	CHECK(advise(b, N) == 0, "advise b");
+	CHECK(count_pfn_equal(a, b, N) == N, "a and b share frames");
+	CHECK(!counters_moved("twin region", before, "pages_scanned", n, "pages_promoted", n,
+			      "pages_merged", n, "madvise_calls", 1L, NULL) &&
+	      !gauges_are("twin region", 0, n, n, n), "twin region");
+	CHECK(advise(c, N) == 0, "advise c");
+	CHECK(count_pfn_equal(a, c, N) == N, "c shares a's frames");
+	CHECK(!counters_moved("third copy", before, "pages_scanned", n, "pages_merged", n,
+			      "madvise_calls", 1L, NULL) &&
+	      !gauges_are("third copy", 0, n, n, 2 * n), "third copy");
+	CHECK(advise(c, N) == 0, "advise c again");
+	CHECK(!counters_moved("again", before, "pages_scanned", n, "pages_already_merged", n,
+			      "madvise_calls", 1L, NULL), "advised again");
+	CHECK(advise(z, N) == 0, "advise zeroes");
+	CHECK(count_pfn_equal(z, z + page_size, N - 1) == N - 1 && pfn_of(z) == zero_pfn(),
+	      "zero pages mapped");
+	CHECK(!counters_moved("zeroes", before, "pages_scanned", n, "pages_zero_merged", n,
+			      "madvise_calls", 1L, NULL), "zeroes");
+	CHECK(counter("zero_pages") == n, "zero_pages %ld", counter("zero_pages"));
+	CHECK(advise(h, N) == 0, "advise the sparse region");
+	CHECK(!counters_moved("sparse", before, "pages_scanned", n, "pages_skipped_not_present",
+			      n - 1, "pages_skipped", n - 1, "madvise_calls", 1L, NULL) &&
+	      !gauges_are("sparse", 1, n, n, 2 * n), "sparse region");
+	CHECK(advise(sh, N) == 0, "advise MAP_SHARED");
+	CHECK(!counters_moved("shared mapping", before, "pages_skipped_vma", n, "pages_skipped", n,
+			      "madvise_calls", 1L, NULL), "MAP_SHARED");
+	CHECK(unmerge(c, N) == 0, "unmerge c");
+	CHECK(count_pfn_equal(a, c, N) == 0 && check_pages(c, N, 181, 1) < 0, "c private again");
+	CHECK(!counters_moved("unmerge", before, "unmerge_calls", 1L, NULL) &&
+	      !gauges_are("unmerge", 1, n, n, n), "unmerge");
+	munmap(a, N * page_size);
+	munmap(b, N * page_size);
+	munmap(h, N * page_size);
+	CHECK(wait_tree_empty() == 0, "index empties");
+	CHECK(!counters_moved("unmapped", before, "stable_pages_freed", n, NULL), "freed");
+	munmap(c, N * page_size);
+	munmap(z, N * page_size);
+	munmap(sh, N * page_size);
+	return PASS;
+}
+
+/* ---- areas ksmd owns ---- */
+
+/*
+ * Areas with VM_MERGEABLE (MADV_MERGEABLE, or prctl(PR_SET_MEMORY_MERGE) for a whole process)
+ * belong to ksmd, whose rmap items would clash with UPM's: UPM skips them, and ksmd then
+ * merges them as usual.
+ */
+static enum result test_ksm_areas_left_to_ksmd(void)
+{
+	long vma = counter("pages_skipped_vma");
+	char *a, *b;
+
+	CHECK(map_twins(&a, &b, N, 191) == 0, "setup");
+	CHECK(madvise(a, N * page_size, MADV_MERGEABLE) == 0 &&
+	      madvise(b, N * page_size, MADV_MERGEABLE) == 0, "MADV_MERGEABLE");
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "UPM advise");
+	CHECK(count_pfn_equal(a, b, N) == 0, "UPM merged %zu pages of ksmd's areas",
+	      count_pfn_equal(a, b, N));
+	CHECK(counter("pages_skipped_vma") - vma == 2 * N, "skipped %ld",
+	      counter("pages_skipped_vma") - vma);
+	CHECK(counter("candidates") == 0, "candidates %ld", counter("candidates"));
+	CHECK(check_pages(a, N, 191, 1) < 0 && check_pages(b, N, 191, 1) < 0, "contents");
+	return PASS;
+}
+
 static const struct test tests[] = {
 	{ "merge_two_regions", test_merge_two_regions, "identical regions share frames; COW" },
 	{ "same_content_one_process", test_same_content_one_process, "N copies -> 1 frame" },
@@ -1147,6 +1293,8 @@ static const struct test tests[] = {
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+	{ "counters_exact", test_counters_exact, "every cumulative counter and gauge, exactly" },
+	{ "ksm_areas_left_to_ksmd", test_ksm_areas_left_to_ksmd, "VM_MERGEABLE areas skipped" },
 	{ "stress", test_stress, "random advise/unmerge/write/fork/mremap/mprotect, seeded" },
 };
 
