@@ -635,6 +635,67 @@ static enum result test_candidate_changed(void)
 }
 
 /* Per-process counters count UPM's merges as ksmd's; ksm_zero_pages survives fork + exit. */
+/* Waits until ksmd has finished `scans` more full scans; -1 after 120 s. */
+static int ksm_full_scans(int scans)
+{
+	long target = read_long(KSM_DIR "full_scans") + scans;
+
+	for (int i = 0; i < 1200; i++) {
+		if (read_long(KSM_DIR "full_scans") >= target)
+			return 0;
+		usleep(100 * 1000);
+	}
+	return -1;
+}
+
+/*
+ * ksmd next to UPM: an area whose pages UPM merged becomes VM_MERGEABLE afterwards
+ * (MADV_MERGEABLE, as prctl(PR_SET_MEMORY_MERGE) does for every area). ksmd then scans KSM
+ * pages whose stable nodes are UPM's: contents must stay intact, writes private, and
+ * run=2 (unmerge everything in ksmd's areas) must give both copies private pages.
+ */
+static enum result test_ksmd_over_upm_pages(void)
+{
+	char *a, *b;
+	enum result r = FAIL;
+
+	CHECK(upm_twins(&a, &b, N, 661) == 0, "UPM merged");
+	CHECK(madvise(a, N * page_size, MADV_MERGEABLE) == 0 &&
+	      madvise(b, N * page_size, MADV_MERGEABLE) == 0, "MADV_MERGEABLE over merged pages");
+	if (ksm_start() || ksm_full_scans(3)) {
+		fprintf(stderr, "    ksmd did not finish three scans\n");
+		goto out;
+	}
+	if (check_pages(a, N, 661, 1) >= 0 || check_pages(b, N, 661, 1) >= 0 ||
+	    count_pfn_equal(a, b, N) != N) {
+		fprintf(stderr, "    after ksmd's scans: %zu of %d pairs share a frame, contents %s\n",
+			count_pfn_equal(a, b, N), N,
+			check_pages(a, N, 661, 1) < 0 && check_pages(b, N, 661, 1) < 0 ? "intact" :
+											 "CHANGED");
+		goto out;
+	}
+	a[0] ^= 1; /* copy-on-write: b keeps its page */
+	if (check_pages(b, N, 661, 1) >= 0 || page_intact(a, 0, 661)) {
+		fprintf(stderr, "    a write to a merged page was visible in its twin\n");
+		goto out;
+	}
+	a[0] ^= 1;
+	write_long(KSM_DIR "run", 2);
+	if (count_pfn_equal(a, b, N) != 0 || check_pages(a, N, 661, 1) >= 0 ||
+	    check_pages(b, N, 661, 1) >= 0) {
+		fprintf(stderr, "    after run=2: %zu pairs still share a frame\n",
+			count_pfn_equal(a, b, N));
+		goto out;
+	}
+	r = PASS;
+out:
+	ksm_stop();
+	munmap(a, N * page_size);
+	munmap(b, N * page_size);
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return r;
+}
+
 static enum result test_process_counters(void)
 {
 	char *ua, *ub, *z = map_anon(N);
@@ -686,6 +747,8 @@ const struct test parity_tests[] = {
 	  "no twin: no KSM page, no fault on write, MADV_COLLAPSE works" },
 	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT swaps a merged page mapped once" },
 	{ "madv_free", test_madv_free, "lazily freed pages never merge; twin intact" },
+	{ "ksmd_over_upm_pages", test_ksmd_over_upm_pages,
+	  "MADV_MERGEABLE after UPM merged: ksmd scans, run=2 unmerges, contents intact" },
 };
 
 const size_t parity_test_count = ARRAY_SIZE(parity_tests);

@@ -62,6 +62,27 @@ unmerge_ok() {
 		[ "$(show_field merged_pages)" = 0 ]
 }
 check upmctl_unmerge unmerge_ok
+# Whether no mapping of the holder contains address $1 (decimal).
+unmapped_in_holder() {
+	local range
+	while read -r range _; do
+		(($((16#${range%-*})) <= $1 && $1 < $((16#${range#*-})))) && return 1
+	done <"/proc/$holder/maps"
+	return 0
+}
+partly_unmapped() {
+	# A named range with a hole (the page below b, the holder's last mmap): ENOMEM reaches
+	# the user, after the mapped part was advised: a as candidates first, then b pairs.
+	local below=$((16#$addr_b - 4096)) out
+	unmapped_in_holder "$below" || return 1
+	$upmctl advise --pid "$holder" --range "$addr_a-$(printf '%x' $((16#$addr_a + pages * 4096)))" \
+		>/dev/null || return 1
+	out=$($upmctl advise --pid "$holder" \
+		--range "$(printf '%x-%x' "$below" $((16#$addr_b + pages * 4096)))" 2>&1)
+	[ $? -ne 0 ] && grep -q "not mapped" <<<"$out" && [ "$(shared_pairs)" = "$pages" ] &&
+		$upmctl unmerge --pid "$holder" >/dev/null
+}
+check upmctl_advise_partly_unmapped partly_unmapped
 watch_ok() {
 	# Three refreshes; an advise during the first interval shows up as a change.
 	local out

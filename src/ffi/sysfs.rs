@@ -64,12 +64,16 @@ impl core::fmt::Write for SysfsBuf<'_> {
     }
 }
 
-/// The lockdep class of our sysfs attributes (what `sysfs_attr_init()` gives C attributes).
+/// The lockdep class of our sysfs attributes (what `sysfs_attr_init()` gives C attributes),
+/// only with lockdep, as `struct attribute` has a key only then.
+#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
 struct AttrLockClass(Opaque<bindings::lock_class_key>);
 
 // SAFETY: Lockdep only uses the key's address and synchronises its own use of the contents.
+#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
 unsafe impl Sync for AttrLockClass {}
 
+#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
 static SYSFS_ATTR_LOCK_CLASS: AttrLockClass = AttrLockClass(Opaque::uninit());
 
 #[repr(C)]

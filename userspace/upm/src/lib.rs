@@ -44,7 +44,10 @@ impl fmt::Display for Error {
                 "kernel not patched for UPM (no upm_register_ops in /proc/kallsyms)"
             ),
             Error::InvalidRange => write!(f, "invalid range (unaligned or overflowing)"),
-            Error::Unmapped => write!(f, "part of the range is not mapped"),
+            Error::Unmapped => write!(
+                f,
+                "part of the range is not mapped (the mapped parts were processed)"
+            ),
             Error::PermissionDenied => {
                 write!(
                     f,
@@ -222,12 +225,16 @@ fn mappings(pid: i32) -> Result<Vec<Mapping>> {
 }
 
 /// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
-/// `process_madvise(2)`; returns the bytes advised.
+/// `process_madvise(2)`; returns the bytes advised. A named range that is partly unmapped
+/// fails with [`Error::Unmapped`] after its mapped parts were processed, as madvise does.
 pub fn advise_process(
     pid: i32,
     ranges: Option<Vec<Range<usize>>>,
     advice: Advice,
 ) -> Result<usize> {
+    // Ranges read from the maps may vanish before they are advised; ranges the caller named
+    // must be mapped, and madvise's ENOMEM reaches the caller.
+    let from_maps = ranges.is_none();
     let ranges = match ranges {
         Some(r) => r,
         None => anonymous_ranges(pid)?,
@@ -250,7 +257,7 @@ pub fn advise_process(
         if ret < 0 {
             match last_error() {
                 // A mapping that went away meanwhile is not an error for a whole-process advise.
-                Error::Unmapped => continue,
+                Error::Unmapped if from_maps => continue,
                 e => {
                     result = Err(e);
                     break;
