@@ -37,9 +37,14 @@ if (($# == 0)); then
 	if ! grep -q ' upm_register_ops$' /proc/kallsyms; then
 		out=$(userspace/upm/target/release/upmctl advise --pid $$ 2>&1)
 		rc=$?
-		[ "$rc" != 0 ] && grep -q "kernel not patched" <<<"$out"
+		[ "$rc" = 69 ] && grep -q "kernel not patched" <<<"$out"
 		result upmctl_kernel_not_patched $?
 	fi
+	# The crate builds from its package (no path outside it), and without the CLI's
+	# dependencies for library users.
+	(cd userspace/upm && cargo package --quiet --allow-dirty >/dev/null 2>&1 &&
+		cargo build --quiet --release --lib --no-default-features)
+	result cargo_package $?
 fi
 
 start=$(date +%s)

@@ -41,7 +41,7 @@ check upmctl_show_before test "$(show_field merged_pages)" = 0 -a "$(shared_pair
 unpriv() {
 	# Without CAP_SYS_NICE (another user): refused with a clear message, nothing merged.
 	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups $upmctl advise --pid "$holder" 2>&1)
-	[ $? -ne 0 ] && grep -q "permission denied" <<<"$out" && [ "$(shared_pairs)" = 0 ]
+	[ $? = 77 ] && grep -q "permission denied" <<<"$out" && [ "$(shared_pairs)" = 0 ]
 }
 check upmctl_advise_unprivileged unpriv
 unpriv_show() {
@@ -49,6 +49,21 @@ unpriv_show() {
 	[ $? -ne 0 ] && grep -q "permission denied" <<<"$out"
 }
 check upmctl_show_unprivileged unpriv_show
+own_show() {
+	# A user showing its own process without CAP_SYS_ADMIN gets the smaps figures and a note
+	# that frames need CAP_SYS_ADMIN, and exit status 0; --json gives the smaps fields only.
+	local sleeper out json rc
+	setpriv --reuid=65534 --regid=65534 --clear-groups sleep 30 &
+	sleeper=$!
+	sleep 0.3
+	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups $upmctl show --pid "$sleeper" 2>&1)
+	rc=$?
+	json=$(setpriv --reuid=65534 --regid=65534 --clear-groups $upmctl show --pid "$sleeper" --json)
+	kill "$sleeper"
+	[ $rc = 0 ] && grep -q "need CAP_SYS_ADMIN" <<<"$out" && grep -q "Pss_Anon" <<<"$out" &&
+		grep -q '"pss_anon_kib": [0-9]' <<<"$json" && ! grep -q merged_pages <<<"$json"
+}
+check upmctl_show_own_process_unprivileged own_show
 advise_ok() {
 	# Every page pair shares one frame (pagemap), and show counts both copies as merged.
 	$upmctl advise --pid "$holder" >/dev/null && [ "$(shared_pairs)" = "$pages" ] &&
@@ -79,7 +94,7 @@ partly_unmapped() {
 		>/dev/null || return 1
 	out=$($upmctl advise --pid "$holder" \
 		--range "$(printf '%x-%x' "$below" $((16#$addr_b + pages * 4096)))" 2>&1)
-	[ $? -ne 0 ] && grep -q "not mapped" <<<"$out" && [ "$(shared_pairs)" = "$pages" ] &&
+	[ $? = 65 ] && grep -q "not mapped" <<<"$out" && [ "$(shared_pairs)" = "$pages" ] &&
 		$upmctl unmerge --pid "$holder" >/dev/null
 }
 check upmctl_advise_partly_unmapped partly_unmapped
@@ -114,14 +129,19 @@ preload_ok() {
 }
 check ld_preload_shim preload_ok
 
-no_such() { out=$($upmctl show --pid 999999 2>&1); [ $? -ne 0 ] && grep -q "no such process" <<<"$out"; }
+no_such() {
+	# Exit status 66, and with --json an error object on stdout.
+	out=$($upmctl show --pid 999999 2>&1)
+	[ $? = 66 ] && grep -q "no such process" <<<"$out" &&
+		$upmctl show --pid 999999 --json 2>/dev/null | grep -q '"error": "no such process", "exit_status": 66'
+}
 check upmctl_no_such_process no_such
 no_module() {
 	rmmod upm || return 1
 	out=$($upmctl advise --pid $$ 2>&1)
 	local rc=$?
 	insmod "$UPM_MODULE" || return 1
-	[ $rc -ne 0 ] && grep -q "module not loaded" <<<"$out"
+	[ $rc = 69 ] && grep -q "module not loaded" <<<"$out"
 }
 check upmctl_module_not_loaded no_module
 check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py

@@ -1,8 +1,10 @@
-// The advice values come from include/upm.h, the one definition for all of userspace.
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+// The advice values come from include/upm.h (a link to the repository's include/upm.h, the one
+// definition for all of userspace; cargo package copies its contents into the crate).
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let header = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../include/upm.h");
+    let header = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("include/upm.h");
     println!("cargo:rerun-if-changed={}", header.display());
     let text = fs::read_to_string(&header).expect("include/upm.h");
     let value = |name: &str| -> i32 {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
 //! UPM from userspace: advise memory of this process or of another one for synchronous
 //! merging, undo it, and read what is shared.
 //!
@@ -29,6 +30,8 @@ pub enum Error {
     Unmapped,
     /// Not allowed: `CAP_SYS_NICE` or ptrace access to the target is missing.
     PermissionDenied,
+    /// Frame numbers and page flags are hidden without `CAP_SYS_ADMIN` (for [`scan_pages()`]).
+    NeedsSysAdmin,
     /// The process does not exist (any more).
     NoSuchProcess,
     /// Any other system error.
@@ -54,6 +57,10 @@ impl fmt::Display for Error {
                     "permission denied (needs CAP_SYS_NICE and ptrace access)"
                 )
             }
+            Error::NeedsSysAdmin => write!(
+                f,
+                "frame numbers and page flags need CAP_SYS_ADMIN (/proc/PID/pagemap, /proc/kpageflags)"
+            ),
             Error::NoSuchProcess => write!(f, "no such process"),
             Error::Os(e) => write!(f, "{e}"),
         }
@@ -369,7 +376,10 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
     use std::{collections::HashSet, os::unix::fs::FileExt};
 
     let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).map_err(proc_error)?;
-    let kpageflags = fs::File::open("/proc/kpageflags").map_err(proc_error)?;
+    let kpageflags = fs::File::open("/proc/kpageflags").map_err(|e| match proc_error(e) {
+        Error::PermissionDenied => Error::NeedsSysAdmin,
+        e => e,
+    })?;
     let page = page_size() as u64;
     let mut scan = PageScan::default();
     let mut frames = HashSet::new();
@@ -388,7 +398,7 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
                 let pfn = entry & PM_PFN_MASK;
                 if pfn == 0 {
                     // Present but no frame number: the kernel hid it from us.
-                    return Err(Error::PermissionDenied);
+                    return Err(Error::NeedsSysAdmin);
                 }
                 let mut flags = [0u8; 8];
                 kpageflags

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
 //! upmctl: look at and steer UPM from the command line.
 //!
 //!   upmctl status [--json]          counters and tunables
@@ -10,8 +11,41 @@ use clap::{Parser, Subcommand};
 use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
 use upm::{Advice, Error};
 
+/// Exit statuses, from sysexits.h.
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_NOINPUT: u8 = 66;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_OSERR: u8 = 71;
+const EX_NOPERM: u8 = 77;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status (sysexits.h):
+  0   success
+  64  usage error (EX_USAGE): bad arguments, or a range that madvise refuses (EINVAL)
+  65  part of the range is not mapped (EX_DATAERR); the mapped parts were processed
+  66  no such process (EX_NOINPUT)
+  69  UPM unavailable (EX_UNAVAILABLE): module not loaded or kernel not patched
+  71  any other system error (EX_OSERR)
+  77  permission denied (EX_NOPERM)";
+
+fn exit_status(e: &Error) -> u8 {
+    match e {
+        Error::InvalidRange => EX_USAGE,
+        Error::Unmapped => EX_DATAERR,
+        Error::NoSuchProcess => EX_NOINPUT,
+        Error::ModuleNotLoaded | Error::KernelNotPatched => EX_UNAVAILABLE,
+        Error::PermissionDenied | Error::NeedsSysAdmin => EX_NOPERM,
+        Error::Os(_) => EX_OSERR,
+    }
+}
+
 #[derive(Parser)]
-#[command(version, about = "Inspect and steer UPM (user-guided page merging)")]
+#[command(
+    version,
+    about = "Inspect and steer UPM (user-guided page merging)",
+    after_help = EXIT_STATUS_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,38 +152,48 @@ fn watch(interval: u64, count: Option<u64>) -> Result<(), Error> {
     Ok(())
 }
 
+/// What `show` prints: the smaps figures, which the process's owner may read, and the
+/// frame-level scan, which needs `CAP_SYS_ADMIN` (`None` without it).
 fn show(pid: i32, json: bool) -> Result<(), Error> {
     let usage = upm::process_usage(pid)?;
-    let scan = upm::scan_pages(pid)?;
+    let scan = match upm::scan_pages(pid) {
+        Ok(scan) => Some(scan),
+        Err(Error::NeedsSysAdmin) => None,
+        Err(e) => return Err(e),
+    };
     if json {
-        println!(
-            "{}",
-            json_object([
-                ("pid", pid as u64),
+        let mut fields = vec![("pid", pid as u64)];
+        if let Some(scan) = &scan {
+            fields.extend([
                 ("present_pages", scan.present),
                 ("merged_pages", scan.merged),
                 ("merged_frames", scan.merged_frames),
                 ("zero_pages", scan.zero),
-                ("anon_kib", usage.anon_kib),
-                ("ksm_kib", usage.merged_kib),
-                ("pss_anon_kib", usage.pss_anon_kib),
-            ])
-        );
+            ]);
+        }
+        fields.extend([
+            ("anon_kib", usage.anon_kib),
+            ("ksm_kib", usage.merged_kib),
+            ("pss_anon_kib", usage.pss_anon_kib),
+        ]);
+        println!("{}", json_object(fields));
         return Ok(());
     }
+    match &scan {
+        Some(scan) => println!(
+            "pid {pid}: {} of {} KiB of private memory merged ({:.0}%), into {} KiB of frames; \
+             zero-page mappings {} KiB",
+            scan.merged * PAGE_KIB,
+            scan.present * PAGE_KIB,
+            100.0 * scan.merged as f64 / scan.present.max(1) as f64,
+            scan.merged_frames * PAGE_KIB,
+            scan.zero * PAGE_KIB
+        ),
+        None => println!("pid {pid}: {} (smaps figures only)", Error::NeedsSysAdmin),
+    }
     println!(
-        "pid {pid}: {} of {} KiB of private memory merged ({:.0}%), into {} KiB of frames",
-        scan.merged * PAGE_KIB,
-        scan.present * PAGE_KIB,
-        100.0 * scan.merged as f64 / scan.present.max(1) as f64,
-        scan.merged_frames * PAGE_KIB
-    );
-    println!(
-        "  zero-page mappings {} KiB; smaps: anonymous {} KiB, KSM {} KiB, Pss_Anon {} KiB",
-        scan.zero * PAGE_KIB,
-        usage.anon_kib,
-        usage.merged_kib,
-        usage.pss_anon_kib
+        "  smaps: anonymous {} KiB, KSM {} KiB, Pss_Anon {} KiB",
+        usage.anon_kib, usage.merged_kib, usage.pss_anon_kib
     );
     Ok(())
 }
@@ -176,12 +220,32 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// Reports `e` on stderr, and as a JSON object on stdout when JSON output was asked for.
+fn report(e: &Error, json: bool) -> ExitCode {
+    let status = exit_status(e);
+    if json {
+        let message = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        println!("{{\"error\": \"{message}\", \"exit_status\": {status}}}");
+    }
+    eprintln!("upmctl: {e}");
+    ExitCode::from(status)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("upmctl: {e}");
-            ExitCode::FAILURE
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            return ExitCode::from(if usage_error { EX_USAGE } else { 0 });
         }
+    };
+    let json = matches!(
+        cli.command,
+        Command::Status { json: true } | Command::Show { json: true, .. }
+    );
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, json),
     }
 }
