@@ -45,6 +45,18 @@ if (($# == 0)); then
 	(cd userspace/upm && cargo package --quiet --allow-dirty >/dev/null 2>&1 &&
 		cargo build --quiet --release --lib --no-default-features)
 	result cargo_package $?
+	# The Python helper installs as a wheel and works outside the repository.
+	pydir=$(mktemp -d)
+	python3 -m pip wheel --quiet --no-deps -w "$pydir/wheel" userspace/python >/dev/null 2>&1 &&
+		python3 -m pip install --quiet --no-deps --target "$pydir/site" "$pydir"/wheel/*.whl \
+			>/dev/null 2>&1 &&
+		(cd / && PYTHONPATH="$pydir/site" python3 -c '
+import re, sys, upm
+assert upm.__file__.startswith(sys.argv[1]), upm.__file__
+want = dict(re.findall(r"#define (UPM_MADV_\w+)\s+(\d+)", open(sys.argv[2]).read()))
+assert upm.MADV_UPM_MERGEABLE == int(want["UPM_MADV_MERGEABLE"])' "$pydir/site" "$UPM_ROOT/include/upm.h")
+	result python_package $?
+	rm -rf "$pydir"
 fi
 
 start=$(date +%s)

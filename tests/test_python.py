@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0
 """The Python helper in a real Python process: numpy arrays merge after advise_all_anonymous()."""
 import gc
+import mmap
 import os
 import struct
 import sys
@@ -56,6 +57,14 @@ def main():
     assert b[k] == weights[k] and pfn(pairs[0][0]) != pfn(pairs[0][1])
     upm.unmerge(b)
     assert sum(1 for pa, pb in pairs if pfn(pa) == pfn(pb)) == 0, "unmerge left shared frames"
+    # What would merge nothing is an error, not a silent no-op.
+    for bad in (mmap.mmap(-1, 4 * PAGE), bytearray(100)):
+        try:
+            upm.advise(bad)
+            raise AssertionError(f"advise({type(bad).__name__}) merged nothing and said nothing")
+        except ValueError:
+            pass
+    upm.advise(mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
     print(f"python: numpy arrays merged ({pages} pages share frames), COW and unmerge ok")
 
 

@@ -9,7 +9,7 @@ ctypes only, no compiled extension. Typical use, once after a function's cold st
         upm.advise_all_anonymous()   # or upm.advise(numpy_array) for selected buffers
 
 The advice values come from include/upm.h, the one definition shared by every userspace
-piece of UPM (tests check it against the kernel's uapi header).
+piece of UPM (tests check it against the kernel's uapi header), packaged as upm/upm.h.
 """
 
 import ctypes
@@ -17,12 +17,16 @@ import errno
 import mmap
 import os
 import re
+from typing import Dict, List, Optional, Tuple, Union
 
-_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include", "upm.h")
+__version__ = "0.1.0"
+
+# A link to include/upm.h in the repository; a copy in an installed package.
+_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upm.h")
 SYSFS_DIR = "/sys/kernel/mm/upm"
 
 
-def _read_constants(path=_HEADER):
+def _read_constants(path: str = _HEADER) -> Tuple[int, int]:
     with open(path, encoding="ascii") as header:
         text = header.read()
     values = dict(re.findall(r"#define\s+(UPM_MADV_\w+)\s+(\d+)", text))
@@ -41,14 +45,33 @@ class UpmError(OSError):
     """madvise failed; errno tells why (EINVAL: no UPM module, ENOMEM: unmapped parts)."""
 
 
-def _madvise(start, length, advice):
+def _madvise(start: int, length: int, advice: int) -> None:
     if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) != 0:
         err = ctypes.get_errno()
         raise UpmError(err, f"madvise({start:#x}, {length}, {advice}): {os.strerror(err)}")
 
 
-def _page_range(obj_or_start, length=None):
-    """(start, length) of the whole pages inside a buffer, or of an explicit range."""
+# Anything with the buffer protocol (numpy array, bytearray, private mmap), or an address.
+Buffer = Union[int, object]
+
+
+def _shared_in(start: int, length: int, maps_path: str = "/proc/self/maps") -> bool:
+    """Whether any part of [start, start + length) lies in a shared mapping."""
+    with open(maps_path, encoding="ascii") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=2)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo < start + length and start < hi and fields[1][3] == "s":
+                return True
+    return False
+
+
+def _page_range(obj_or_start: Buffer, length: Optional[int] = None) -> Tuple[int, int]:
+    """(start, length) of the whole pages inside a buffer, or of an explicit range.
+
+    Raises ValueError for what would silently merge nothing: a buffer that holds no whole
+    page, or shared memory (Python's mmap.mmap(-1, n) is MAP_SHARED by default).
+    """
     if length is not None:
         start, end = int(obj_or_start), int(obj_or_start) + int(length)
     else:
@@ -60,10 +83,16 @@ def _page_range(obj_or_start, length=None):
         end = start + view.nbytes
     first = (start + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
     last = end // PAGE_SIZE * PAGE_SIZE
-    return first, max(0, last - first)
+    if last <= first:
+        raise ValueError(f"{end - start} bytes at {start:#x} hold no whole page: UPM merges "
+                         "whole pages (use page-aligned buffers of at least one page)")
+    if _shared_in(first, last - first):
+        raise ValueError("shared memory is never merged: use private anonymous memory, e.g. "
+                         "mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)")
+    return first, last - first
 
 
-def is_supported():
+def is_supported() -> bool:
     """True if the kernel has the UPM hook and the module is loaded."""
     try:
         _madvise(0, 0, MADV_UPM_MERGEABLE)  # zero length: only the advice is checked
@@ -72,25 +101,23 @@ def is_supported():
     return os.path.isdir(SYSFS_DIR)
 
 
-def advise(obj_or_start, length=None):
-    """Merge the whole pages of a writable buffer (numpy array, bytearray, mmap), or of
-    [start, start + length)."""
+def advise(obj_or_start: Buffer, length: Optional[int] = None) -> None:
+    """Merge the whole pages of a writable buffer (numpy array, bytearray, private mmap), or
+    of [start, start + length). ValueError if that is no whole page or shared memory."""
     start, size = _page_range(obj_or_start, length)
-    if size:
-        _madvise(start, size, MADV_UPM_MERGEABLE)
+    _madvise(start, size, MADV_UPM_MERGEABLE)
 
 
-def unmerge(obj_or_start, length=None):
+def unmerge(obj_or_start: Buffer, length: Optional[int] = None) -> None:
     """Give the pages of a buffer or range private copies again."""
     start, size = _page_range(obj_or_start, length)
-    if size:
-        _madvise(start, size, MADV_UPM_UNMERGEABLE)
+    _madvise(start, size, MADV_UPM_UNMERGEABLE)
 
 
 _SKIP_NAMES = ("[stack", "[vdso]", "[vvar]", "[vsyscall]", "[uprobes]")
 
 
-def anonymous_ranges(maps_path="/proc/self/maps"):
+def anonymous_ranges(maps_path: str = "/proc/self/maps") -> List[Tuple[int, int]]:
     """Private anonymous mappings (heap and anonymous mmaps) that are readable and writable,
     without stacks, vdso/vvar and guard pages."""
     ranges = []
@@ -110,7 +137,7 @@ def anonymous_ranges(maps_path="/proc/self/maps"):
     return ranges
 
 
-def advise_all_anonymous():
+def advise_all_anonymous() -> int:
     """Advise every private anonymous mapping of this process; returns bytes advised.
     Mappings that vanish meanwhile (ENOMEM) are ignored."""
     total = 0
@@ -124,7 +151,7 @@ def advise_all_anonymous():
     return total
 
 
-def stats():
+def stats() -> Dict[str, int]:
     """The module's numeric counters and tunables, as a dict of ints.
 
     Files that hold text (domain_policy) or that the caller may not read (the root-only
