@@ -19,6 +19,25 @@ check() { # name command...
 
 status_json() { $upmctl status --json | grep -q '"pages_sharing": [0-9]'; }
 check upmctl_status_json status_json
+set_ok() {
+	# Sets a tunable; a value or name the module refuses is a usage error (64).
+	$upmctl set use_zero_pages=0 && [ "$(cat /sys/kernel/mm/upm/use_zero_pages)" = 0 ] &&
+		$upmctl set use_zero_pages=1 && [ "$(cat /sys/kernel/mm/upm/use_zero_pages)" = 1 ] &&
+		{ $upmctl set run=7 2>/dev/null; [ $? = 64 ]; } &&
+		{ $upmctl set no_such_tunable=1 2>/dev/null; [ $? = 64 ]; }
+}
+check upmctl_set set_ok
+metrics_ok() {
+	# Prometheus text: cumulative counters typed counter with _total, gauges typed gauge,
+	# values as in sysfs.
+	local out
+	out=$($upmctl metrics) &&
+		grep -q '^# TYPE upm_pages_merged_total counter$' <<<"$out" &&
+		grep -q '^# TYPE upm_pages_sharing gauge$' <<<"$out" &&
+		grep -qx "upm_run $(cat /sys/kernel/mm/upm/run)" <<<"$out" &&
+		[ "$(grep -c '^# TYPE' <<<"$out")" = "$(grep -vc '^#' <<<"$out")" ]
+}
+check upmctl_metrics metrics_ok
 
 # start_holder MiB [env...]: runs dup_holder (optionally under env, e.g. LD_PRELOAD) and sets
 # holder (pid), addr_a, addr_b and pages from its ready file.

@@ -295,6 +295,59 @@ pub fn stats() -> Result<BTreeMap<String, u64>> {
     Ok(stats)
 }
 
+/// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.
+/// [`Error::InvalidRange`] stands for a value or name the module refuses.
+pub fn set_tunable(name: &str, value: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::InvalidRange);
+    }
+    if !Path::new(SYSFS_DIR).exists() {
+        return Err(why_unsupported());
+    }
+    let path = Path::new(SYSFS_DIR).join(name);
+    fs::write(&path, value).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Error::InvalidRange,
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied,
+        _ => Error::Os(e),
+    })
+}
+
+/// Cumulative counters, as opposed to gauges (what is merged now) and tunables: for metrics.
+pub const CUMULATIVE_COUNTERS: &[&str] = &[
+    "pages_scanned",
+    "pages_merged",
+    "pages_promoted",
+    "pages_zero_merged",
+    "pages_already_merged",
+    "pages_skipped",
+    "pages_skipped_not_present",
+    "pages_skipped_vma",
+    "pages_skipped_thp",
+    "pages_skipped_pinned",
+    "pages_skipped_busy",
+    "pages_skipped_other",
+    "hash_collisions",
+    "stable_pages_freed",
+    "madvise_calls",
+    "unmerge_calls",
+];
+
+/// The counters in Prometheus' text exposition format, for node_exporter's textfile
+/// collector: cumulative counters as `upm_NAME_total` (type counter), the rest as gauges.
+pub fn prometheus_text(stats: &BTreeMap<String, u64>) -> String {
+    let mut out = String::new();
+    for (name, value) in stats {
+        let (metric, kind) = if CUMULATIVE_COUNTERS.contains(&name.as_str()) {
+            (format!("upm_{name}_total"), "counter")
+        } else {
+            (format!("upm_{name}"), "gauge")
+        };
+        out += &format!("# HELP {metric} /sys/kernel/mm/upm/{name}\n");
+        out += &format!("# TYPE {metric} {kind}\n{metric} {value}\n");
+    }
+    out
+}
+
 /// How much of a process's anonymous memory is merged, from `/proc/PID/smaps_rollup`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessUsage {
@@ -423,6 +476,24 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_types_counters_and_gauges() {
+        let stats = BTreeMap::from([("pages_merged".to_string(), 7), ("pages_sharing".into(), 3)]);
+        let text = prometheus_text(&stats);
+        assert!(text.contains("# TYPE upm_pages_merged_total counter\nupm_pages_merged_total 7\n"));
+        assert!(text.contains("# TYPE upm_pages_sharing gauge\nupm_pages_sharing 3\n"));
+    }
+
+    #[test]
+    fn tunable_names_stay_in_the_sysfs_directory() {
+        for name in ["", "../ksm/run", ".hidden", "a/b"] {
+            assert!(
+                matches!(set_tunable(name, "1"), Err(Error::InvalidRange)),
+                "{name}"
+            );
+        }
+    }
 
     fn parse_anonymous(line: &str) -> Option<Range<usize>> {
         Mapping::parse(line)

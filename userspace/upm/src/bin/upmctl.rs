@@ -6,6 +6,8 @@
 //!   upmctl advise --pid PID [--range START-END]   merge a running process's memory
 //!   upmctl unmerge --pid PID [--range START-END]  give it private copies again
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
+//!   upmctl set KEY=VALUE            set a tunable
+//!   upmctl metrics                  counters in Prometheus text format
 
 use clap::{Parser, Subcommand};
 use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
@@ -22,7 +24,8 @@ const EX_NOPERM: u8 = 77;
 const EXIT_STATUS_HELP: &str = "\
 Exit status (sysexits.h):
   0   success
-  64  usage error (EX_USAGE): bad arguments, or a range that madvise refuses (EINVAL)
+  64  usage error (EX_USAGE): bad arguments, a range that madvise refuses or a tunable
+      value the module refuses (EINVAL)
   65  part of the range is not mapped (EX_DATAERR); the mapped parts were processed
   66  no such process (EX_NOINPUT)
   69  UPM unavailable (EX_UNAVAILABLE): module not loaded or kernel not patched
@@ -82,6 +85,14 @@ enum Command {
         #[arg(long, value_parser = parse_range)]
         range: Option<Range<usize>>,
     },
+    /// Set a tunable: KEY=VALUE (run, use_zero_pages, split_thp, sweep_millisecs,
+    /// fresh_frame, domain_policy, domain_cgroup_level).
+    Set {
+        #[arg(value_parser = parse_setting)]
+        setting: (String, String),
+    },
+    /// The counters in Prometheus text format (for node_exporter's textfile collector).
+    Metrics,
     /// Show how much of a process's memory is merged (pagemap and kernel page flags).
     Show {
         #[arg(long)]
@@ -90,6 +101,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn parse_range(s: &str) -> Result<Range<usize>, String> {
@@ -217,6 +233,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Advise { pid, range } => advise(pid, range, Advice::Merge),
         Command::Unmerge { pid, range } => advise(pid, range, Advice::Unmerge),
         Command::Show { pid, json } => show(pid, json),
+        Command::Set {
+            setting: (key, value),
+        } => upm::set_tunable(&key, &value),
+        Command::Metrics => {
+            print!("{}", upm::prometheus_text(&upm::stats()?));
+            Ok(())
+        }
     }
 }
 
