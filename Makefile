@@ -26,6 +26,7 @@ help:
 	@echo "make kernel          build the patched kernel (FLAVOUR=debug|release)"
 	@echo "make kernel-info     show the cached kernel's version and patches"
 	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
+	@echo "make test FLAVOUR=release   the same suite on the release kernel"
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
 	@echo "make test STRESS_SECS=600 [STRESS_SEED=N]  a longer (or replayed) stress test"
 	@echo "make mutants         build deliberately broken modules; the suite must fail each"
@@ -55,12 +56,14 @@ tests:
 	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
 	cargo test --quiet --release --manifest-path userspace/upm/Cargo.toml
 
-# The whole suite in the debug kernel. Its last line is "N passed, M failed".
+# The whole suite in the debug kernel (FLAVOUR=release: the release kernel). Its last line is
+# "N passed, M failed".
 test: setup
-	scripts/build-kernel.sh debug
-	$(MAKE) module FLAVOUR=debug
+	scripts/build-kernel.sh $(FLAVOUR)
+	$(MAKE) module FLAVOUR=$(FLAVOUR)
 	$(MAKE) tests
-	UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) scripts/run-tests.sh $(TESTS)
+	UPM_FLAVOUR=$(FLAVOUR) UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) \
+		scripts/run-tests.sh $(TESTS)
 
 # The demo's figures describe what users run: the release kernel. Writes results/demo.{json,png}.
 DEMO_INSTANCES ?= 16
