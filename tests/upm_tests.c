@@ -319,6 +319,25 @@ static enum result test_fork_child_writes(void)
 	CHECK(wait_exit(pid) == 0, "child");
 	CHECK(check_pages(a, N, 41, 1) < 0, "parent unaffected by the child's writes");
 	CHECK(count_pfn_equal(a, b, N) == N, "parent still merged");
+	/* And the other way: the parent writes while a child holds the merged pages. */
+	int go[2];
+	char c;
+
+	CHECK(pipe(go) == 0, "pipe");
+	pid = fork();
+	if (pid == 0) {
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(4);
+		_exit(check_pages(a, N, 41, 1) < 0 && check_pages(b, N, 41, 1) < 0 &&
+		      count_pfn_equal(a, b, N) == N ? 0 : 5);
+	}
+	close(go[0]);
+	memset(a, 0xdd, N * page_size);
+	CHECK(write(go[1], "g", 1) == 1, "release the child");
+	close(go[1]);
+	CHECK(wait_exit(pid) == 0, "child sees the merged contents after the parent's writes");
+	CHECK(count_pfn_equal(a, b, N) == 0 && check_pages(b, N, 41, 1) < 0, "parent private");
 	return PASS;
 }
 
@@ -1127,6 +1146,79 @@ static enum result test_stress(void)
 	return PASS;
 }
 
+/* ---- a fatal signal during a long advise ---- */
+
+struct long_advise {
+	size_t pages;
+	int started;	/* pipe: written just before the long call */
+};
+
+static int advise_for_long(void *arg)
+{
+	struct long_advise *l = arg;
+	char *a, *b;
+
+	if (map_twins(&a, &b, l->pages, 461) || advise(a, l->pages) || write(l->started, "s", 1) != 1)
+		return 1;
+	advise(b, l->pages); /* pairs every page: seconds under KASAN; killed meanwhile */
+	return 2;
+}
+
+/*
+ * SIGKILL while madvise pairs a large range: the call notices the fatal signal between
+ * batches, so the process dies within a second or so, not when the range is done; nothing
+ * leaks (the index empties once the pages are gone).
+ */
+static enum result test_kill_during_advise(void)
+{
+	int started[2];
+	struct long_advise l = { .pages = 16384 };
+	long merged = counter("pages_merged");
+	struct timespec t0, t1;
+	pid_t pid;
+	char c;
+	double secs;
+
+	CHECK(pipe(started) == 0, "pipe");
+	l.started = started[1];
+	pid = spawn(advise_for_long, &l);
+	CHECK(read(started[0], &c, 1) == 1, "child about to pair 64 MiB");
+	usleep(300 * 1000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	CHECK(kill(pid, SIGKILL) == 0, "kill");
+	CHECK(wait_exit(pid) == 128 + SIGKILL, "killed");
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	secs = t1.tv_sec - t0.tv_sec + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	merged = counter("pages_merged") - merged;
+	fprintf(stderr, "    died %.3f s after SIGKILL, %ld of %zu pages merged\n", secs, merged,
+		l.pages);
+	CHECK(merged < (long)l.pages, "the advise ran to its end before the signal was seen");
+	CHECK(secs < 2, "took %.3f s to die", secs);
+	CHECK(wait_tree_empty() == 0, "index empties: %ld candidates %ld nodes",
+	      counter("candidates"), counter("stable_nodes"));
+	return PASS;
+}
+
+/* ---- unmerge of a range made inaccessible ---- */
+
+/*
+ * MADV_UPM_UNMERGEABLE on merged pages under PROT_NONE: the pages get private copies as
+ * they would when accessible (the unmerge looks at every area), contents unchanged.
+ */
+static enum result test_unmerge_prot_none(void)
+{
+	char *a, *b;
+
+	CHECK(map_twins(&a, &b, N, 471) == 0 && advise(a, N) == 0 && advise(b, N) == 0, "merged");
+	CHECK(count_pfn_equal(a, b, N) == N, "shared");
+	CHECK(mprotect(a, N * page_size, PROT_NONE) == 0, "PROT_NONE");
+	CHECK(unmerge(a, N) == 0, "unmerge under PROT_NONE");
+	CHECK(mprotect(a, N * page_size, PROT_READ | PROT_WRITE) == 0, "back to read-write");
+	CHECK(count_pfn_equal(a, b, N) == 0, "%zu pages still shared", count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 471, 1) < 0 && check_pages(b, N, 471, 1) < 0, "contents");
+	return PASS;
+}
+
 /* ---- every cumulative counter, exactly ---- */
 
 static const char *const cumulative[] = {
@@ -1293,6 +1385,8 @@ static const struct test tests[] = {
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+	{ "kill_during_advise", test_kill_during_advise, "SIGKILL ends a long advise at once" },
+	{ "unmerge_prot_none", test_unmerge_prot_none, "unmerge under PROT_NONE gives copies" },
 	{ "counters_exact", test_counters_exact, "every cumulative counter and gauge, exactly" },
 	{ "ksm_areas_left_to_ksmd", test_ksm_areas_left_to_ksmd, "VM_MERGEABLE areas skipped" },
 	{ "stress", test_stress, "random advise/unmerge/write/fork/mremap/mprotect, seeded" },
