@@ -147,6 +147,14 @@ preload_ok() {
 	wait "$holder" && [ "$pairs" = "$pages" ]
 }
 check ld_preload_shim preload_ok
+preload_short() {
+	# A verbose program shorter than the delay says that it advised nothing, with its pid.
+	local out
+	out=$(LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" UPM_PRELOAD_VERBOSE=1 \
+		UPM_PRELOAD_DELAY_MS=5000 true 2>&1)
+	grep -Eq "^upm_preload: pid [0-9]+ \(true\) exited after [0-9]+ ms, before UPM_PRELOAD_DELAY_MS=5000: nothing advised$" <<<"$out"
+}
+check ld_preload_short_program preload_short
 
 no_such() {
 	# Exit status 66, and with --json an error object on stdout.
@@ -159,8 +167,14 @@ no_module() {
 	rmmod upm || return 1
 	out=$($upmctl advise --pid $$ 2>&1)
 	local rc=$?
+	# The shim under a wrapper chain: no thread, one line for the whole tree, with a pid.
+	local shim
+	shim=$(LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" UPM_PRELOAD_VERBOSE=1 \
+		sh -c 'sh -c true; true' 2>&1)
 	insmod "$UPM_MODULE" || return 1
-	[ $rc = 69 ] && grep -q "module not loaded" <<<"$out"
+	[ $rc = 69 ] && grep -q "module not loaded" <<<"$out" &&
+		[ "$(grep -c 'UPM not available' <<<"$shim")" = 1 ] &&
+		grep -Eq '^upm_preload: pid [0-9]+ \(sh\): UPM not available' <<<"$shim"
 }
 check upmctl_module_not_loaded no_module
 check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py

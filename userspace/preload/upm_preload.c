@@ -11,10 +11,16 @@
  * mappings) with MADV_UPM_MERGEABLE. With an interval it repeats, to merge what the program
  * allocated since. It stops for good when the kernel refuses the advice (no UPM).
  *
+ * Without UPM (no kernel series or no module) no thread is started; with
+ * UPM_PRELOAD_VERBOSE=1 one line says so, once per process tree (the first process sets
+ * UPM_PRELOAD_UNAVAILABLE for the programs it executes). A verbose process that exits before
+ * the delay says that it advised nothing.
+ *
  * Limits: the thread blocks every signal, so it never takes a signal meant for the program;
  * a child made by fork() has no such thread (execve() starts a new one, LD_PRELOAD being
  * inherited); statically linked programs ignore LD_PRELOAD; memory mapped after the last
- * round is not advised.
+ * round is not advised. While the thread lives (the delay, then one round unless an interval
+ * is set) the process has two threads: Python 3.12 warns if it forks then.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,8 +30,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../../include/upm.h"
+
+static int verbose;
+static long delay_ms;
+static struct timespec started;
+static volatile int rounds_done;
 
 static long env_ms(const char *name, long fallback)
 {
@@ -80,21 +92,37 @@ static long advise_all(void)
 	return bytes;
 }
 
+/* "pid N (comm)", for messages from processes of a wrapper chain. */
+static const char *whoami(void)
+{
+	static char who[64];
+	char comm[17] = "?";
+	FILE *f = fopen("/proc/self/comm", "re");
+
+	if (f) {
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = 0;
+		fclose(f);
+	}
+	snprintf(who, sizeof(who), "pid %d (%s)", (int)getpid(), comm);
+	return who;
+}
+
 static void *advise_thread(void *arg)
 {
-	long delay = env_ms("UPM_PRELOAD_DELAY_MS", 2000);
 	long interval = env_ms("UPM_PRELOAD_INTERVAL_MS", 0);
-	int verbose = env_ms("UPM_PRELOAD_VERBOSE", 0) != 0;
 
 	(void)arg;
-	sleep_ms(delay);
+	sleep_ms(delay_ms);
 	for (;;) {
 		long bytes = advise_all();
 
+		rounds_done++;
 		if (verbose && bytes < 0)
-			fprintf(stderr, "upm_preload: UPM not available, giving up\n");
+			fprintf(stderr, "upm_preload: %s: UPM refused the advice, giving up\n",
+				whoami());
 		else if (verbose)
-			fprintf(stderr, "upm_preload: %ld KiB advised\n", bytes / 1024);
+			fprintf(stderr, "upm_preload: %s: %ld KiB advised\n", whoami(), bytes / 1024);
 		if (bytes < 0 || interval <= 0)
 			return NULL;
 		sleep_ms(interval);
@@ -107,6 +135,17 @@ __attribute__((constructor)) static void upm_preload_start(void)
 	pthread_attr_t attr;
 	pthread_t thread;
 
+	verbose = env_ms("UPM_PRELOAD_VERBOSE", 0) != 0;
+	delay_ms = env_ms("UPM_PRELOAD_DELAY_MS", 2000);
+	clock_gettime(CLOCK_MONOTONIC, &started);
+	if (!upm_is_supported()) {
+		/* Before main(), single-threaded: setenv() is safe here. */
+		if (verbose && !getenv("UPM_PRELOAD_UNAVAILABLE"))
+			fprintf(stderr, "upm_preload: %s: UPM not available, nothing will be advised "
+				"(said once per process tree)\n", whoami());
+		setenv("UPM_PRELOAD_UNAVAILABLE", "1", 1);
+		return;
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old); /* inherited by the new thread */
 	if (pthread_attr_init(&attr) == 0) {
@@ -116,4 +155,18 @@ __attribute__((constructor)) static void upm_preload_start(void)
 		pthread_attr_destroy(&attr);
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* A verbose program that ends before the delay hears why nothing was advised. */
+__attribute__((destructor)) static void upm_preload_end(void)
+{
+	struct timespec now;
+
+	if (!verbose || rounds_done || getenv("UPM_PRELOAD_UNAVAILABLE"))
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	fprintf(stderr, "upm_preload: %s exited after %ld ms, before UPM_PRELOAD_DELAY_MS=%ld: "
+		"nothing advised\n", whoami(),
+		(long)((now.tv_sec - started.tv_sec) * 1000 + (now.tv_nsec - started.tv_nsec) / 1000000),
+		delay_ms);
 }
