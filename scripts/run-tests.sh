@@ -47,6 +47,11 @@ if (($# == 0)); then
 	(cd userspace/upm && cargo package --quiet --allow-dirty >/dev/null 2>&1 &&
 		cargo build --quiet --release --lib --no-default-features)
 	result cargo_package $?
+	# Completions and the manual page come from the clap definitions.
+	upmctl=userspace/upm/target/release/upmctl
+	$upmctl completions bash | grep -q 'complete -F _upmctl' &&
+		$upmctl manpage | grep -q '^\.TH upmctl 1' && $upmctl manpage | grep -q 'metrics'
+	result upmctl_completions_manpage $?
 	# The Python helper installs as a wheel and works outside the repository.
 	pydir=$(mktemp -d)
 	python3 -m pip wheel --quiet --no-deps -w "$pydir/wheel" userspace/python >/dev/null 2>&1 &&

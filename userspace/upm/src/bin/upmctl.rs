@@ -8,8 +8,9 @@
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
 //!   upmctl set KEY=VALUE            set a tunable
 //!   upmctl metrics                  counters in Prometheus text format
+//!   upmctl completions SHELL | manpage   shell completions, the manual page
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
 use upm::{Advice, Error};
 
@@ -45,6 +46,7 @@ fn exit_status(e: &Error) -> u8 {
 
 #[derive(Parser)]
 #[command(
+    name = "upmctl",
     version,
     about = "Inspect and steer UPM (user-guided page merging)",
     after_help = EXIT_STATUS_HELP
@@ -93,6 +95,10 @@ enum Command {
     },
     /// The counters in Prometheus text format (for node_exporter's textfile collector).
     Metrics,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), generated from these definitions.
+    Manpage,
     /// Show how much of a process's memory is merged (pagemap and kernel page flags).
     Show {
         #[arg(long)]
@@ -240,6 +246,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             print!("{}", upm::prometheus_text(&upm::stats()?));
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "upmctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(Error::Os),
     }
 }
 
