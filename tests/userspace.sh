@@ -117,6 +117,18 @@ partly_unmapped() {
 		$upmctl unmerge --pid "$holder" >/dev/null
 }
 check upmctl_advise_partly_unmapped partly_unmapped
+cgroup_ok() {
+	# Every process of a cgroup and its descendants: the holder sits in a child group.
+	local cg=/sys/fs/cgroup/upm_ctl_test rc
+	mkdir -p "$cg/inner" && echo "$holder" >"$cg/inner/cgroup.procs" || return 1
+	$upmctl advise --cgroup upm_ctl_test >/dev/null && [ "$(shared_pairs)" = "$pages" ] &&
+		$upmctl unmerge --cgroup "$cg" >/dev/null && [ "$(shared_pairs)" = 0 ]
+	rc=$?
+	echo "$holder" >/sys/fs/cgroup/cgroup.procs
+	rmdir "$cg/inner" "$cg"
+	return $rc
+}
+check upmctl_advise_cgroup cgroup_ok
 watch_ok() {
 	# Three refreshes; an advise during the first interval shows up as a change.
 	local out

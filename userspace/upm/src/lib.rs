@@ -295,6 +295,25 @@ pub fn stats() -> Result<BTreeMap<String, u64>> {
     Ok(stats)
 }
 
+/// The processes of cgroup v2 directory `cgroup` (absolute, or relative to /sys/fs/cgroup)
+/// and of its descendants, as in their `cgroup.procs` files.
+pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
+    let dir = Path::new("/sys/fs/cgroup").join(cgroup);
+    let mut pids = Vec::new();
+    let mut pending = vec![dir];
+    while let Some(dir) = pending.pop() {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).map_err(proc_error)?;
+        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        for entry in fs::read_dir(&dir).map_err(proc_error)? {
+            let entry = entry.map_err(Error::Os)?;
+            if entry.file_type().map_err(Error::Os)?.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(pids)
+}
+
 /// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.
 /// [`Error::InvalidRange`] stands for a value or name the module refuses.
 pub fn set_tunable(name: &str, value: &str) -> Result<()> {

@@ -4,6 +4,7 @@
 //!   upmctl status [--json]          counters and tunables
 //!   upmctl watch [--interval SECS] [--count N]   refreshing view of the counters
 //!   upmctl advise --pid PID [--range START-END]   merge a running process's memory
+//!   upmctl advise --cgroup PATH     every process of a cgroup (a container) and below
 //!   upmctl unmerge --pid PID [--range START-END]  give it private copies again
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
 //!   upmctl set KEY=VALUE            set a tunable
@@ -74,17 +75,17 @@ enum Command {
     },
     /// Merge identical pages of a running process (all private anonymous memory by default).
     Advise {
-        #[arg(long)]
-        pid: i32,
-        /// START-END, hexadecimal addresses as in /proc/PID/maps.
-        #[arg(long, value_parser = parse_range)]
+        #[command(flatten)]
+        target: Target,
+        /// START-END, hexadecimal addresses as in /proc/PID/maps (with --pid only).
+        #[arg(long, value_parser = parse_range, conflicts_with = "cgroup")]
         range: Option<Range<usize>>,
     },
     /// Give a process's merged pages private copies again.
     Unmerge {
-        #[arg(long)]
-        pid: i32,
-        #[arg(long, value_parser = parse_range)]
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_parser = parse_range, conflicts_with = "cgroup")]
         range: Option<Range<usize>>,
     },
     /// Set a tunable: KEY=VALUE (run, use_zero_pages, split_thp, sweep_millisecs,
@@ -107,6 +108,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// One process, or every process of a cgroup and its descendants (a container).
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    #[arg(long)]
+    pid: Option<i32>,
+    /// A cgroup v2 directory, absolute or below /sys/fs/cgroup.
+    #[arg(long)]
+    cgroup: Option<std::path::PathBuf>,
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -220,12 +232,24 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn advise(pid: i32, range: Option<Range<usize>>, advice: Advice) -> Result<(), Error> {
+fn advise(target: Target, range: Option<Range<usize>>, advice: Advice) -> Result<(), Error> {
     if !upm::is_supported() {
         return Err(upm::why_unsupported());
     }
-    let bytes = upm::advise_process(pid, range.map(|r| vec![r]), advice)?;
-    println!("pid {pid}: {} KiB advised", bytes / 1024);
+    let pids = match (target.pid, target.cgroup) {
+        (Some(pid), _) => vec![pid],
+        (None, Some(cgroup)) => upm::cgroup_pids(&cgroup)?,
+        (None, None) => unreachable!("clap requires one target"),
+    };
+    let from_cgroup = pids.len() != 1 || target.pid.is_none();
+    for pid in pids {
+        match upm::advise_process(pid, range.clone().map(|r| vec![r]), advice) {
+            Ok(bytes) => println!("pid {pid}: {} KiB advised", bytes / 1024),
+            // A process of the cgroup may exit while the others are advised.
+            Err(Error::NoSuchProcess) if from_cgroup => continue,
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -236,8 +260,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Watch { interval, count } => watch(interval, count),
-        Command::Advise { pid, range } => advise(pid, range, Advice::Merge),
-        Command::Unmerge { pid, range } => advise(pid, range, Advice::Unmerge),
+        Command::Advise { target, range } => advise(target, range, Advice::Merge),
+        Command::Unmerge { target, range } => advise(target, range, Advice::Unmerge),
         Command::Show { pid, json } => show(pid, json),
         Command::Set {
             setting: (key, value),
