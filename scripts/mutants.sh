@@ -5,8 +5,9 @@
 #                   restored and rebuilt (also when this script fails or is interrupted).
 # Line 1 of a patch says what it breaks, line 2 ("Caught-by: TEST...") names the tests written
 # to catch it. Those tests run in the debug VM (stress shortened to 20 s); the mutant is
-# caught only when one of them fails, and the summary says which. A run that fails otherwise
-# (another test, a timeout, a splat alone) is reported, not counted as a catch.
+# caught only when one of them fails a check, and the summary says which. A run that fails
+# otherwise (another test, a named test that only timed out, a splat alone) is reported, not
+# counted as a catch.
 # Exits non-zero if any mutant survives.
 #
 #   scripts/mutants.sh [MUTANT_NAME...]
@@ -47,15 +48,17 @@ run_suite() {
 	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- \
 		"tests/build/upm_tests $tests" >"$log" 2>&1
 	failed=$(sed -n 's/^FAIL //p' "$log" | tr '\n' ' ')
+	# A test that only timed out did not catch the mutant: it did not check anything.
+	timed_out=$(awk '/^RUN  /{t = $2} /^    timed out after/{print t}' "$log" | tr '\n' ' ')
 	for t in $tests; do
-		[[ " $failed " == *" $t "* ]] && by+="$t "
+		[[ " $failed " == *" $t "* && " $timed_out " != *" $t "* ]] && by+="$t "
 	done
 	if [ -n "$by" ]; then
 		caught=$((caught + 1))
 		summary+=("caught   $name by: $by")
 	else
 		survived=$((survived + 1))
-		summary+=("SURVIVED $name: none of [$tests] failed (other failures: ${failed:-none}; $log)")
+		summary+=("SURVIVED $name: none of [$tests] failed a check (timed out: ${timed_out:-none}; other failures: ${failed:-none}; $log)")
 	fi
 	upm_log "${summary[-1]}"
 }
