@@ -1018,32 +1018,39 @@ static long frames_across_domains(struct stress_report *r, uint64_t zpfn)
 }
 
 /*
- * After the final advise, each common page must be one frame per merge domain, mapped by
- * every thread of every process of that domain. Returns the pages that are not, naming the
- * first.
+ * After the final advise, each common page should be one frame per merge domain, mapped by
+ * every thread of every process of that domain. Returns how many mappings are on another
+ * frame than the domain's most common one (each such page failed to join its twins), naming
+ * the first.
  */
-static long common_pages_unshared(struct stress_report *r)
+static long common_pages_apart(struct stress_report *r)
 {
-	long unshared = 0;
+	long apart = 0;
 
 	for (int d = 0; d < STRESS_DOMAINS; d++)
 		for (size_t page = 0; page < STRESS_COMMON; page++) {
-			uint64_t frame = r[d].pfns[page];
+			uint64_t pfns[STRESS_PROCS * STRESS_THREADS], frame = 0;
+			int n = 0, best = 0;
 
 			for (int p = d; p < STRESS_PROCS; p += STRESS_DOMAINS)
-				for (int t = 0; t < STRESS_THREADS; t++) {
-					uint64_t pfn = r[p].pfns[t * STRESS_PAGES + page];
+				for (int t = 0; t < STRESS_THREADS; t++)
+					pfns[n++] = r[p].pfns[t * STRESS_PAGES + page];
+			for (int i = 0; i < n; i++) {
+				int same = 0;
 
-					if (pfn && pfn == frame)
-						continue;
-					if (!unshared++)
-						fprintf(stderr, "    common page %zu: process %d thread "
-							"%d maps frame %#llx, domain %d's is %#llx\n",
-							page, p, t, (unsigned long long)pfn, d,
-							(unsigned long long)frame);
+				for (int j = 0; j < n; j++)
+					same += pfns[j] == pfns[i];
+				if (pfns[i] && same > best) {
+					best = same;
+					frame = pfns[i];
 				}
+			}
+			if (best < n && !apart)
+				fprintf(stderr, "    common page %zu: %d of domain %d's %d mappings on "
+					"frame %#llx\n", page, best, d, n, (unsigned long long)frame);
+			apart += n - best;
 		}
-	return unshared;
+	return apart;
 }
 
 static enum result test_stress(void)
@@ -1119,7 +1126,10 @@ static enum result test_stress(void)
 	fprintf(stderr, "\n");
 	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
 	long k_unshared = counter("pages_unshared");
-	long crossing = frames_across_domains(r, zpfn), unshared_common = common_pages_unshared(r);
+	long crossing = frames_across_domains(r, zpfn), apart = common_pages_apart(r);
+	/* Pages the final advise could not merge, and said why (extra references, busy twins). */
+	long refused = counter("pages_skipped_pinned") - at_settle[3] +
+		       counter("pages_skipped_busy") - at_settle[4];
 	/* Each domain: STRESS_COMMON frames, each mapped by all its threads. */
 	long expected_sharing = STRESS_DOMAINS * STRESS_COMMON *
 				(STRESS_PROCS / STRESS_DOMAINS * STRESS_THREADS - 1);
@@ -1138,10 +1148,10 @@ static enum result test_stress(void)
 	CHECK(ops > 100, "only %ld operations", ops);
 	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
 	      "sysfs shared %ld sharing %ld unshared %ld", k_shared, k_sharing, k_unshared);
-	CHECK(unshared_common == 0, "%ld mappings of common pages not on their domain's frame",
-	      unshared_common);
-	CHECK(sharing >= expected_sharing, "sharing %ld, at least %ld expected", sharing,
-	      expected_sharing);
+	CHECK(apart <= refused, "%ld mappings of common pages apart from their twins, %ld pages "
+	      "refused by the final advise", apart, refused);
+	CHECK(sharing >= expected_sharing - refused, "sharing %ld, at least %ld expected", sharing,
+	      expected_sharing - refused);
 	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
 	return PASS;
 }

@@ -32,6 +32,8 @@ pub enum Error {
     PermissionDenied,
     /// Frame numbers and page flags are hidden without `CAP_SYS_ADMIN` (for [`scan_pages()`]).
     NeedsSysAdmin,
+    /// No such tunable, or a value the module refuses (for [`set_tunable()`]).
+    InvalidTunable,
     /// The process does not exist (any more).
     NoSuchProcess,
     /// Any other system error.
@@ -61,6 +63,7 @@ impl fmt::Display for Error {
                 f,
                 "frame numbers and page flags need CAP_SYS_ADMIN (/proc/PID/pagemap, /proc/kpageflags)"
             ),
+            Error::InvalidTunable => write!(f, "no such tunable, or a value it does not take"),
             Error::NoSuchProcess => write!(f, "no such process"),
             Error::Os(e) => write!(f, "{e}"),
         }
@@ -315,17 +318,19 @@ pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
 }
 
 /// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.
-/// [`Error::InvalidRange`] stands for a value or name the module refuses.
 pub fn set_tunable(name: &str, value: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::InvalidRange);
+        return Err(Error::InvalidTunable);
     }
     if !Path::new(SYSFS_DIR).exists() {
         return Err(why_unsupported());
     }
     let path = Path::new(SYSFS_DIR).join(name);
+    if !path.exists() {
+        return Err(Error::InvalidTunable);
+    }
     fs::write(&path, value).map_err(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Error::InvalidRange,
+        Some(libc::EINVAL) => Error::InvalidTunable,
         Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied,
         _ => Error::Os(e),
     })
@@ -508,7 +513,7 @@ mod tests {
     fn tunable_names_stay_in_the_sysfs_directory() {
         for name in ["", "../ksm/run", ".hidden", "a/b"] {
             assert!(
-                matches!(set_tunable(name, "1"), Err(Error::InvalidRange)),
+                matches!(set_tunable(name, "1"), Err(Error::InvalidTunable)),
                 "{name}"
             );
         }

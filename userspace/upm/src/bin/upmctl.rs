@@ -36,7 +36,7 @@ Exit status (sysexits.h):
 
 fn exit_status(e: &Error) -> u8 {
     match e {
-        Error::InvalidRange => EX_USAGE,
+        Error::InvalidRange | Error::InvalidTunable => EX_USAGE,
         Error::Unmapped => EX_DATAERR,
         Error::NoSuchProcess => EX_NOINPUT,
         Error::ModuleNotLoaded | Error::KernelNotPatched => EX_UNAVAILABLE,

@@ -114,9 +114,6 @@ def unmerge(obj_or_start: Buffer, length: Optional[int] = None) -> None:
     _madvise(start, size, MADV_UPM_UNMERGEABLE)
 
 
-_SKIP_NAMES = ("[stack", "[vdso]", "[vvar]", "[vsyscall]", "[uprobes]")
-
-
 def anonymous_ranges(maps_path: str = "/proc/self/maps") -> List[Tuple[int, int]]:
     """Private anonymous mappings (heap and anonymous mmaps) that are readable and writable,
     without stacks, vdso/vvar and guard pages."""
@@ -128,9 +125,9 @@ def anonymous_ranges(maps_path: str = "/proc/self/maps") -> List[Tuple[int, int]
             name = fields[5].strip() if len(fields) > 5 else ""
             if perms[3] != "p" or not perms.startswith("rw") or inode != "0":
                 continue
-            if name and (name != "[heap]" and not name.startswith("[anon")):
-                continue
-            if name.startswith(_SKIP_NAMES):
+            # The same rule as the Rust crate's and the preload shim's: no name (anonymous
+            # mmap), the heap, or a named anonymous mapping (prctl PR_SET_VMA_ANON_NAME).
+            if name and name != "[heap]" and not name.startswith("[anon:"):
                 continue
             start, end = (int(x, 16) for x in addresses.split("-"))
             ranges.append((start, end - start))
