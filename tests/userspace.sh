@@ -162,10 +162,10 @@ check ld_preload_shim preload_ok
 preload_short() {
 	# A verbose program shorter than the delay says that it advised nothing, with its pid.
 	local out
-	# (sh, not coreutils' true, which closes stderr before the library's destructor runs.)
+	# (bash: coreutils closes stderr before library destructors run, dash leaves by _exit().)
 	out=$(LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" UPM_PRELOAD_VERBOSE=1 \
-		UPM_PRELOAD_DELAY_MS=5000 sh -c : 2>&1)
-	grep -Eq "^upm_preload: pid [0-9]+ \(sh\) exited after [0-9]+ ms, before UPM_PRELOAD_DELAY_MS=5000: nothing advised$" <<<"$out"
+		UPM_PRELOAD_DELAY_MS=5000 bash -c : 2>&1)
+	grep -Eq "^upm_preload: pid [0-9]+ \(bash\) exited after [0-9]+ ms, before UPM_PRELOAD_DELAY_MS=5000: nothing advised$" <<<"$out"
 }
 check ld_preload_short_program preload_short
 

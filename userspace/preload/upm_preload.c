@@ -14,7 +14,7 @@
  * Without UPM (no kernel series or no module) no thread is started; with
  * UPM_PRELOAD_VERBOSE=1 one line says so, once per process tree (the first process sets
  * UPM_PRELOAD_UNAVAILABLE for the programs it executes). A verbose process that exits before
- * the delay says that it advised nothing.
+ * the delay says that it advised nothing (unless it leaves by _exit(), or closed stderr).
  *
  * Limits: the thread blocks every signal, so it never takes a signal meant for the program;
  * a child made by fork() has no such thread (execve() starts a new one, LD_PRELOAD being
