@@ -48,9 +48,11 @@ if (($# == 0)); then
 		cargo build --quiet --release --lib --no-default-features)
 	result cargo_package $?
 	# Completions and the manual page come from the clap definitions.
+	# (Captured first: grep -q leaving early would SIGPIPE upmctl under pipefail.)
 	upmctl=userspace/upm/target/release/upmctl
-	$upmctl completions bash | grep -q 'complete -F _upmctl' &&
-		$upmctl manpage | grep -q '^\.TH upmctl 1' && $upmctl manpage | grep -q 'metrics'
+	completions=$($upmctl completions bash) && manpage=$($upmctl manpage) &&
+		grep -q 'complete -F _upmctl' <<<"$completions" &&
+		grep -q '^\.TH upmctl 1' <<<"$manpage" && grep -q 'metrics' <<<"$manpage"
 	result upmctl_completions_manpage $?
 	# The Python helper installs as a wheel and works outside the repository.
 	pydir=$(mktemp -d)
