@@ -321,7 +321,14 @@ impl Index {
             let _ = probes.push((*key, probe), GFP_KERNEL);
             cursor = c.move_next();
         }
-        probes.sort_unstable_by_key(|(_, probe)| matches!(probe, Probe::Candidate(..)));
+        // Merged pages first, each group in index order: a stable partition, in place.
+        let mut candidates_from = 0;
+        for i in 0..probes.len() {
+            if matches!(probes[i].1, Probe::Merged(_)) {
+                probes[candidates_from..=i].rotate_right(1);
+                candidates_from += 1;
+            }
+        }
         probes
     }
 
@@ -366,12 +373,12 @@ impl Index {
         let Some(entry) = self.entries.get_mut(key) else {
             return Err(node);
         };
-        if !matches!(entry, Entry::Candidate { .. }) {
+        let Entry::Candidate { mm, addr } = entry else {
             return Err(node);
-        }
-        if let Entry::Candidate { mm, addr } = core::mem::replace(entry, Entry::Merged(node)) {
-            self.candidate_keys.remove(&(mm_id(&mm), addr));
-        }
+        };
+        let place = (mm_id(mm), *addr);
+        *entry = Entry::Merged(node);
+        self.candidate_keys.remove(&place);
         self.candidates -= 1;
         self.nodes += 1;
         Ok(())
