@@ -92,7 +92,8 @@ fi
 upm_log "VM suite took $(($(date +%s) - start)) s"
 
 if (($# == 0)) && [ "$flavour" = debug ]; then
-	# LKDTM's WARNING test (LKDTM is in the debug configuration only) prints a real "WARNING:" splat; the runner must fail on it.
+	# LKDTM's WARNING test prints a real "WARNING:" splat; the runner must fail on it (LKDTM
+	# is in the debug configuration only).
 	scripts/vm-run.sh --flavour debug --no-module -- \
 		'echo WARNING > /sys/kernel/debug/provoke-crash/DIRECT' >"$log" 2>&1
 	det_rc=$?

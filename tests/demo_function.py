@@ -26,6 +26,7 @@ import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "userspace", "python"))  # the upm package
 SEED = 2023
 REQUESTS = 3
 IMAGE = 32  # a thumbnail keeps a numpy forward pass quick under software emulation
@@ -127,7 +128,6 @@ def serve(np, weights):
 def instance():
     """One function instance: cold start, requests, UPM, requests again; reports on stdout."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread per instance, as deployed
-    sys.path.insert(0, os.path.join(HERE, "..", "userspace", "python"))
     import numpy as np  # pylint: disable=import-outside-toplevel
     import upm  # pylint: disable=import-outside-toplevel
 
@@ -189,7 +189,6 @@ def run_instances(n, python):
 
 
 def anonymous_ranges(pid):
-    sys.path.insert(0, os.path.join(HERE, "..", "userspace", "python"))
     import upm  # pylint: disable=import-outside-toplevel
     return upm.anonymous_ranges(f"/proc/{pid}/maps")
 
