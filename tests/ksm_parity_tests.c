@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -139,6 +140,82 @@ static enum result test_move_pages(void)
 	CHECK(check_pages(ua, N, 301, 1) < 0 && check_pages(ub, N, 301, 1) < 0, "contents");
 	ua[0] ^= 1;
 	CHECK(check_pages(ub, N, 301, 1) < 0, "copy-on-write after the move");
+	return PASS;
+}
+
+struct mover {
+	char *sets[2];
+	volatile int stop;
+	long rounds;
+};
+
+/* Moves both sets from node to node, one move_pages() each, until told to stop. */
+static void *move_back_and_forth(void *arg)
+{
+	struct mover *m = arg;
+	void *addrs[N];
+	int nodes[N], status[N];
+
+	for (int node = 1; !m->stop; node ^= 1, m->rounds++)
+		for (int s = 0; s < 2; s++) {
+			for (size_t i = 0; i < N; i++) {
+				addrs[i] = m->sets[s] + i * page_size;
+				nodes[i] = node;
+			}
+			syscall(SYS_move_pages, 0, N, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+		}
+	return NULL;
+}
+
+/*
+ * Migration unmaps a page, copies it and maps the copy again: ksmd's counters never see that
+ * happen, and neither may UPM's exact (privileged) counts, nor may the sweep take a page
+ * caught unmapped for one that is gone.
+ */
+static enum result test_counts_while_moving(void)
+{
+	char *ua, *ub, *ka, *kb;
+	struct mover m = { .stop = 0 };
+	pthread_t mover;
+	long freed = counter("stable_pages_freed"), readings = 0, upm_off = 0, ksm_off = 0;
+	long nodes;
+	struct timespec start, now;
+
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0,
+	      "two NUMA nodes (boot with numa=fake=2)");
+	CHECK(upm_twins(&ua, &ub, N, 331) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 332) == 0, "KSM set");
+	nodes = counter("stable_nodes");
+	CHECK(counter("pages_shared") == N && counter("pages_sharing") == N,
+	      "UPM shared %ld sharing %ld before the moves", counter("pages_shared"),
+	      counter("pages_sharing"));
+	CHECK(read_long(KSM_DIR "pages_shared") == N && read_long(KSM_DIR "pages_sharing") == N,
+	      "ksmd's shared %ld sharing %ld before the moves", read_long(KSM_DIR "pages_shared"),
+	      read_long(KSM_DIR "pages_sharing"));
+	m.sets[0] = ua;
+	m.sets[1] = ka;
+	CHECK(pthread_create(&mover, NULL, move_back_and_forth, &m) == 0, "mover thread");
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		upm_off += counter("pages_shared") != N || counter("pages_sharing") != N;
+		ksm_off += read_long(KSM_DIR "pages_shared") != N ||
+			   read_long(KSM_DIR "pages_sharing") != N;
+		readings++;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (now.tv_sec - start.tv_sec < 3);
+	m.stop = 1;
+	pthread_join(mover, NULL);
+	ksm_stop();
+	fprintf(stderr, "    %ld rounds of moves, %ld readings: UPM's counts off in %ld, "
+		"ksmd's in %ld\n", m.rounds, readings, upm_off, ksm_off);
+	CHECK(m.rounds >= 4, "only %ld rounds of moves", m.rounds);
+	CHECK(ksm_off == 0, "ksmd's counters moved with its pages");
+	CHECK(upm_off == ksm_off, "UPM's counts off in %ld of %ld readings", upm_off, readings);
+	CHECK(counter("stable_pages_freed") == freed && counter("stable_nodes") == nodes,
+	      "the sweep took pages being moved for gone: %ld freed, %ld of %ld nodes left",
+	      counter("stable_pages_freed") - freed, counter("stable_nodes"), nodes);
+	CHECK(count_pfn_equal(ua, ub, N) == N, "UPM pairs still share one frame");
+	CHECK(check_pages(ua, N, 331, 1) < 0 && check_pages(ub, N, 331, 1) < 0, "contents");
 	return PASS;
 }
 
@@ -738,6 +815,8 @@ const struct test parity_tests[] = {
 	{ "candidate_changed", test_candidate_changed,
 	  "a candidate written after its advise never merges" },
 	{ "move_pages", test_move_pages, "move_pages(MOVE_ALL) moves merged pages as ksmd's" },
+	{ "counts_while_moving", test_counts_while_moving,
+	  "counters and the sweep see pages under migration as ksmd's do" },
 	{ "compaction", test_compaction, "compact_memory keeps merged pages shared, intact" },
 	{ "soft_offline", test_soft_offline, "MADV_SOFT_OFFLINE migrates merged pages" },
 	{ "reclaim_to_swap", test_reclaim_to_swap, "memory.reclaim swaps merged pages to zram" },

@@ -1092,8 +1092,16 @@ static enum result test_stress(void)
 	 * migration is in pagemap's view but not in smaps'. Hold it off while counting.
 	 */
 	long numa_balancing = read_long("/proc/sys/kernel/numa_balancing");
+	/*
+	 * Proactive compaction migrates merged pages too: a page half way through
+	 * remove_migration_ptes() has only some of its mappings back, and a sysfs read then
+	 * counts only those. Hold it off as well, and read the counts until they hold still.
+	 */
+	long proactiveness = read_long("/proc/sys/vm/compaction_proactiveness");
+	long migrated = key_value("/proc/vmstat", "pgmigrate_success");
 
 	write_long("/proc/sys/kernel/numa_balancing", 0);
+	write_long("/proc/sys/vm/compaction_proactiveness", 0);
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		at_settle[i] = counter(names[i]);
 	for (int p = 0; p < STRESS_PROCS; p++)
@@ -1132,8 +1140,21 @@ static enum result test_stress(void)
 			refused += delta;
 	}
 	fprintf(stderr, "\n");
-	long k_shared = counter("pages_shared"), k_sharing = counter("pages_sharing");
-	long k_unshared = counter("pages_unshared");
+	long k_shared = -1, k_sharing = -1, k_unshared = -1, readings = 0;
+
+	for (long last[3] = { -2, -2, -2 }; readings < 20; readings++, usleep(50 * 1000)) {
+		k_shared = counter("pages_shared");
+		k_sharing = counter("pages_sharing");
+		k_unshared = counter("pages_unshared");
+		if (k_shared == last[0] && k_sharing == last[1] && k_unshared == last[2])
+			break;
+		if (readings)
+			fprintf(stderr, "    sysfs moved while everyone was parked: shared %ld sharing "
+				"%ld unshared %ld, then %ld %ld %ld (%ld pages migrated so far)\n",
+				last[0], last[1], last[2], k_shared, k_sharing, k_unshared,
+				key_value("/proc/vmstat", "pgmigrate_success") - migrated);
+		last[0] = k_shared, last[1] = k_sharing, last[2] = k_unshared;
+	}
 	long crossing = frames_across_domains(r, zpfn), apart = common_pages_apart(r);
 	/* Each domain: STRESS_COMMON frames, each mapped by all its threads. */
 	long expected_sharing = STRESS_DOMAINS * STRESS_COMMON *
@@ -1141,6 +1162,8 @@ static enum result test_stress(void)
 
 	if (numa_balancing >= 0)
 		write_long("/proc/sys/kernel/numa_balancing", numa_balancing);
+	if (proactiveness >= 0)
+		write_long("/proc/sys/vm/compaction_proactiveness", proactiveness);
 	for (int p = 0; p < STRESS_PROCS; p++)
 		r[p].release = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
@@ -1151,6 +1174,7 @@ static enum result test_stress(void)
 	CHECK(crossing == 0, "%ld frames mapped in two merge domains", crossing);
 	CHECK(bad == 0, "%ld failed operations or content mismatches", bad);
 	CHECK(ops > 100, "only %ld operations", ops);
+	CHECK(readings < 20, "sysfs counts never held still with everyone parked");
 	CHECK(k_shared == shared && k_sharing == sharing && k_unshared == unshared,
 	      "sysfs shared %ld sharing %ld unshared %ld", k_shared, k_sharing, k_unshared);
 	CHECK(apart <= refused, "%ld mappings of common pages apart from their twins, %ld pages "
