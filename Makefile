@@ -16,7 +16,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
 .PHONY: all module setup kernel kernel-info tests test mutants mutants-module demo bench check \
-	checkpatch clippy fmt \
+	checkpatch clippy fmt install \
 	rust-analyzer clean help
 
 all: module
@@ -35,6 +35,7 @@ help:
 	@echo "make demo            16 ResNet-50 function instances, UPM off and on (DEMO_INSTANCES=16)"
 	@echo "make bench           UPM against KSM and the floor, release VM (BENCH_MIB=256)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
+	@echo "make install [DESTDIR=...]  module, upmctl, preload shim, systemd unit, config"
 
 # The objects in src/ belong to one kernel: switching KDIR cleans them first.
 module:
@@ -125,6 +126,22 @@ clippy:
 
 # 6.12's `make M=... rust-analyzer` looks for rust/Makefile in the module tree, so call the
 # kernel's generator directly, as rust/Makefile does (core edition 2024 for rustc >= 1.87).
+# What an operator installs on a host that runs our kernel: the module (then depmod), upmctl,
+# the preload shim, the systemd unit that applies /etc/upm/upm.conf (kept if it exists) and
+# the modules-load.d entry that loads the module at boot.
+install: module
+	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
+	$(MAKE) -C userspace/preload
+	$(KMAKE) INSTALL_MOD_PATH=$(abspath $(DESTDIR)/) INSTALL_MOD_DIR=extra modules_install
+	install -D -m 755 userspace/upm/target/release/upmctl $(DESTDIR)/usr/bin/upmctl
+	install -D -m 644 userspace/preload/build/libupm_preload.so \
+		$(DESTDIR)/usr/lib/upm/libupm_preload.so
+	install -D -m 644 userspace/systemd/upm.service $(DESTDIR)/usr/lib/systemd/system/upm.service
+	install -D -m 644 userspace/systemd/modules-load.conf \
+		$(DESTDIR)/usr/lib/modules-load.d/upm.conf
+	test -e $(DESTDIR)/etc/upm/upm.conf || \
+		install -D -m 644 userspace/systemd/upm.conf $(DESTDIR)/etc/upm/upm.conf
+
 rust-analyzer:
 	sysroot=$$(rustc --print sysroot); \
 	python3 $(UPM_CACHE)/linux-6.12/scripts/generate_rust_analyzer.py \

@@ -54,6 +54,22 @@ if (($# == 0)); then
 		grep -q 'complete -F _upmctl' <<<"$completions" &&
 		grep -q '^\.TH upmctl 1' <<<"$manpage" && grep -q 'metrics' <<<"$manpage"
 	result upmctl_completions_manpage $?
+	# make install puts every piece where the unit and modules-load.d expect it; the unit
+	# passes systemd's own checks against that tree.
+	root=$(mktemp -d) install_failed=0
+	make -s install DESTDIR="$root" FLAVOUR="$flavour" >"$root.log" 2>&1 ||
+		{ cat "$root.log"; install_failed=1; }
+	for f in usr/bin/upmctl usr/lib/upm/libupm_preload.so etc/upm/upm.conf \
+		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf; do
+		[ -s "$root/$f" ] || { echo "    make install: no $f"; install_failed=1; }
+	done
+	compgen -G "$root/lib/modules/*/extra/*upm.ko" >/dev/null ||
+		{ echo "    make install: no upm.ko"; install_failed=1; }
+	if command -v systemd-analyze >/dev/null; then
+		systemd-analyze verify --man=no --recursive-errors=no --root="$root" upm.service || install_failed=1
+	fi
+	result make_install $install_failed
+	rm -rf "$root" "$root.log"
 	# The Python helper installs as a wheel and works outside the repository.
 	pydir=$(mktemp -d)
 	python3 -m pip wheel --quiet --no-deps -w "$pydir/wheel" userspace/python >/dev/null 2>&1 &&

@@ -103,22 +103,43 @@ pub(crate) struct IndexCounts {
 }
 
 impl IndexCounts {
-    /// Counts one entry.
-    fn add(&mut self, entry: &Entry) {
+    /// Counts one entry; gives back the node of a merged page whose mappings cannot be counted
+    /// now (its page is locked, for example while it migrates): count it with
+    /// [`Self::add_mappings`] once the index lock is dropped.
+    fn add(&mut self, entry: &Entry) -> Option<ARef<UpmNode>> {
         let node = match entry {
             Entry::Candidate { .. } => {
                 self.candidates += 1;
-                return;
+                return None;
             }
             Entry::Merged(node) => node,
         };
         self.nodes += 1;
-        match node.mapcount() {
-            Ok(0) | Err(_) => {}
-            Ok(1) => self.unshared += 1,
-            Ok(n) => {
+        match node.try_mapcount() {
+            Ok(Some(n)) => self.add_mappings(n),
+            Ok(None) => return Some(node.clone()),
+            Err(_) => {}
+        }
+        None
+    }
+
+    /// Counts a merged page mapped `n` times.
+    fn add_mappings(&mut self, n: u32) {
+        match n {
+            0 => {}
+            1 => self.unshared += 1,
+            n => {
                 self.shared += 1;
                 self.sharing += u64::from(n) - 1;
+            }
+        }
+    }
+
+    /// Counts the pages `add` gave back, waiting for their locks: the index lock is not held.
+    fn add_waiting(&mut self, busy: KVec<ARef<UpmNode>>) {
+        for node in busy {
+            if let Ok(n) = node.mapcount_waiting() {
+                self.add_mappings(n);
             }
         }
     }
@@ -202,16 +223,18 @@ impl ContentIndex {
                 seen += 1;
                 // A merged page that nothing maps any more is no twin for anyone: its node
                 // dies once the page is freed (a per-CPU folio batch may still hold it).
+                // A merged page whose lock is held (it may be migrating, all its mappings
+                // replaced for the while) is not gone; the next pass counts it.
                 let gone = match entry {
                     Entry::Candidate { mm, addr } => !candidate_mapped(mm, *addr),
-                    Entry::Merged(node) => !matches!(node.mapcount(), Ok(n) if n > 0),
+                    Entry::Merged(node) => matches!(node.try_mapcount(), Ok(Some(0)) | Err(_)),
                 };
                 if gone {
                     freed += u64::from(matches!(entry, Entry::Merged(_)));
                     stale[found] = Some(*key);
                     found += 1;
                 } else {
-                    index.sweep.counts.add(entry);
+                    drop(index.sweep.counts.add(entry));
                 }
                 cursor = c.move_next();
             }
@@ -232,36 +255,46 @@ impl ContentIndex {
     /// Counts the merged pages by how often they are mapped, now: a walk of the whole index,
     /// for privileged readers only.
     pub(crate) fn counts(&self) -> IndexCounts {
-        let index = self.lock();
         let mut counts = IndexCounts::default();
+        let mut busy = KVec::new();
+        let index = self.lock();
         for entry in index.entries.values() {
-            counts.add(entry);
+            if let Some(node) = counts.add(entry) {
+                // Rare (a page moving right now); without memory it goes uncounted.
+                let _ = busy.push(node, GFP_KERNEL);
+            }
         }
+        drop(index);
+        counts.add_waiting(busy);
         counts
     }
 
     /// Calls `emit` with each domain that has entries and its counts, in domain order, until
     /// it returns false. Walks the whole index: for privileged readers only.
     pub(crate) fn domain_counts(&self, mut emit: impl FnMut(u64, &IndexCounts) -> bool) {
+        let mut domains: KVec<(u64, IndexCounts, KVec<ARef<UpmNode>>)> = KVec::new();
         let index = self.lock();
-        let mut current: Option<(u64, IndexCounts)> = None;
         for (key, entry) in index.entries.iter() {
-            match &mut current {
-                Some((domain, counts)) if *domain == key.0 => counts.add(entry),
-                _ => {
-                    if let Some((domain, counts)) = current.take() {
-                        if !emit(domain, &counts) {
-                            return;
-                        }
-                    }
-                    let mut counts = IndexCounts::default();
-                    counts.add(entry);
-                    current = Some((key.0, counts));
-                }
+            if domains.last().map_or(true, |(domain, ..)| *domain != key.0)
+                && domains
+                    .push((key.0, IndexCounts::default(), KVec::new()), GFP_KERNEL)
+                    .is_err()
+            {
+                break;
+            }
+            let Some((_, counts, busy)) = domains.last_mut() else {
+                break;
+            };
+            if let Some(node) = counts.add(entry) {
+                let _ = busy.push(node, GFP_KERNEL);
             }
         }
-        if let Some((domain, counts)) = current {
-            emit(domain, &counts);
+        drop(index);
+        for (domain, mut counts, busy) in domains {
+            counts.add_waiting(busy);
+            if !emit(domain, &counts) {
+                return;
+            }
         }
     }
 

@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -809,6 +810,172 @@ static enum result test_process_counters(void)
 	return PASS;
 }
 
+/* Whether the page at p holds what fill_page(..., i, seed) writes. */
+static int holds(const void *p, size_t i, uint64_t seed)
+{
+	char expect[4096];
+
+	fill_page(expect, i, seed);
+	return !memcmp(p, expect, page_size);
+}
+
+/* A zram disk of its own for O_DIRECT I/O (the VM has no other block device); its id or -1. */
+static int zram_add(void)
+{
+	long id = read_long("/sys/class/zram-control/hot_add");
+	char path[64];
+
+	if (id < 0)
+		return -1;
+	snprintf(path, sizeof(path), "/sys/block/zram%ld/disksize", id);
+	if (write_str(path, "1M")) {
+		write_long("/sys/class/zram-control/hot_remove", id);
+		return -1;
+	}
+	return (int)id;
+}
+
+/*
+ * O_DIRECT on page 0 (memory to disk: a read-only pin) and page 1 (disk to memory: the
+ * device writes into the page) of a UPM set and a ksmd set; the outcome must be the same.
+ */
+static enum result o_direct_sets(int fd)
+{
+	char *ua, *ub, *ka, *kb, *buf = map_anon(2);
+	int upm_kept, ksm_kept;
+
+	CHECK(buf, "mmap");
+	CHECK(upm_twins(&ua, &ub, N, 341) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 342) == 0, "KSM set");
+	CHECK(pwrite(fd, ua, page_size, 0) == (ssize_t)page_size &&
+	      pwrite(fd, ka, page_size, page_size) == (ssize_t)page_size, "O_DIRECT write");
+	/* A KSM page is never exclusive, so a pin unshares it: the pinner gets its own copy. */
+	upm_kept = pfn_of(ua) == pfn_of(ub);
+	ksm_kept = pfn_of(ka) == pfn_of(kb);
+	CHECK(upm_kept == ksm_kept, "after a read-only pin UPM's pair %s one frame, ksmd's %s",
+	      upm_kept ? "keeps" : "leaves", ksm_kept ? "keeps" : "leaves");
+	CHECK(pread(fd, buf, 2 * page_size, 0) == 2 * (ssize_t)page_size, "read back");
+	CHECK(holds(buf, 0, 341) && holds(buf + page_size, 0, 342), "the disk got the pages");
+	fill_page(buf, 7, 999);
+	CHECK(pwrite(fd, buf, page_size, 2 * page_size) == (ssize_t)page_size, "new data");
+	CHECK(pread(fd, ua + page_size, page_size, 2 * page_size) == (ssize_t)page_size &&
+	      pread(fd, ka + page_size, page_size, 2 * page_size) == (ssize_t)page_size,
+	      "O_DIRECT read into merged pages");
+	ksm_stop();
+	CHECK(holds(ua + page_size, 7, 999) && holds(ka + page_size, 7, 999), "data arrived");
+	CHECK(page_intact(ub, 1, 341) && page_intact(kb, 1, 342), "the twins never saw it");
+	CHECK(pfn_of(ua + page_size) != pfn_of(ub + page_size) &&
+	      pfn_of(ka + page_size) != pfn_of(kb + page_size), "the written pages are private");
+	CHECK(page_intact(ua, 0, 341) && page_intact(ub, 0, 341), "page 0 intact");
+	CHECK(count_pfn_equal(ua + 2 * page_size, ub + 2 * page_size, N - 2) == N - 2 &&
+	      check_pages(ub, N, 341, 1) < 0, "the rest of the UPM set still shared, intact");
+	return PASS;
+}
+
+static enum result test_o_direct(void)
+{
+	int id = zram_add(), fd;
+	char path[32];
+	enum result result;
+
+	CHECK(id >= 0, "a zram disk (CONFIG_ZRAM)");
+	snprintf(path, sizeof(path), "/dev/zram%d", id);
+	fd = open(path, O_RDWR | O_DIRECT);
+	result = fd >= 0 ? o_direct_sets(fd) : FAIL;
+	if (fd < 0)
+		fprintf(stderr, "    open %s: %s\n", path, strerror(errno));
+	else
+		close(fd);
+	write_long("/sys/class/zram-control/hot_remove", id);
+	return result;
+}
+
+/*
+ * vmsplice() without SPLICE_F_GIFT: the pipe takes a reference on the page. A merged page's
+ * owner writes a private copy, so the pipe still gives what was spliced, as with ksmd's pages;
+ * and a page a pipe holds has a reference its mappings do not explain: it is never merged.
+ */
+static enum result test_vmsplice(void)
+{
+	char *ua, *ub, *ka, *kb, *c = map_anon(N), *back = map_anon(2);
+	int fds[2];
+	struct iovec upm_page, ksm_page, c_pages;
+	long skipped = counter("pages_skipped_pinned");
+
+	CHECK(c && back && pipe(fds) == 0, "setup");
+	CHECK(upm_twins(&ua, &ub, N, 351) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 352) == 0, "KSM set");
+	upm_page = (struct iovec){ ua, page_size };
+	ksm_page = (struct iovec){ ka, page_size };
+	CHECK(vmsplice(fds[1], &upm_page, 1, 0) == (ssize_t)page_size &&
+	      vmsplice(fds[1], &ksm_page, 1, 0) == (ssize_t)page_size, "vmsplice");
+	ua[0] ^= 1;
+	ka[0] ^= 1;
+	ksm_stop();
+	CHECK(read(fds[0], back, 2 * page_size) == 2 * (ssize_t)page_size, "read the pipe");
+	CHECK(holds(back, 0, 351) && holds(back + page_size, 0, 352),
+	      "the pipe gives the pages as they were spliced");
+	CHECK(page_intact(ub, 0, 351) && page_intact(kb, 0, 352), "twins intact");
+	CHECK(!page_intact(ua, 0, 351) && !page_intact(ka, 0, 352), "the writers see their write");
+
+	fill_pages(c, N, 351, 1);
+	c_pages = (struct iovec){ c + page_size, 2 * page_size };
+	CHECK(vmsplice(fds[1], &c_pages, 1, 0) == 2 * (ssize_t)page_size, "vmsplice");
+	CHECK(advise(c, N) == 0, "advise");
+	CHECK(counter("pages_skipped_pinned") - skipped == 2, "skipped as pinned: %ld",
+	      counter("pages_skipped_pinned") - skipped);
+	CHECK(pfn_of(c + page_size) != pfn_of(ub + page_size) &&
+	      pfn_of(c + 2 * page_size) != pfn_of(ub + 2 * page_size),
+	      "pages a pipe holds are not merged");
+	CHECK(count_pfn_equal(c + 3 * page_size, ub + 3 * page_size, N - 3) == N - 3,
+	      "the others are");
+	CHECK(read(fds[0], back, 2 * page_size) == 2 * (ssize_t)page_size, "drain the pipe");
+	CHECK(holds(back, 1, 351) && holds(back + page_size, 2, 351), "pipe contents");
+	CHECK(advise(c, N) == 0 && count_pfn_equal(c + page_size, ub + page_size, 2) == 2,
+	      "merged once the pipe let go");
+	CHECK(check_pages(c, N, 351, 1) < 0, "contents");
+	return PASS;
+}
+
+/*
+ * process_vm_readv() pins the pages it reads (read-only, which unshares a KSM page) and
+ * process_vm_writev() writes through a pin: same outcome as on ksmd's pages, and the twin
+ * never sees the write.
+ */
+static enum result test_process_vm_rw(void)
+{
+	char *ua, *ub, *ka, *kb, *buf = map_anon(2);
+	int upm_kept, ksm_kept;
+	struct iovec local, remote[2];
+
+	CHECK(buf, "mmap");
+	CHECK(upm_twins(&ua, &ub, N, 361) == 0, "UPM set");
+	CHECK(ksm_twins(&ka, &kb, N, 362) == 0, "KSM set");
+	local = (struct iovec){ buf, 2 * page_size };
+	remote[0] = (struct iovec){ ua, page_size };
+	remote[1] = (struct iovec){ ka, page_size };
+	CHECK(process_vm_readv(getpid(), &local, 1, remote, 2, 0) == 2 * (ssize_t)page_size,
+	      "process_vm_readv");
+	CHECK(holds(buf, 0, 361) && holds(buf + page_size, 0, 362), "read what was merged");
+	upm_kept = pfn_of(ua) == pfn_of(ub);
+	ksm_kept = pfn_of(ka) == pfn_of(kb);
+	CHECK(upm_kept == ksm_kept, "after the read UPM's pair %s one frame, ksmd's %s",
+	      upm_kept ? "keeps" : "leaves", ksm_kept ? "keeps" : "leaves");
+	fill_page(buf, 5, 998);
+	fill_page(buf + page_size, 5, 998);
+	remote[0].iov_base = ua + page_size;
+	remote[1].iov_base = ka + page_size;
+	CHECK(process_vm_writev(getpid(), &local, 1, remote, 2, 0) == 2 * (ssize_t)page_size,
+	      "process_vm_writev");
+	ksm_stop();
+	CHECK(holds(ua + page_size, 5, 998) && holds(ka + page_size, 5, 998), "write arrived");
+	CHECK(page_intact(ub, 1, 361) && page_intact(kb, 1, 362), "the twins never saw it");
+	CHECK(pfn_of(ua + page_size) != pfn_of(ub + page_size), "the written page is private");
+	CHECK(count_pfn_equal(ua + 2 * page_size, ub + 2 * page_size, N - 2) == N - 2 &&
+	      check_pages(ub, N, 361, 1) < 0, "the rest of the UPM set still shared, intact");
+	return PASS;
+}
+
 const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
@@ -826,6 +993,11 @@ const struct test parity_tests[] = {
 	  "no twin: no KSM page, no fault on write, MADV_COLLAPSE works" },
 	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT swaps a merged page mapped once" },
 	{ "madv_free", test_madv_free, "lazily freed pages never merge; twin intact" },
+	{ "o_direct", test_o_direct,
+	  "O_DIRECT from and into merged pages (zram disk): as on ksmd's, twins untouched" },
+	{ "vmsplice", test_vmsplice, "a spliced page keeps its contents; a pipe's page never merges" },
+	{ "process_vm_rw", test_process_vm_rw,
+	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },
 	{ "ksmd_over_upm_pages", test_ksmd_over_upm_pages,
 	  "MADV_MERGEABLE after UPM merged: ksmd scans, run=2 unmerges, contents intact" },
 };

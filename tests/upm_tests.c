@@ -445,6 +445,62 @@ static enum result test_thp(void)
 	return PASS;
 }
 
+#define MTHP_DIR "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/"
+
+/* The bracketed choice of a THP "enabled" file ("always", "never"...), or -1. */
+static int thp_choice(const char *path, char *out, size_t len)
+{
+	char buf[128] = "", *open_bracket, *close_bracket;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	open_bracket = strchr(buf, '[');
+	close_bracket = open_bracket ? strchr(open_bracket, ']') : NULL;
+	if (!close_bracket || (size_t)(close_bracket - open_bracket) > len)
+		return -1;
+	snprintf(out, len, "%.*s", (int)(close_bracket - open_bracket - 1), open_bracket + 1);
+	return 0;
+}
+
+/* Multi-size THP: 64 KiB folios are left whole or split per split_thp, as PMD ones. */
+static enum result test_mthp(void)
+{
+	size_t chunk = 64 << 10, pages = 64;
+	char *raw = mmap(NULL, pages * page_size + chunk, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *a = (char *)(((uintptr_t)raw + chunk - 1) & ~(chunk - 1)), *b = map_anon(pages);
+	long folios = read_long(MTHP_DIR "stats/anon_fault_alloc");
+	long skipped = counter("pages_skipped_thp");
+	char was[16];
+
+	CHECK(raw != MAP_FAILED && b, "mmap");
+	CHECK(thp_choice(MTHP_DIR "enabled", was, sizeof(was)) == 0 && folios >= 0,
+	      "64 KiB mTHP and its statistics (6.9+)");
+	CHECK(write_str(MTHP_DIR "enabled", "always") == 0, "enable 64 KiB folios");
+	fill_pages(a, pages, 83, 1);
+	write_str(MTHP_DIR "enabled", was);
+	folios = read_long(MTHP_DIR "stats/anon_fault_alloc") - folios;
+	fill_pages(b, pages, 83, 1);
+	CHECK(folios == (long)(pages * page_size / chunk), "%ld 64 KiB folios faulted in", folios);
+	CHECK(set_tunable("split_thp", 0) == 0, "tunable");
+	CHECK(advise(b, pages) == 0 && advise(a, pages) == 0, "advise without split");
+	CHECK(counter("pages_skipped_thp") - skipped == (long)pages, "skipped thp %ld",
+	      counter("pages_skipped_thp") - skipped);
+	CHECK(count_pfn_equal(a, b, pages) == 0, "large folios left whole");
+	CHECK(set_tunable("split_thp", 1) == 0, "tunable");
+	CHECK(advise(a, pages) == 0, "advise with split");
+	CHECK(count_pfn_equal(a, b, pages) == pages, "merged after split: %zu",
+	      count_pfn_equal(a, b, pages));
+	CHECK(check_pages(a, pages, 83, 1) < 0 && check_pages(b, pages, 83, 1) < 0, "contents");
+	a[0] ^= 1;
+	CHECK(page_intact(b, 0, 83) && pfn_of(a) != pfn_of(b), "copy-on-write");
+	return PASS;
+}
+
 /* ---- bad input ---- */
 
 static enum result test_bad_input(void)
@@ -694,6 +750,8 @@ static enum result test_run_tunable(void)
 struct stress_report {
 	volatile int stopped;	 /* threads joined */
 	volatile int settle;	 /* parent: every process stopped, advise once more */
+	volatile int advised;	 /* final advise done */
+	volatile int snapshot;	 /* parent: every final advise done, read pagemap and smaps */
 	volatile int ready;	 /* pfns published */
 	volatile int release;	 /* parent read the pfns: exit */
 	volatile long ops, bad, ksm_kb;
@@ -929,9 +987,26 @@ static void stress_process(struct stress_report *r, int proc, uint64_t seed, int
 			stress_fail(&t[i], "final advise failed", -1);
 		verify_region(&t[i], 0, STRESS_PAGES, "contents differ after the final advise");
 		r->bad += t[i].bad;
+	}
+	/*
+	 * Lock the pages in memory (present ones only: MLOCK_ONFAULT faults nothing in, so no
+	 * copy-on-write): reclaim must not swap merged pages out while the parent counts.
+	 */
+	for (int i = 0; i < STRESS_THREADS; i++)
+		if (mlock2(t[i].region, STRESS_PAGES * page_size, MLOCK_ONFAULT)) {
+			fprintf(stderr, "    stress: mlock2: %s\n", strerror(errno));
+			r->bad++;
+		}
+	/*
+	 * Another process's advise may still pair with one of our pages (a candidate becomes
+	 * its merged page): read the page tables once every process is done.
+	 */
+	r->advised = 1;
+	while (!r->snapshot)
+		usleep(10 * 1000);
+	for (int i = 0; i < STRESS_THREADS; i++)
 		for (int p = 0; p < STRESS_PAGES; p++)
 			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
-	}
 	r->ksm_kb = ksm_kb_self();
 	r->ready = 1;
 	while (!r->release)
@@ -955,6 +1030,46 @@ static int stress_seconds(void)
 
 /* Two cgroups under the cgroup policy: the stress processes spread over two merge domains. */
 #define STRESS_DOMAINS 2
+
+/* /proc/vmstat's memory-moving counters, to say what the kernel did behind a test's back. */
+#define VMSTAT_MAX 64
+struct vmstat {
+	int n;
+	char name[VMSTAT_MAX][64];
+	long value[VMSTAT_MAX];
+};
+
+static void vmstat_read(struct vmstat *v)
+{
+	static const char *const kinds[] = { "migrat", "swp", "steal", "compact_migrate", "numa",
+					     "demote", "split", "ksm", "drop" };
+	char name[64];
+	long value;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	v->n = 0;
+	while (f && v->n < VMSTAT_MAX && fscanf(f, "%63s %ld", name, &value) == 2)
+		for (size_t k = 0; k < ARRAY_SIZE(kinds); k++)
+			if (strstr(name, kinds[k])) {
+				snprintf(v->name[v->n], sizeof(v->name[0]), "%s", name);
+				v->value[v->n++] = value;
+				break;
+			}
+	if (f)
+		fclose(f);
+}
+
+static void vmstat_print_changes(const struct vmstat *before)
+{
+	struct vmstat now;
+
+	vmstat_read(&now);
+	fprintf(stderr, "    meanwhile:");
+	for (int i = 0; i < before->n && i < now.n; i++)
+		if (now.value[i] != before->value[i])
+			fprintf(stderr, " %s %+ld", now.name[i], now.value[i] - before->value[i]);
+	fprintf(stderr, "\n");
+}
 
 static int stress_domains_setup(void)
 {
@@ -1107,6 +1222,14 @@ static enum result test_stress(void)
 	for (int p = 0; p < STRESS_PROCS; p++)
 		r[p].settle = 1;
 	for (int p = 0; p < STRESS_PROCS; p++)
+		while (!r[p].advised)
+			usleep(50 * 1000);
+	struct vmstat at_snapshot;
+
+	vmstat_read(&at_snapshot);
+	for (int p = 0; p < STRESS_PROCS; p++)
+		r[p].snapshot = 1;
+	for (int p = 0; p < STRESS_PROCS; p++)
 		while (!r[p].ready)
 			usleep(50 * 1000);
 	/* Everyone is stopped: the counters must describe exactly what pagemap shows. */
@@ -1154,6 +1277,20 @@ static enum result test_stress(void)
 				last[0], last[1], last[2], k_shared, k_sharing, k_unshared,
 				key_value("/proc/vmstat", "pgmigrate_success") - migrated);
 		last[0] = k_shared, last[1] = k_sharing, last[2] = k_unshared;
+	}
+	/* The processes' KSM mappings again, now that the counts were read: did anything move? */
+	long ksm_mappings_now = 0;
+
+	for (int p = 0; p < STRESS_PROCS; p++) {
+		char path[64];
+
+		snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pids[p]);
+		ksm_mappings_now += proc_kb(path, "KSM") * 1024 / (long)page_size;
+	}
+	if (ksm_mappings_now != ksm_mappings) {
+		fprintf(stderr, "    KSM mappings moved after the snapshot: %ld, then %ld\n",
+			ksm_mappings, ksm_mappings_now);
+		vmstat_print_changes(&at_snapshot);
 	}
 	long crossing = frames_across_domains(r, zpfn), apart = common_pages_apart(r);
 	/* Each domain: STRESS_COMMON frames, each mapped by all its threads. */
@@ -1420,6 +1557,7 @@ static const struct test tests[] = {
 	  "MAP_SHARED skipped; nothing faulted in" },
 	{ "pinned_not_merged", test_pinned_not_merged, "io_uring-pinned pages never merged" },
 	{ "thp", test_thp, "THP skipped or split per split_thp" },
+	{ "mthp", test_mthp, "64 KiB mTHP folios skipped or split per split_thp" },
 	{ "bad_input", test_bad_input, "EINVAL/ENOMEM as madvise(2)" },
 	{ "process_madvise", test_process_madvise, "advise another process; EPERM; ESRCH" },
 	{ "run_tunable", test_run_tunable, "run=0 accepts and merges nothing" },

@@ -27,6 +27,28 @@ set_ok() {
 		{ $upmctl set no_such_tunable=1 2>/dev/null; [ $? = 64 ]; }
 }
 check upmctl_set set_ok
+apply_config_ok() {
+	# The shipped file (defaults, all commented out) sets nothing; a file's lines apply in
+	# order; a line that does not parse sets nothing; a refused value stops at its line.
+	# Both are configuration errors (78) that name the line.
+	local conf out rc
+	conf=$(mktemp)
+	$upmctl apply-config userspace/systemd/upm.conf 2>/dev/null &&
+		printf '# test\nsplit_thp = 0\nuse_zero_pages=0 # comment\n' >"$conf" &&
+		$upmctl apply-config "$conf" 2>/dev/null &&
+		[ "$(cat /sys/kernel/mm/upm/split_thp)$(cat /sys/kernel/mm/upm/use_zero_pages)" = 00 ] &&
+		printf 'split_thp=1\nbroken line\n' >"$conf" &&
+		{ out=$($upmctl apply-config "$conf" 2>&1); [ $? = 78 ]; } && grep -q 'line 2' <<<"$out" &&
+		[ "$(cat /sys/kernel/mm/upm/split_thp)" = 0 ] &&
+		printf 'split_thp=1\nrun=7\nuse_zero_pages=1\n' >"$conf" &&
+		{ out=$($upmctl apply-config "$conf" 2>&1); [ $? = 78 ]; } && grep -q 'line 2' <<<"$out" &&
+		[ "$(cat /sys/kernel/mm/upm/split_thp)$(cat /sys/kernel/mm/upm/use_zero_pages)" = 10 ]
+	rc=$?
+	$upmctl set split_thp=1 && $upmctl set use_zero_pages=1
+	rm -f "$conf"
+	return $rc
+}
+check upmctl_apply_config apply_config_ok
 metrics_ok() {
 	# Prometheus text: cumulative counters typed counter with _total, gauges typed gauge,
 	# values as in sysfs.

@@ -131,10 +131,23 @@ impl UpmNode {
         self.as_ptr() as usize
     }
 
-    /// How many page table entries map the node's page.
-    pub(crate) fn mapcount(&self) -> Result<u32, NodeGone> {
+    /// How many page table entries map the node's page, read under its folio lock so that a
+    /// page being migrated is never counted with only some of its mappings; `None` if that
+    /// lock is held right now. Never waits: callable under the index lock.
+    pub(crate) fn try_mapcount(&self) -> Result<Option<u32>, NodeGone> {
+        // SAFETY: The node is referenced by `&self`; without `wait` the call never sleeps.
+        let ret = unsafe { bindings::upm_node_mapcount(self.as_ptr(), false) };
+        if ret == -(bindings::EBUSY as c_int) {
+            return Ok(None);
+        }
+        node_result(ret).map(Some)
+    }
+
+    /// As [`Self::try_mapcount`], waiting for the folio lock. May sleep until a migration is
+    /// done: never call it holding the index lock, which that lock's holders may need.
+    pub(crate) fn mapcount_waiting(&self) -> Result<u32, NodeGone> {
         // SAFETY: The node is referenced by `&self`.
-        node_result(unsafe { bindings::upm_node_mapcount(self.as_ptr()) })
+        node_result(unsafe { bindings::upm_node_mapcount(self.as_ptr(), true) })
     }
 
     /// The merge domain the node was created in (see [`mm_domain`]).

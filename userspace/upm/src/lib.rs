@@ -36,6 +36,9 @@ pub enum Error {
     InvalidTunable,
     /// The process does not exist (any more).
     NoSuchProcess,
+    /// Line `line` (from 1) of a configuration file is not `KEY=VALUE`, or names a tunable
+    /// or value the module refuses (for [`apply_config()`]).
+    InvalidConfig { line: usize },
     /// Any other system error.
     Os(io::Error),
 }
@@ -65,6 +68,10 @@ impl fmt::Display for Error {
             ),
             Error::InvalidTunable => write!(f, "no such tunable, or a value it does not take"),
             Error::NoSuchProcess => write!(f, "no such process"),
+            Error::InvalidConfig { line } => write!(
+                f,
+                "configuration line {line}: not KEY=VALUE, or a tunable or value the module refuses"
+            ),
             Error::Os(e) => write!(f, "{e}"),
         }
     }
@@ -336,6 +343,40 @@ pub fn set_tunable(name: &str, value: &str) -> Result<()> {
     })
 }
 
+/// The `KEY=VALUE` settings of a tunables file such as `/etc/upm/upm.conf`, with their line
+/// numbers. Blank lines and `#` comments are skipped; spaces around keys and values are not
+/// significant.
+pub fn parse_config(text: &str) -> Result<Vec<(usize, String, String)>> {
+    let mut settings = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or(Error::InvalidConfig { line: i + 1 })?;
+        settings.push((i + 1, key.to_string(), value.to_string()));
+    }
+    Ok(settings)
+}
+
+/// Sets every tunable of a tunables file (see [`parse_config()`]), in file order. Nothing is
+/// set when a line does not parse; a setting the module refuses stops there (the lines before
+/// it stay set) and names its line. Returns how many tunables were set.
+pub fn apply_config(text: &str) -> Result<usize> {
+    let settings = parse_config(text)?;
+    for (line, key, value) in &settings {
+        set_tunable(key, value).map_err(|e| match e {
+            Error::InvalidTunable => Error::InvalidConfig { line: *line },
+            e => e,
+        })?;
+    }
+    Ok(settings.len())
+}
+
 /// Cumulative counters, as opposed to gauges (what is merged now) and tunables: for metrics.
 pub const CUMULATIVE_COUNTERS: &[&str] = &[
     "pages_scanned",
@@ -500,6 +541,32 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_lines_comments_and_errors() {
+        let text = "# UPM tunables\n\nsplit_thp = 0  # keep THPs whole\ndomain_policy=cgroup\n";
+        let settings = parse_config(text).unwrap();
+        assert_eq!(
+            settings,
+            vec![
+                (3, "split_thp".to_string(), "0".to_string()),
+                (4, "domain_policy".to_string(), "cgroup".to_string()),
+            ]
+        );
+        assert!(matches!(
+            parse_config("run=1\nrun\n"),
+            Err(Error::InvalidConfig { line: 2 })
+        ));
+        assert!(matches!(
+            parse_config("run=\n"),
+            Err(Error::InvalidConfig { line: 1 })
+        ));
+        // Nothing is set when a line does not parse, so no module is needed to see this.
+        assert!(matches!(
+            apply_config("nonexistent_tunable=1\nbroken\n"),
+            Err(Error::InvalidConfig { line: 2 })
+        ));
+    }
 
     #[test]
     fn prometheus_types_counters_and_gauges() {

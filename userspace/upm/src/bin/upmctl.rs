@@ -22,6 +22,7 @@ const EX_NOINPUT: u8 = 66;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_OSERR: u8 = 71;
 const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status (sysexits.h):
@@ -32,7 +33,8 @@ Exit status (sysexits.h):
   66  no such process (EX_NOINPUT)
   69  UPM unavailable (EX_UNAVAILABLE): module not loaded or kernel not patched
   71  any other system error (EX_OSERR)
-  77  permission denied (EX_NOPERM)";
+  77  permission denied (EX_NOPERM)
+  78  a configuration line that does not parse or that the module refuses (EX_CONFIG)";
 
 fn exit_status(e: &Error) -> u8 {
     match e {
@@ -42,6 +44,7 @@ fn exit_status(e: &Error) -> u8 {
         Error::ModuleNotLoaded | Error::KernelNotPatched => EX_UNAVAILABLE,
         Error::PermissionDenied | Error::NeedsSysAdmin => EX_NOPERM,
         Error::Os(_) => EX_OSERR,
+        Error::InvalidConfig { .. } => EX_CONFIG,
     }
 }
 
@@ -93,6 +96,12 @@ enum Command {
     Set {
         #[arg(value_parser = parse_setting)]
         setting: (String, String),
+    },
+    /// Set the tunables a file lists, one KEY=VALUE per line, # comments (the systemd unit
+    /// runs this with /etc/upm/upm.conf once the module is loaded).
+    ApplyConfig {
+        /// The tunables file.
+        file: std::path::PathBuf,
     },
     /// The counters in Prometheus text format (for node_exporter's textfile collector).
     Metrics,
@@ -266,6 +275,17 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Set {
             setting: (key, value),
         } => upm::set_tunable(&key, &value),
+        Command::ApplyConfig { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Error::Os(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", file.display()),
+                ))
+            })?;
+            let n = upm::apply_config(&text)?;
+            eprintln!("upmctl: {n} tunables set from {}", file.display());
+            Ok(())
+        }
         Command::Metrics => {
             print!("{}", upm::prometheus_text(&upm::stats()?));
             Ok(())
