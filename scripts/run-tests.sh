@@ -63,7 +63,7 @@ if (($# == 0)); then
 		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf; do
 		[ -s "$root/$f" ] || { echo "    make install: no $f"; install_failed=1; }
 	done
-	compgen -G "$root/lib/modules/*/extra/*upm.ko" >/dev/null ||
+	find "$root/lib/modules" -path '*/extra/*' -name upm.ko | grep -q . ||
 		{ echo "    make install: no upm.ko"; install_failed=1; }
 	if command -v systemd-analyze >/dev/null; then
 		systemd-analyze verify --man=no --recursive-errors=no --root="$root" upm.service || install_failed=1

@@ -222,13 +222,15 @@ static enum result test_cross_process(void)
 	return PASS;
 }
 
-/* What each of the sixteen processes reports: its advise result and where its pages are. */
-struct sixteen {
-	volatile int advised[16]; /* 1 + errno of madvise, 0 until it returned */
-	volatile uintptr_t addr[16];
+#define MANY_MAX 128
+
+/* What each of many processes reports: its advise result and where its pages are. */
+struct many {
+	volatile int advised[MANY_MAX]; /* 1 + errno of madvise, 0 until it returned */
+	volatile uintptr_t addr[MANY_MAX];
 };
 
-static struct sixteen *sixteen;
+static struct many *many;
 
 static int child_fill_advise_wait(void *arg)
 {
@@ -238,8 +240,8 @@ static int child_fill_advise_wait(void *arg)
 	if (!b)
 		return 2;
 	fill_pages(b, N, 31, 1);
-	sixteen->addr[i] = (uintptr_t)b;
-	sixteen->advised[i] = 1 + (advise(b, N) ? errno : 0);
+	many->addr[i] = (uintptr_t)b;
+	many->advised[i] = 1 + (advise(b, N) ? errno : 0);
 	pause(); /* killed by the parent */
 	return 0;
 }
@@ -262,42 +264,95 @@ static int contents_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t seed)
 	return bad;
 }
 
-static enum result test_sixteen_processes(void)
+/* n processes advise the same pages at once: one frame for all, every copy intact. */
+static enum result processes_share(int n)
 {
-	pid_t pids[16];
+	pid_t pids[MANY_MAX];
 	long saved;
 	size_t same = 0;
 	int advised = 0, intact = 0;
 
-	sixteen = map_shared(sizeof(*sixteen));
-	CHECK(sixteen, "shared map");
-	for (int i = 0; i < 16; i++)
+	many = map_shared(sizeof(*many));
+	CHECK(many && n <= MANY_MAX, "shared map");
+	for (int i = 0; i < n; i++)
 		pids[i] = spawn(child_fill_advise_wait, (void *)(long)i);
-	for (int i = 0; i < 100 && advised < 16; i++, usleep(100 * 1000))
-		for (int p = advised = 0; p < 16; p++)
-			advised += sixteen->advised[p] != 0;
+	for (int i = 0; i < 600 && advised < n; i++, usleep(100 * 1000))
+		for (int p = advised = 0; p < n; p++)
+			advised += many->advised[p] != 0;
 	saved = counter("pages_sharing");
 	/* Every process advised without error, maps the same frames and reads its own data. */
-	for (int p = 0; p < 16; p++) {
-		advised -= sixteen->advised[p] != 1;
-		intact += contents_in(pids[p], sixteen->addr[p], N, 31) < 0;
+	for (int p = 0; p < n; p++) {
+		advised -= many->advised[p] != 1;
+		intact += contents_in(pids[p], many->addr[p], N, 31) < 0;
 		for (size_t i = 0; i < N; i++) {
-			uint64_t f = pfn_in(pids[p], sixteen->addr[p], i);
+			uint64_t f = pfn_in(pids[p], many->addr[p], i);
 
-			same += f && f == pfn_in(pids[0], sixteen->addr[0], i);
+			same += f && f == pfn_in(pids[0], many->addr[0], i);
 		}
 	}
-	for (int i = 0; i < 16; i++)
+	for (int i = 0; i < n; i++)
 		kill(pids[i], SIGKILL);
-	for (int i = 0; i < 16; i++)
+	for (int i = 0; i < n; i++)
 		wait_exit(pids[i]);
-	CHECK(advised == 16, "%d of 16 processes advised without error", advised);
-	CHECK(same == 16 * N, "%zu of %d pages map process 0's frames", same, 16 * N);
-	CHECK(intact == 16, "%d of 16 processes read their contents intact", intact);
-	CHECK(saved == 15 * N, "16 processes x %d pages: pages_sharing %ld", N, saved);
+	CHECK(advised == n, "%d of %d processes advised without error", advised, n);
+	CHECK(same == (size_t)n * N, "%zu of %d pages map process 0's frames", same, n * N);
+	CHECK(intact == n, "%d of %d processes read their contents intact", intact, n);
+	CHECK(saved == (long)(n - 1) * N, "%d processes x %d pages: pages_sharing %ld", n, N,
+	      saved);
 	CHECK(wait_tree_empty() == 0, "tree empty after exit: %ld", counter("stable_nodes"));
 	CHECK(counter("pages_shared") == 0 && counter("pages_sharing") == 0 &&
 		      counter("pages_unshared") == 0, "state counters 0");
+	return PASS;
+}
+
+static enum result test_sixteen_processes(void)
+{
+	return processes_share(16);
+}
+
+static enum result test_many_processes(void)
+{
+	return processes_share(MANY_MAX);
+}
+
+/*
+ * A GiB-scale range in one call: two 1 GiB twins with every 8th page present (128 MiB each;
+ * the debug VM is too slow to fill more), each advised whole. Present pages all merge, the
+ * others are counted as not present, and the contents survive an unmerge of the whole range.
+ */
+static enum result test_gib_range(void)
+{
+	size_t pages = (1ul << 30) / page_size, stride = 8, present = pages / stride;
+	char *a = map_anon(pages), *b = map_anon(pages);
+	long merged = counter("pages_merged"), absent = counter("pages_skipped_not_present");
+	size_t same = 0, intact = 0;
+
+	CHECK(a && b, "map 2 x 1 GiB");
+	CHECK(madvise(a, pages * page_size, MADV_NOHUGEPAGE) == 0 &&
+	      madvise(b, pages * page_size, MADV_NOHUGEPAGE) == 0, "small pages only");
+	for (size_t i = 0; i < pages; i += stride) {
+		fill_page(a + i * page_size, i, 61);
+		fill_page(b + i * page_size, i, 61);
+	}
+	CHECK(advise(a, pages) == 0 && advise(b, pages) == 0, "advise 1 GiB twice");
+	for (size_t i = 0; i < pages; i += stride) {
+		uint64_t f = pfn_of(a + i * page_size);
+
+		same += f && f == pfn_of(b + i * page_size);
+	}
+	CHECK(same == present, "%zu of %zu present pages share a frame", same, present);
+	CHECK(counter("pages_merged") - merged == (long)present &&
+	      counter("pages_skipped_not_present") - absent == 2 * (long)(pages - present),
+	      "merged +%ld, not present +%ld", counter("pages_merged") - merged,
+	      counter("pages_skipped_not_present") - absent);
+	CHECK(unmerge(a, pages) == 0, "unmerge 1 GiB");
+	for (size_t i = 0; i < pages; i += stride)
+		intact += page_intact(a, i, 61) && page_intact(b, i, 61) &&
+			  pfn_of(a + i * page_size) != pfn_of(b + i * page_size);
+	CHECK(intact == present, "%zu of %zu pages intact and private after unmerge", intact,
+	      present);
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
 	return PASS;
 }
 
@@ -1551,6 +1606,8 @@ static const struct test tests[] = {
 	{ "unmerge_after_dontneed", test_unmerge_after_dontneed, "KSM functional test port" },
 	{ "cross_process", test_cross_process, "two processes share; writes stay private" },
 	{ "sixteen_processes", test_sixteen_processes, "16 processes; counters 0 after exit" },
+	{ "many_processes", test_many_processes, "128 processes share one set of frames" },
+	{ "gib_range", test_gib_range, "1 GiB ranges, every 8th page present: merged, intact" },
 	{ "fork_child_writes", test_fork_child_writes, "fork inherits merged pages" },
 	{ "prot_none_mem_write", test_prot_none_mem_write, "write via /proc/self/mem COWs" },
 	{ "not_merged_shared_untouched", test_not_merged_shared_and_untouched,
@@ -1574,7 +1631,9 @@ static const struct test tests[] = {
 /* Seconds a test may take: every test needs well under a minute, stress its length more. */
 static int test_timeout(const struct test *t)
 {
-	return t->fn == test_stress ? stress_seconds() + 300 : 300;
+	if (t->fn == test_stress)
+		return stress_seconds() + 300;
+	return t->fn == test_gib_range ? 600 : 300; /* 2 GiB of address space, filled 1/8 */
 }
 
 static enum result run_one(const struct test *t)

@@ -214,5 +214,40 @@ no_module() {
 check upmctl_module_not_loaded no_module
 check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py
 
+# README's runtime snippets (examples/): two instances of each, started one after the other
+# as a platform starts function instances, share every page of their weights (pagemap of
+# both, read as root) and still answer a request alike.
+instances_share() { # command...
+	local dir fd1 fd2 pid1 pid2 a1 a2 pages1 pages2 same=0 rc=1 i
+	dir=$(mktemp -d)
+	mkfifo "$dir/in1" "$dir/in2"
+	for i in 1 2; do
+		"$@" <"$dir/in$i" >"$dir/out$i" 2>&1 &
+		if [ $i = 1 ]; then exec {fd1}>"$dir/in1"; else exec {fd2}>"$dir/in2"; fi
+		for _ in $(seq 600); do
+			grep -q '^ready' "$dir/out$i" && break
+			sleep 0.1
+		done
+	done
+	read -r _ pid1 a1 pages1 < <(grep '^ready' "$dir/out1")
+	read -r _ pid2 a2 pages2 < <(grep '^ready' "$dir/out2")
+	if [ -n "${pid2:-}" ] && [ "$pages1" = "$pages2" ]; then
+		same=$(tests/build/pfn_pairs "$pid1" "$a1" "$a2" "$pages1" "$pid2")
+	fi
+	echo "request" >&"$fd1"
+	echo "request" >&"$fd2"
+	exec {fd1}>&- {fd2}>&-
+	wait
+	[ "$same" = "${pages1:-x}" ] && grep -q '^request -> ' "$dir/out1" &&
+		[ "$(grep '^request -> ' "$dir/out1")" = "$(grep '^request -> ' "$dir/out2")" ]
+	rc=$?
+	[ $rc = 0 ] || { echo "    $1: $same of ${pages1:-?} pages shared"; cat "$dir/out1"; }
+	rm -rf "$dir"
+	return $rc
+}
+check runtime_snippet_c instances_share tests/build/handler
+check runtime_snippet_python instances_share env PYTHONPATH=userspace/python "${UPM_PYTHON:-python3}" \
+	examples/handler.py
+
 echo "userspace: $passed passed, $failed failed"
 [ "$failed" = 0 ]
