@@ -1044,21 +1044,23 @@ static void stress_process(struct stress_report *r, int proc, uint64_t seed, int
 		r->bad += t[i].bad;
 	}
 	/*
-	 * Lock the pages in memory (present ones only: MLOCK_ONFAULT faults nothing in, so no
-	 * copy-on-write): reclaim must not swap merged pages out while the parent counts.
-	 */
-	for (int i = 0; i < STRESS_THREADS; i++)
-		if (mlock2(t[i].region, STRESS_PAGES * page_size, MLOCK_ONFAULT)) {
-			fprintf(stderr, "    stress: mlock2: %s\n", strerror(errno));
-			r->bad++;
-		}
-	/*
 	 * Another process's advise may still pair with one of our pages (a candidate becomes
 	 * its merged page): read the page tables once every process is done.
 	 */
 	r->advised = 1;
 	while (!r->snapshot)
 		usleep(10 * 1000);
+	/*
+	 * Lock the pages in memory (present ones only: MLOCK_ONFAULT faults nothing in, so no
+	 * copy-on-write): reclaim must not swap merged pages out while the parent counts. Only
+	 * now: mlock takes mmap_lock for writing, and an advise that finds our mm busy leaves
+	 * our candidate for later.
+	 */
+	for (int i = 0; i < STRESS_THREADS; i++)
+		if (mlock2(t[i].region, STRESS_PAGES * page_size, MLOCK_ONFAULT)) {
+			fprintf(stderr, "    stress: mlock2: %s\n", strerror(errno));
+			r->bad++;
+		}
 	for (int i = 0; i < STRESS_THREADS; i++)
 		for (int p = 0; p < STRESS_PAGES; p++)
 			r->pfns[i * STRESS_PAGES + p] = pfn_of(t[i].region + p * page_size);
