@@ -10,6 +10,12 @@ if [ -e /sys/block/zram0/disksize ] && ! grep -q zram0 /proc/swaps; then
 	echo 1G >/sys/block/zram0/disksize && mkswap /dev/zram0 >/dev/null && swapon /dev/zram0 ||
 		echo "vm-guest: zram swap setup failed" >&2
 fi
+# A small second zram disk for the O_DIRECT test, made once per boot and never removed
+# (zram's hot_remove frees a kobject that DEBUG_KOBJECT_RELEASE still has a timer on).
+if [ -e /sys/class/zram-control/hot_add ] && [ ! -e /sys/block/zram1 ]; then
+	id=$(cat /sys/class/zram-control/hot_add) && echo 1M >"/sys/block/zram$id/disksize" ||
+		echo "vm-guest: second zram disk setup failed" >&2
+fi
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
 # A stuck task or CPU ends the run at once (vng boots with panic=-1 and -no-reboot, so a
 # panic stops QEMU) instead of at the VM timeout; the kernel log is streamed to the host as
