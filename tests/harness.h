@@ -87,6 +87,16 @@ static inline uint64_t rotl64(uint64_t x, int r)
 void xxh64_lanes(const uint64_t *p, size_t stripes, uint64_t v[4]);
 uint64_t xxh64_page(const uint64_t *p);
 
+/* A writer racing merges (upm_lib.c): see flip_words(). */
+struct race {
+	char *a;
+	size_t pages;
+	volatile int stop;
+	long writes, lost;
+};
+
+void *flip_words(void *arg);
+
 /* lifecycle_tests.c */
 extern const struct test lifecycle_tests[];
 extern const size_t lifecycle_test_count;

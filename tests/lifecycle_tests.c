@@ -299,45 +299,6 @@ static enum result test_started_before_load(void)
 
 /* ---- writes racing with the merge ---- */
 
-struct race {
-	char *a;
-	size_t pages;
-	volatile int stop;
-	long writes, lost;
-};
-
-/*
- * Round after round, word 0 of each page alternates between its pattern value (the page then
- * equals its stable twin and may merge) and a fresh sequence number, and each round first
- * checks that the page still holds what the last round wrote. A merge that replaced a page
- * on stale contents (hashed before a write, not compared after the write-protect) would
- * lose that write.
- */
-static void *flip_words(void *arg)
-{
-	struct race *r = arg;
-	uint64_t *orig = calloc(r->pages, sizeof(*orig));
-	uint64_t *last = calloc(r->pages, sizeof(*last)), seq = 0;
-
-	for (size_t i = 0; i < r->pages; i++)
-		orig[i] = last[i] = *(uint64_t *)(r->a + i * page_size);
-	while (!r->stop) {
-		for (size_t i = 0; i < r->pages; i++) {
-			volatile uint64_t *w = (volatile uint64_t *)(r->a + i * page_size);
-
-			r->lost += *w != last[i];
-			last[i] = last[i] == orig[i] ? ++seq | 1ull << 63 : orig[i];
-			*w = last[i];
-			r->writes++;
-		}
-	}
-	for (size_t i = 0; i < r->pages; i++)
-		*(uint64_t *)(r->a + i * page_size) = orig[i];
-	free(orig);
-	free(last);
-	return NULL;
-}
-
 /*
  * Two races at once: pages against their stable twins, and pages of zeroes (word 0 flips
  * between 0 and a sequence number) against the zero page.

@@ -868,39 +868,6 @@ static void verify_region(struct stress_thread *t, size_t first, size_t n, const
 		}
 }
 
-/*
- * A second thread that flips word 0 of the common pages of a range while its owner advises
- * the range (those pages have twins everywhere, so they are being merged), checking that
- * each write reads back, and restores them when told to stop.
- */
-struct racer {
-	char *at;
-	size_t n;
-	volatile int stop;
-	long lost;
-};
-
-static void *race_writes(void *arg)
-{
-	struct racer *r = arg;
-	uint64_t orig[STRESS_PAGES], last[STRESS_PAGES], seq = 0;
-
-	for (size_t i = 0; i < r->n; i++)
-		orig[i] = last[i] = *(uint64_t *)(r->at + i * page_size);
-	do {
-		for (size_t i = 0; i < r->n; i++) {
-			volatile uint64_t *w = (volatile uint64_t *)(r->at + i * page_size);
-
-			r->lost += *w != last[i];
-			last[i] = last[i] == orig[i] ? ++seq | 1ull << 63 : orig[i];
-			*w = last[i];
-		}
-	} while (!r->stop);
-	for (size_t i = 0; i < r->n; i++)
-		*(uint64_t *)(r->at + i * page_size) = orig[i];
-	return NULL;
-}
-
 static void stress_op(struct stress_thread *t, int op, size_t first, size_t n)
 {
 	size_t bytes = n * page_size;
@@ -964,11 +931,11 @@ static void stress_op(struct stress_thread *t, int op, size_t first, size_t n)
 			stress_fail(t, "fork child saw other contents", -1);
 		break;
 	case 10: { /* advise while another thread writes the same, twinned, pages */
-		struct racer r = { .at = at, .n = first < STRESS_COMMON ?
-				   (first + n < STRESS_COMMON ? n : STRESS_COMMON - first) : 0 };
+		struct race r = { .a = at, .pages = first < STRESS_COMMON ?
+				  (first + n < STRESS_COMMON ? n : STRESS_COMMON - first) : 0 };
 		pthread_t writer;
 
-		if (!r.n || pthread_create(&writer, NULL, race_writes, &r)) {
+		if (!r.pages || pthread_create(&writer, NULL, flip_words, &r)) {
 			stress_op(t, 0, first, n);
 			break;
 		}
