@@ -9,6 +9,11 @@
 //! counted, never an error, as KSM does.
 //! MADV_UPM_UNMERGEABLE gives every merged page in the range a private copy again.
 //!
+//! A twin whose mm is busy cannot be paired with at once (an adviser only trylocks another
+//! mm's `mmap_lock`): the page is retried at the end of the call, and a pairing that still
+//! fails is made from the twin's side, holding only the twin's lock. What fails even then is
+//! counted in `pages_skipped_busy`: no page with a twin is left apart uncounted.
+//!
 //! `mmap_lock` is taken for reading in batches of [`BATCH_PAGES`]: between batches the walk
 //! drops it, reschedules and checks for a fatal signal, so a long call neither starves writers
 //! of the mm nor outlives a kill. Unmapped parts of the range make the call fail with `ENOMEM`
@@ -49,26 +54,51 @@ pub(crate) struct Upm {
     zero_hash: u64,
 }
 
+/// How far a call is, which decides what happens to a page whose twin's mm is busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The walk of the range: the page is deferred to the end of the call.
+    Walk,
+    /// The retry of the deferred pages: the pairing is handed to the twin's side.
+    Retry,
+    /// Pairing from the twins' side, the last attempt: what still fails is counted.
+    Twins,
+}
+
 /// One MADV_UPM_MERGEABLE call.
 struct Call<'a> {
     /// The advised address space.
     mm: &'a MmWithUser,
     /// Its merge domain (see [`crate::stats::domain_of`]).
     domain: u64,
+    stage: Cell<Stage>,
     /// Whether this call flushed every CPU's LRU batches already.
     drained: Cell<bool>,
     /// Pages whose twin's mm was busy, to try again at the end of the call.
     deferred: Cell<KVec<usize>>,
     /// The last mm found busy: the end of the call waits for its `mmap_lock`.
     busy_twin: Cell<Option<ARef<Mm>>>,
-    /// Whether this is the retry at the end of the call (nothing more is deferred).
-    last_try: Cell<bool>,
+    /// Candidates of other mms that could not be paired because their mm was busy: the end of
+    /// the call pairs them from their own side, holding only their `mmap_lock`.
+    busy_candidates: Cell<KVec<(ARef<Mm>, usize)>>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    fn new(mm: &'a MmWithUser, domain: u64, stage: Stage, drained: bool) -> Self {
+        Self {
+            mm,
+            domain,
+            stage: Cell::new(stage),
+            drained: Cell::new(drained),
+            deferred: Cell::new(KVec::new()),
+            busy_twin: Cell::new(None),
+            busy_candidates: Cell::new(KVec::new()),
+        }
+    }
+
     /// Defers `addr` to the end of the call; false if it must be counted now.
     fn defer(&self, addr: usize) -> bool {
-        if self.last_try.get() {
+        if self.stage.get() != Stage::Walk {
             return false;
         }
         // Cells, not RefCells: nothing here can panic on a borrow.
@@ -76,6 +106,18 @@ impl Call<'_> {
         let deferred_now = deferred.len() < MAX_DEFERRED && deferred.push(addr, GFP_KERNEL).is_ok();
         self.deferred.set(deferred);
         deferred_now
+    }
+
+    /// Hands the pairing with the candidate of `mm` at `addr` to the end of the call; false if
+    /// it must be counted now.
+    fn pair_from_candidate(&self, mm: &ARef<Mm>, addr: usize) -> bool {
+        if self.stage.get() == Stage::Twins {
+            return false;
+        }
+        let mut busy = self.busy_candidates.take();
+        let handed = busy.len() < MAX_DEFERRED && busy.push((mm.clone(), addr), GFP_KERNEL).is_ok();
+        self.busy_candidates.set(busy);
+        handed
     }
 }
 
@@ -149,14 +191,7 @@ impl Upm {
         if !enabled(&TUNABLES.run) {
             return Ok(());
         }
-        let call = Call {
-            mm,
-            domain: crate::stats::domain_of(mm)?,
-            drained: Cell::new(false),
-            deferred: Cell::new(KVec::new()),
-            busy_twin: Cell::new(None),
-            last_try: Cell::new(false),
-        };
+        let call = Call::new(mm, crate::stats::domain_of(mm)?, Stage::Walk, false);
         let walked = self.walk(mm, start, end, |guard, vma, from, to| {
             let pages = ((to - from) / PAGE_SIZE) as u64;
             let Some(vma) = MergeableVma::from_vma(vma) else {
@@ -170,10 +205,12 @@ impl Upm {
             Ok(())
         });
         if walked == Err(EINTR) {
-            STATS.skip(Skip::Busy, call.deferred.take().len() as u64);
+            let left = call.deferred.take().len() + call.busy_candidates.take().len();
+            STATS.skip(Skip::Busy, left as u64);
             return walked;
         }
         self.retry_deferred(&call)?;
+        self.pair_busy_candidates(&call)?;
         walked
     }
 
@@ -185,9 +222,10 @@ impl Upm {
         if deferred.is_empty() {
             return Ok(());
         }
-        call.last_try.set(true);
+        call.stage.set(Stage::Retry);
         let interrupted = || {
-            STATS.skip(Skip::Busy, deferred.len() as u64);
+            let left = deferred.len() + call.busy_candidates.take().len();
+            STATS.skip(Skip::Busy, left as u64);
             EINTR
         };
         if let Some(twin) = call.busy_twin.take() {
@@ -206,6 +244,59 @@ impl Upm {
                 None => STATS.skip(Skip::Other, 1),
             }
         }
+        Ok(())
+    }
+
+    /// Pairs the candidates that the call met while their mm was busy, each from its own side:
+    /// holding only that mm's `mmap_lock`, which it may wait for, the candidate is advised
+    /// again and finds its twin (the caller's page, merged or a candidate) in the index.
+    fn pair_busy_candidates(&self, call: &Call<'_>) -> Result {
+        let mut busy = call.busy_candidates.take();
+        call.stage.set(Stage::Twins);
+        // A candidate may have been met busy by several pages of the call: pair it once.
+        busy.sort_unstable_by_key(|(mm, addr)| (mm_id(mm), *addr));
+        let mut last = None;
+        for (i, (mm, addr)) in busy.iter().enumerate() {
+            if last.replace((mm_id(mm), *addr)) == Some((mm_id(mm), *addr)) {
+                continue;
+            }
+            if let Err(e) = self.pair_from_candidate(call, mm, *addr) {
+                STATS.skip(Skip::Busy, (busy.len() - i) as u64);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Advises the candidate of `mm` at `addr` again, for `call`, if it is still a candidate
+    /// of the call's domain.
+    fn pair_from_candidate(&self, call: &Call<'_>, mm: &Mm, addr: usize) -> Result {
+        let Some(user) = mm.mmget_not_zero() else {
+            return Ok(());
+        };
+        let user = MmWithUser::into_mmput_async(user);
+        if crate::stats::domain_of(&user) != Ok(call.domain) {
+            return Ok(());
+        }
+        // The caller holds no `mmap_lock` now: waiting for this one cannot deadlock.
+        let guard = user.mmap_read_lock_killable()?;
+        if !self.index.lock().has_candidate(&user, addr) {
+            // Paired, unmerged or replaced meanwhile.
+            return Ok(());
+        }
+        let Some(vma) = guard.vma_lookup(addr).and_then(MergeableVma::from_vma) else {
+            return Ok(());
+        };
+        let twin_call = Call::new(&user, call.domain, Stage::Twins, call.drained.get());
+        // Counted only if it is still an ordinary page: it was counted when it was advised.
+        match vma.get_page(addr) {
+            Mapped::Anon(page) => self.merge_present(&twin_call, &guard, vma, addr, page, false),
+            Mapped::Large(page) if enabled(&TUNABLES.split_thp) => {
+                self.merge_present(&twin_call, &guard, vma, addr, page, true)
+            }
+            _ => {}
+        }
+        call.drained.set(twin_call.drained.get());
         Ok(())
     }
 
@@ -249,6 +340,20 @@ impl Upm {
             Mapped::Zero => return STATS.pages_already_merged.inc(),
             Mapped::Other => return STATS.skip(Skip::Other, 1),
         };
+        self.merge_present(call, guard, vma, addr, page, large);
+    }
+
+    /// Merges the ordinary page `page` mapped at `addr`, or records it as a candidate; counts
+    /// the outcome.
+    fn merge_present(
+        &self,
+        call: &Call<'_>,
+        guard: &MmapReadGuard<'_>,
+        vma: &MergeableVma,
+        addr: usize,
+        page: ARef<UserPage>,
+        large: bool,
+    ) {
         let mut result = self.merge_page(call, guard, vma, addr, page, large);
         if result == Err(MergeError::Batched) && !call.drained.replace(true) {
             // A per-CPU LRU batch may hold the page: flush them all, once per call, and retry.
@@ -263,17 +368,7 @@ impl Upm {
                 // Counted when it is retried at the end of the call.
                 return;
             }
-            STATS.skip(
-                match e {
-                    MergeError::Pinned | MergeError::Batched => Skip::Pinned,
-                    MergeError::Busy => Skip::Busy,
-                    MergeError::Differ
-                    | MergeError::Gone
-                    | MergeError::NodeGone
-                    | MergeError::NoMemory => Skip::Other,
-                },
-                1,
-            );
+            STATS.skip(skip_reason(e), 1);
         }
     }
 
@@ -334,6 +429,7 @@ impl Upm {
             }
         }
         let mut twin_busy = false;
+        let mut handed_to_twin = false;
         for (i, (key, probe)) in probes.iter().enumerate() {
             let node = match probe {
                 Probe::Merged(node) => match vma.merge_into(&page, node) {
@@ -376,8 +472,14 @@ impl Upm {
                             node
                         }
                         Err(PairError::Busy) => {
-                            twin_busy = true;
-                            call.busy_twin.set(Some(twin_mm.clone()));
+                            if call.stage.get() == Stage::Retry
+                                && call.pair_from_candidate(twin_mm, *twin_addr)
+                            {
+                                handed_to_twin = true;
+                            } else {
+                                twin_busy = true;
+                                call.busy_twin.set(Some(twin_mm.clone()));
+                            }
                             continue;
                         }
                         Err(PairError::Stale) => {
@@ -402,15 +504,17 @@ impl Upm {
         index
             .insert_candidate(domain, hash, mm, addr)
             .map_err(|_| MergeError::NoMemory)?;
-        if twin_busy {
+        if twin_busy && !handed_to_twin {
             // Not merged in this call, only because its twin was busy: say so.
             return Err(MergeError::Busy);
         }
+        // Merged or counted when the twin is paired from its side.
         Ok(())
     }
 
     /// Merges the other candidates of the same contents into `node`, the page just merged: a
-    /// candidate whose twin was busy when it was advised is not left behind.
+    /// candidate whose twin was busy when it was advised is not left behind, nor one whose own
+    /// mm is busy now (it is paired from its side at the end of the call).
     fn absorb(
         &self,
         index: &mut Index,
@@ -438,7 +542,12 @@ impl Upm {
                 Err(PairError::Stale) | Err(PairError::Page(MergeError::Differ)) => {
                     drop(index.remove(key));
                 }
-                Err(_) => {}
+                Err(PairError::Busy) => {
+                    if !call.pair_from_candidate(twin_mm, *twin_addr) {
+                        STATS.skip(Skip::Busy, 1);
+                    }
+                }
+                Err(PairError::Page(e)) => STATS.skip(skip_reason(e), 1),
             }
         }
     }
@@ -505,6 +614,17 @@ impl Upm {
         TUNABLES
             .sweep_millisecs
             .load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The counter of a page left unmerged by `e`.
+fn skip_reason(e: MergeError) -> Skip {
+    match e {
+        MergeError::Pinned | MergeError::Batched => Skip::Pinned,
+        MergeError::Busy => Skip::Busy,
+        MergeError::Differ | MergeError::Gone | MergeError::NodeGone | MergeError::NoMemory => {
+            Skip::Other
+        }
     }
 }
 

@@ -33,7 +33,9 @@
 //! 2. [`ContentIndex::inner`], a mutex held for the whole decision about one page, so that two
 //!    advisers never pair with the same candidate;
 //! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()` (to pair with it,
-//!    and in the sweep, to check that its area is still mapped);
+//!    and in the sweep, to check that its area is still mapped). A pairing that fails on it is
+//!    retried at the end of the call from the candidate's side: with none of the caller's
+//!    locks held, the candidate's `mmap_lock` is then taken as the advised mm's of step 1;
 //! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives.
 
 use crate::ffi::{
@@ -458,6 +460,11 @@ impl Index {
         }
         self.candidates += 1;
         Ok(())
+    }
+
+    /// Whether the page of `mm` at `addr` is a candidate.
+    pub(crate) fn has_candidate(&self, mm: &Mm, addr: usize) -> bool {
+        self.candidate_keys.get(&(mm_id(mm), addr)).is_some()
     }
 
     /// Drops the candidate of `mm` at `addr`, if any (the page was merged or unmerged).

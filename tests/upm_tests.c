@@ -222,6 +222,100 @@ static enum result test_cross_process(void)
 	return PASS;
 }
 
+/* Threads that keep their process's mmap_lock contended until *stop. */
+struct lock_hog {
+	char *area; /* mlocked and munlocked in turn */
+	size_t bytes;
+	volatile int *stop;
+};
+
+static void *hog_mlock(void *arg)
+{
+	struct lock_hog *h = arg;
+
+	while (!*h->stop) {
+		/* Populates under mmap_lock (read); munlock walks the area under it (write). */
+		if (mlock(h->area, h->bytes) == 0)
+			munlock(h->area, h->bytes);
+	}
+	return NULL;
+}
+
+static void *hog_mmap(void *arg)
+{
+	struct lock_hog *h = arg;
+
+	while (!*h->stop) {
+		/* A writer waiting for mmap_lock makes every trylock of it fail. */
+		void *p = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			       -1, 0);
+
+		if (p != MAP_FAILED)
+			munmap(p, page_size);
+	}
+	return NULL;
+}
+
+/*
+ * The candidates' process keeps its mmap_lock busy (two threads: mlock/munlock of 32 MiB,
+ * mmap/munmap) while the parent advises their twins. An adviser never waits for another mm's
+ * lock while holding its own, so these pairings fail at first; the end of the call pairs them
+ * from the candidate's side, holding only that mm's lock. Every page is shared, none skipped.
+ */
+static enum result test_busy_candidates(void)
+{
+	struct { volatile uintptr_t addr; volatile int stop; } *shared = map_shared(page_size);
+	int go[2], ready[2];
+	char *a = map_anon(N);
+	pid_t pid;
+	char c;
+
+	CHECK(shared && a && pipe(go) == 0 && pipe(ready) == 0, "setup");
+	pid = fork();
+	if (pid == 0) {
+		struct lock_hog hog = { .bytes = 32 << 20, .stop = &shared->stop };
+		char *b = map_anon(N);
+		pthread_t t[2];
+
+		hog.area = map_anon(hog.bytes / page_size);
+		if (!b || !hog.area)
+			_exit(2);
+		fill_pages(b, N, 41, 1);
+		if (advise(b, N)) /* candidates: no twin yet */
+			_exit(3);
+		shared->addr = (uintptr_t)b;
+		if (pthread_create(&t[0], NULL, hog_mlock, &hog) ||
+		    pthread_create(&t[1], NULL, hog_mmap, &hog))
+			_exit(4);
+		if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(5);
+		shared->stop = 1;
+		pthread_join(t[0], NULL);
+		pthread_join(t[1], NULL);
+		_exit(check_pages(b, N, 41, 1) < 0 ? 0 : 6);
+	}
+	fill_pages(a, N, 41, 1);
+	CHECK(read(ready[0], &c, 1) == 1, "child ready");
+	usleep(100 * 1000); /* the hogs at work */
+
+	long busy = counter("pages_skipped_busy"), merged = counter("pages_merged");
+	int advised = advise(a, N);
+
+	busy = counter("pages_skipped_busy") - busy;
+	merged = counter("pages_merged") - merged;
+	size_t same = 0;
+
+	for (size_t i = 0; i < N; i++)
+		same += pfn_of(a + i * page_size) == pfn_in(pid, shared->addr, i);
+	CHECK(write(go[1], "g", 1) == 1 && wait_exit(pid) == 0, "child's pages intact");
+	CHECK(advised == 0, "advise: %s", strerror(errno));
+	CHECK(same == N && merged == N && busy == 0,
+	      "%zu of %d pages shared with a busy process, %ld merged, %ld skipped as busy", same, N,
+	      merged, busy);
+	CHECK(check_pages(a, N, 41, 1) < 0, "contents");
+	return PASS;
+}
+
 #define MANY_MAX 128
 
 /* What each of many processes reports: its advise result and where its pages are. */
@@ -1574,6 +1668,7 @@ static const struct test tests[] = {
 	{ "unmerge", test_unmerge, "MADV_UPM_UNMERGEABLE restores private frames" },
 	{ "unmerge_after_dontneed", test_unmerge_after_dontneed, "KSM functional test port" },
 	{ "cross_process", test_cross_process, "two processes share; writes stay private" },
+	{ "busy_candidates", test_busy_candidates, "twins in a process busy with its mmap_lock" },
 	{ "sixteen_processes", test_sixteen_processes, "16 processes; counters 0 after exit" },
 	{ "many_processes", test_many_processes, "128 processes share one set of frames" },
 	{ "gib_range", test_gib_range, "1 GiB ranges, every 8th page present: merged, intact" },
