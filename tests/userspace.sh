@@ -221,13 +221,14 @@ instances_share() { # command...
 	local dir fd1 fd2 pid1 pid2 a1 a2 pages1 pages2 same=0 rc=1 i
 	dir=$(mktemp -d)
 	mkfifo "$dir/in1" "$dir/in2"
+	# Both at once, as a fleet starts its instances: they advise at the same moment.
 	for i in 1 2; do
 		"$@" <"$dir/in$i" >"$dir/out$i" 2>&1 &
-		if [ $i = 1 ]; then exec {fd1}>"$dir/in1"; else exec {fd2}>"$dir/in2"; fi
-		for _ in $(seq 600); do
-			grep -q '^ready' "$dir/out$i" && break
-			sleep 0.1
-		done
+	done
+	exec {fd1}>"$dir/in1" {fd2}>"$dir/in2"
+	for _ in $(seq 600); do
+		grep -q '^ready' "$dir/out1" && grep -q '^ready' "$dir/out2" && break
+		sleep 0.1
 	done
 	read -r _ pid1 a1 pages1 < <(grep '^ready' "$dir/out1")
 	read -r _ pid2 a2 pages2 < <(grep '^ready' "$dir/out2")
