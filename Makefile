@@ -139,6 +139,8 @@ install: module
 	install -D -m 644 userspace/systemd/upm.service $(DESTDIR)/usr/lib/systemd/system/upm.service
 	install -D -m 644 userspace/systemd/modules-load.conf \
 		$(DESTDIR)/usr/lib/modules-load.d/upm.conf
+	install -D -m 644 userspace/oci/upm-hook.json \
+		$(DESTDIR)/usr/share/containers/oci/hooks.d/upm.json
 	test -e $(DESTDIR)/etc/upm/upm.conf || \
 		install -D -m 644 userspace/systemd/upm.conf $(DESTDIR)/etc/upm/upm.conf
 

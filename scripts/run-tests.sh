@@ -60,7 +60,8 @@ if (($# == 0)); then
 	make -s install DESTDIR="$root" FLAVOUR="$flavour" >"$root.log" 2>&1 ||
 		{ cat "$root.log"; install_failed=1; }
 	for f in usr/bin/upmctl usr/lib/upm/libupm_preload.so etc/upm/upm.conf \
-		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf; do
+		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf \
+		usr/share/containers/oci/hooks.d/upm.json; do
 		[ -s "$root/$f" ] || { echo "    make install: no $f"; install_failed=1; }
 	done
 	find "$root/lib/modules" -path '*/extra/*' -name upm.ko | grep -q . ||
@@ -68,6 +69,10 @@ if (($# == 0)); then
 	if command -v systemd-analyze >/dev/null; then
 		systemd-analyze verify --man=no --recursive-errors=no --root="$root" upm.service || install_failed=1
 	fi
+	# The installed hook description names the installed upmctl.
+	python3 -c 'import json, sys; h = json.load(open(sys.argv[1]))
+assert h["hook"]["path"] == "/usr/bin/upmctl" and h["stages"] == ["poststart"]' \
+		"$root/usr/share/containers/oci/hooks.d/upm.json" || install_failed=1
 	result make_install $install_failed
 	rm -rf "$root" "$root.log"
 	# The Python helper installs as a wheel and works outside the repository.

@@ -217,8 +217,15 @@ check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py
 # README's runtime snippets (examples/): two instances of each, started one after the other
 # as a platform starts function instances, share every page of their weights (pagemap of
 # both, read as root) and still answer a request alike.
+# The module's cumulative counters, one "name=value" per line.
+upm_counters() {
+	grep -H . /sys/kernel/mm/upm/pages_* /sys/kernel/mm/upm/hash_collisions 2>/dev/null |
+		sed 's#.*/##; s/:/=/'
+}
+
 instances_share() { # command...
-	local dir fd1 fd2 pid1 pid2 a1 a2 pages1 pages2 same=0 rc=1 i
+	local dir fd1 fd2 pid1 pid2 a1 a2 pages1 pages2 same=0 rc=1 i before
+	before=$(upm_counters)
 	dir=$(mktemp -d)
 	mkfifo "$dir/in1" "$dir/in2"
 	# Both at once, as a fleet starts its instances: they advise at the same moment.
@@ -242,13 +249,20 @@ instances_share() { # command...
 	[ "$same" = "${pages1:-x}" ] && grep -q '^request -> ' "$dir/out1" &&
 		[ "$(grep '^request -> ' "$dir/out1")" = "$(grep '^request -> ' "$dir/out2")" ]
 	rc=$?
-	[ $rc = 0 ] || { echo "    $1: $same of ${pages1:-?} pages shared"; cat "$dir/out1"; }
+	if [ $rc != 0 ]; then
+		echo "    $1: $same of ${pages1:-?} pages shared; counters that moved:"
+		join -t= <(sort <<<"$before") <(upm_counters | sort) |
+			awk -F= '$2 != $3 { printf "      %s +%d\n", $1, $3 - $2 }'
+		cat "$dir/out1"
+	fi
 	rm -rf "$dir"
 	return $rc
 }
 check runtime_snippet_c instances_share tests/build/handler
 check runtime_snippet_python instances_share env PYTHONPATH=userspace/python "${UPM_PYTHON:-python3}" \
 	examples/handler.py
+
+check container_hook tests/container_hook.sh "$upmctl"
 
 echo "userspace: $passed passed, $failed failed"
 [ "$failed" = 0 ]

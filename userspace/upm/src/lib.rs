@@ -10,7 +10,12 @@
 //! # Ok::<(), upm::Error>(())
 //! ```
 
-use std::{collections::BTreeMap, fmt, fs, io, ops::Range, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt, fs, io,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
 include!(concat!(env!("OUT_DIR"), "/advice.rs"));
 
@@ -39,6 +44,8 @@ pub enum Error {
     /// Line `line` (from 1) of a configuration file is not `KEY=VALUE`, or names a tunable
     /// or value the module refuses (for [`apply_config()`]).
     InvalidConfig { line: usize },
+    /// Input that is not what it must be (for upmctl: the OCI container state a hook reads).
+    InvalidInput(String),
     /// Any other system error.
     Os(io::Error),
 }
@@ -72,6 +79,7 @@ impl fmt::Display for Error {
                 f,
                 "configuration line {line}: not KEY=VALUE, or a tunable or value the module refuses"
             ),
+            Error::InvalidInput(what) => write!(f, "invalid input: {what}"),
             Error::Os(e) => write!(f, "{e}"),
         }
     }
@@ -322,6 +330,17 @@ pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
         }
     }
     Ok(pids)
+}
+
+/// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup), as [`cgroup_pids()`] takes
+/// it: the container a runtime started it in.
+pub fn cgroup_of(pid: i32) -> Result<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(proc_error)?;
+    let path = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .ok_or_else(|| Error::InvalidInput(format!("process {pid} is in no cgroup v2")))?;
+    Ok(Path::new("/sys/fs/cgroup").join(path.trim().trim_start_matches('/')))
 }
 
 /// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.

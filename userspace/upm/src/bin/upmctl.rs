@@ -9,10 +9,20 @@
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
 //!   upmctl set KEY=VALUE            set a tunable
 //!   upmctl metrics                  counters in Prometheus text format
+//!   upmctl hook [--delay SECS]      OCI poststart hook: advise an annotated container
 //!   upmctl completions SHELL | manpage   shell completions, the manual page
 
 use clap::{CommandFactory, Parser, Subcommand};
-use std::{collections::BTreeMap, ops::Range, process::ExitCode, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    ops::Range,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{ExitCode, Stdio},
+    thread,
+    time::Duration,
+};
 use upm::{Advice, Error};
 
 /// Exit statuses, from sysexits.h.
@@ -29,7 +39,8 @@ Exit status (sysexits.h):
   0   success
   64  usage error (EX_USAGE): bad arguments, a range that madvise refuses or a tunable
       value the module refuses (EINVAL)
-  65  part of the range is not mapped (EX_DATAERR); the mapped parts were processed
+  65  part of the range is not mapped (EX_DATAERR); the mapped parts were processed; or
+      the container state a hook reads is not valid
   66  no such process (EX_NOINPUT)
   69  UPM unavailable (EX_UNAVAILABLE): module not loaded or kernel not patched
   71  any other system error (EX_OSERR)
@@ -39,7 +50,7 @@ Exit status (sysexits.h):
 fn exit_status(e: &Error) -> u8 {
     match e {
         Error::InvalidRange | Error::InvalidTunable => EX_USAGE,
-        Error::Unmapped => EX_DATAERR,
+        Error::Unmapped | Error::InvalidInput(_) => EX_DATAERR,
         Error::NoSuchProcess => EX_NOINPUT,
         Error::ModuleNotLoaded | Error::KernelNotPatched => EX_UNAVAILABLE,
         Error::PermissionDenied | Error::NeedsSysAdmin => EX_NOPERM,
@@ -83,6 +94,9 @@ enum Command {
         /// START-END, hexadecimal addresses as in /proc/PID/maps (with --pid only).
         #[arg(long, value_parser = parse_range, conflicts_with = "cgroup")]
         range: Option<Range<usize>>,
+        /// Wait this many seconds first (a function's cold start).
+        #[arg(long, default_value_t = 0)]
+        delay: u64,
     },
     /// Give a process's merged pages private copies again.
     Unmerge {
@@ -105,6 +119,15 @@ enum Command {
     },
     /// The counters in Prometheus text format (for node_exporter's textfile collector).
     Metrics,
+    /// OCI poststart hook (runc, crun; CRI-O and Podman through hooks.d): reads the container
+    /// state on stdin and, if the container is annotated io.upm.merge=true, advises every
+    /// process of its cgroup. With a delay it returns at once and a detached upmctl advises
+    /// once the delay has passed.
+    Hook {
+        /// Seconds to wait before advising; the annotation io.upm.delay overrides it.
+        #[arg(long, default_value_t = 0)]
+        delay: u64,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), generated from these definitions.
@@ -128,6 +151,15 @@ struct Target {
     /// A cgroup v2 directory, absolute or below /sys/fs/cgroup.
     #[arg(long)]
     cgroup: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    fn cgroup(cgroup: std::path::PathBuf) -> Self {
+        Self {
+            pid: None,
+            cgroup: Some(cgroup),
+        }
+    }
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -241,10 +273,16 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn advise(target: Target, range: Option<Range<usize>>, advice: Advice) -> Result<(), Error> {
+fn advise(
+    target: Target,
+    range: Option<Range<usize>>,
+    delay: u64,
+    advice: Advice,
+) -> Result<(), Error> {
     if !upm::is_supported() {
         return Err(upm::why_unsupported());
     }
+    thread::sleep(Duration::from_secs(delay));
     let pids = match (target.pid, target.cgroup) {
         (Some(pid), _) => vec![pid],
         (None, Some(cgroup)) => upm::cgroup_pids(&cgroup)?,
@@ -262,6 +300,67 @@ fn advise(target: Target, range: Option<Range<usize>>, advice: Advice) -> Result
     Ok(())
 }
 
+/// The annotation that opts a container in: the hook leaves every other container alone.
+const MERGE_ANNOTATION: &str = "io.upm.merge";
+/// The annotation that sets the hook's delay, in seconds.
+const DELAY_ANNOTATION: &str = "io.upm.delay";
+
+/// What the hook needs from the OCI container state: whether to advise, which cgroup, when.
+fn hook_plan(state: &str, default_delay: u64) -> Result<Option<(i32, u64)>, Error> {
+    let state: serde_json::Value = serde_json::from_str(state)
+        .map_err(|e| Error::InvalidInput(format!("container state: {e}")))?;
+    let annotations = &state["annotations"];
+    if annotations[MERGE_ANNOTATION].as_str() != Some("true") {
+        return Ok(None);
+    }
+    let pid = state["pid"]
+        .as_i64()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| Error::InvalidInput("container state: no pid".into()))?;
+    let delay = match annotations[DELAY_ANNOTATION].as_str() {
+        Some(delay) => delay
+            .parse()
+            .map_err(|_| Error::InvalidInput(format!("{DELAY_ANNOTATION}={delay}")))?,
+        None => default_delay,
+    };
+    Ok(Some((pid, delay)))
+}
+
+fn hook(default_delay: u64) -> Result<(), Error> {
+    let mut state = String::new();
+    std::io::stdin()
+        .read_to_string(&mut state)
+        .map_err(Error::Os)?;
+    let Some((pid, delay)) = hook_plan(&state, default_delay)? else {
+        return Ok(());
+    };
+    let cgroup = upm::cgroup_of(pid)?;
+    if cgroup == Path::new("/sys/fs/cgroup") {
+        // The root cgroup holds every process of the host, not a container.
+        return Err(Error::InvalidInput(format!(
+            "container process {pid} has no cgroup of its own"
+        )));
+    }
+    if delay == 0 {
+        return advise(Target::cgroup(cgroup), None, 0, Advice::Merge);
+    }
+    // The runtime waits for its hooks (and for their output pipes): detach, silent.
+    std::process::Command::new(std::env::current_exe().map_err(Error::Os)?)
+        .arg("advise")
+        .arg("--cgroup")
+        .arg(&cgroup)
+        .arg("--delay")
+        .arg(delay.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(Error::Os)?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Status { json } => {
@@ -269,8 +368,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Watch { interval, count } => watch(interval, count),
-        Command::Advise { target, range } => advise(target, range, Advice::Merge),
-        Command::Unmerge { target, range } => advise(target, range, Advice::Unmerge),
+        Command::Advise {
+            target,
+            range,
+            delay,
+        } => advise(target, range, delay, Advice::Merge),
+        Command::Unmerge { target, range } => advise(target, range, 0, Advice::Unmerge),
+        Command::Hook { delay } => hook(delay),
         Command::Show { pid, json } => show(pid, json),
         Command::Set {
             setting: (key, value),
@@ -327,5 +431,40 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_leaves_containers_without_the_annotation_alone() {
+        let state = r#"{"ociVersion": "1.0.2", "id": "c", "status": "running", "pid": 42}"#;
+        assert!(matches!(hook_plan(state, 5), Ok(None)));
+        let off = r#"{"pid": 42, "annotations": {"io.upm.merge": "false"}}"#;
+        assert!(matches!(hook_plan(off, 5), Ok(None)));
+    }
+
+    #[test]
+    fn hook_takes_pid_and_delay() {
+        let on = r#"{"pid": 42, "annotations": {"io.upm.merge": "true"}}"#;
+        assert!(matches!(hook_plan(on, 5), Ok(Some((42, 5)))));
+        let delayed =
+            r#"{"pid": 42, "annotations": {"io.upm.merge": "true", "io.upm.delay": "9"}}"#;
+        assert!(matches!(hook_plan(delayed, 5), Ok(Some((42, 9)))));
+    }
+
+    #[test]
+    fn hook_refuses_bad_state() {
+        for state in [
+            "not json",
+            r#"{"annotations": {"io.upm.merge": "true"}}"#,
+            r#"{"pid": 0, "annotations": {"io.upm.merge": "true"}}"#,
+            r#"{"pid": 42, "annotations": {"io.upm.merge": "true", "io.upm.delay": "soon"}}"#,
+        ] {
+            let plan = hook_plan(state, 0);
+            assert!(matches!(plan, Err(Error::InvalidInput(_))), "{state}");
+        }
     }
 }
