@@ -395,27 +395,36 @@ impl Upm {
         guard: &MmapReadGuard<'_>,
         vma: &MergeableVma,
         addr: usize,
-        mut page: ARef<UserPage>,
+        page: ARef<UserPage>,
         large: bool,
     ) -> Result<(), MergeError> {
         let (mm, domain) = (call.mm, call.domain);
         let hash = page.content_hash(self.seed);
+        // No reference to a huge page while waiting for the index: an adviser holding the
+        // index may be pairing with one of its pages, and a reference makes its split fail.
+        let page = if large {
+            drop(page);
+            None
+        } else {
+            Some(page)
+        };
         let mut index = self.index.lock();
         let probes = index.probe(domain, hash);
-        if large && (hash == self.zero_hash || !probes.is_empty()) {
+        let page = if large && (hash == self.zero_hash || !probes.is_empty()) {
             // KSM's rule: split a huge page only when one of its pages has a twin.
-            drop(page);
             vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
-            page = match vma.get_page(addr) {
+            match vma.get_page(addr) {
                 Mapped::Anon(page) => page,
                 _ => return Err(MergeError::Gone),
-            };
-        } else if large {
+            }
+        } else if let Some(page) = page {
+            page
+        } else {
             // No twin: a candidate, left whole.
             return index
                 .insert_candidate(domain, hash, mm, addr)
                 .map_err(|_| MergeError::NoMemory);
-        }
+        };
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
                 Ok(()) => {
