@@ -12,8 +12,9 @@
 
 use std::{
     collections::BTreeMap,
-    fmt, fs, io,
+    fs, io,
     ops::Range,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -23,69 +24,45 @@ include!(concat!(env!("OUT_DIR"), "/advice.rs"));
 pub const SYSFS_DIR: &str = "/sys/kernel/mm/upm";
 
 /// Why a UPM call failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel carries the UPM series but the module is not loaded (`EINVAL`).
+    #[error("UPM module not loaded (insmod upm.ko)")]
     ModuleNotLoaded,
     /// The kernel does not carry the UPM series (`EINVAL`).
+    #[error("kernel not patched for UPM (no upm_register_ops in /proc/kallsyms)")]
     KernelNotPatched,
     /// Bad arguments: unaligned or overflowing range (`EINVAL` with the module loaded).
+    #[error("invalid range (unaligned or overflowing)")]
     InvalidRange,
     /// Part of the range is not mapped; the mapped parts were processed (`ENOMEM`).
+    #[error("part of the range is not mapped (the mapped parts were processed)")]
     Unmapped,
     /// Not allowed: `CAP_SYS_NICE` or ptrace access to the target is missing.
+    #[error("permission denied (needs CAP_SYS_NICE and ptrace access)")]
     PermissionDenied,
     /// Frame numbers and page flags are hidden without `CAP_SYS_ADMIN` (for [`scan_pages()`]).
+    #[error(
+        "frame numbers and page flags need CAP_SYS_ADMIN (/proc/PID/pagemap, /proc/kpageflags)"
+    )]
     NeedsSysAdmin,
     /// No such tunable, or a value the module refuses (for [`set_tunable()`]).
+    #[error("no such tunable, or a value it does not take")]
     InvalidTunable,
     /// The process does not exist (any more).
+    #[error("no such process")]
     NoSuchProcess,
     /// Line `line` (from 1) of a configuration file is not `KEY=VALUE`, or names a tunable
     /// or value the module refuses (for [`apply_config()`]).
+    #[error("configuration line {line}: not KEY=VALUE, or a tunable or value the module refuses")]
     InvalidConfig { line: usize },
     /// Input that is not what it must be (for upmctl: the OCI container state a hook reads).
+    #[error("invalid input: {0}")]
     InvalidInput(String),
     /// Any other system error.
+    #[error("{0}")]
     Os(io::Error),
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::ModuleNotLoaded => write!(f, "UPM module not loaded (insmod upm.ko)"),
-            Error::KernelNotPatched => write!(
-                f,
-                "kernel not patched for UPM (no upm_register_ops in /proc/kallsyms)"
-            ),
-            Error::InvalidRange => write!(f, "invalid range (unaligned or overflowing)"),
-            Error::Unmapped => write!(
-                f,
-                "part of the range is not mapped (the mapped parts were processed)"
-            ),
-            Error::PermissionDenied => {
-                write!(
-                    f,
-                    "permission denied (needs CAP_SYS_NICE and ptrace access)"
-                )
-            }
-            Error::NeedsSysAdmin => write!(
-                f,
-                "frame numbers and page flags need CAP_SYS_ADMIN (/proc/PID/pagemap, /proc/kpageflags)"
-            ),
-            Error::InvalidTunable => write!(f, "no such tunable, or a value it does not take"),
-            Error::NoSuchProcess => write!(f, "no such process"),
-            Error::InvalidConfig { line } => write!(
-                f,
-                "configuration line {line}: not KEY=VALUE, or a tunable or value the module refuses"
-            ),
-            Error::InvalidInput(what) => write!(f, "invalid input: {what}"),
-            Error::Os(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// Result of UPM calls.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -265,10 +242,12 @@ pub fn advise_process(
         None => anonymous_ranges(pid)?,
     };
     // SAFETY: pidfd_open takes plain integers.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if raw < 0 {
         return Err(last_error());
     }
+    // SAFETY: `raw` is a descriptor just opened, owned by nothing else: closed on drop.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut done = 0;
     let mut result = Ok(());
     for range in &ranges {
@@ -277,8 +256,16 @@ pub fn advise_process(
             iov_len: range.len(),
         };
         // SAFETY: `iov` is one valid iovec; the kernel only reads it.
-        let ret =
-            unsafe { libc::syscall(libc::SYS_process_madvise, pidfd, &iov, 1, advice.value(), 0) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                pidfd.as_raw_fd(),
+                &iov,
+                1,
+                advice.value(),
+                0,
+            )
+        };
         if ret < 0 {
             match last_error() {
                 // A mapping that went away meanwhile is not an error for a whole-process advise.
@@ -291,8 +278,6 @@ pub fn advise_process(
         }
         done += ret.max(0) as usize;
     }
-    // SAFETY: `pidfd` is our descriptor.
-    unsafe { libc::close(pidfd) };
     result.map(|()| done)
 }
 
