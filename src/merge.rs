@@ -602,11 +602,16 @@ impl Upm {
                 .map_err(|_| PairError::Busy)?;
             twin = twin_vma.get_page(twin_addr);
         }
-        let Mapped::Anon(twin) = twin else {
-            return Err(PairError::Stale);
+        let twin = match twin {
+            Mapped::Anon(twin) => twin,
+            // Migrating (NUMA balancing, compaction) or swapped out: it comes back, so the
+            // candidate is kept and the pairing retried like one with a busy mm.
+            Mapped::Nothing => return Err(PairError::Busy),
+            _ => return Err(PairError::Stale),
         };
         merge(twin_vma, &twin).map_err(|e| match e {
-            MergeError::Busy => PairError::Busy,
+            // Unmapped since it was looked up: moved a moment ago, as above.
+            MergeError::Busy | MergeError::Gone => PairError::Busy,
             e => PairError::Page(e),
         })
     }

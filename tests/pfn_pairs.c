@@ -5,6 +5,9 @@
  * /proc/PID/pagemap.
  *
  *   pfn_pairs PID A B PAGES [PID_B]   (A and B in hexadecimal, as dup_holder prints them)
+ *
+ * With PFN_PAIRS_APART=1 in the environment, each pair on different frames is listed on
+ * stderr with both frames' /proc/kpageflags (for a failing test's report).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -23,8 +26,22 @@ static uint64_t pfn(int fd, uintptr_t addr)
 	return entry >> 63 ? entry & ((1ull << 55) - 1) : 0;
 }
 
+static uint64_t kpageflags(uint64_t pfn)
+{
+	static int fd = -2;
+	uint64_t flags = 0;
+
+	if (fd == -2)
+		fd = open("/proc/kpageflags", O_RDONLY);
+	if (fd < 0 || pread(fd, &flags, sizeof(flags), (off_t)(pfn * sizeof(flags))) !=
+	    sizeof(flags))
+		return 0;
+	return flags;
+}
+
 int main(int argc, char **argv)
 {
+	int list_apart = getenv("PFN_PAIRS_APART") != NULL;
 	char path[64];
 	uintptr_t a, b;
 	size_t pages, same = 0;
@@ -44,9 +61,13 @@ int main(int argc, char **argv)
 	b = strtoull(argv[3], NULL, 16);
 	pages = strtoull(argv[4], NULL, 10);
 	for (size_t i = 0; i < pages; i++) {
-		uint64_t pa = pfn(fd, a + i * 4096);
+		uint64_t pa = pfn(fd, a + i * 4096), pb = pfn(fd_b, b + i * 4096);
 
-		same += pa && pa == pfn(fd_b, b + i * 4096);
+		same += pa && pa == pb;
+		if (list_apart && !(pa && pa == pb))
+			fprintf(stderr, "page %zu: frame %#llx flags %#llx, frame %#llx flags %#llx\n", i,
+				(unsigned long long)pa, (unsigned long long)kpageflags(pa),
+				(unsigned long long)pb, (unsigned long long)kpageflags(pb));
 	}
 	printf("%zu\n", same);
 	return 0;

@@ -254,6 +254,8 @@ instances_share() { # command...
 		join -t= <(sort <<<"$before") <(upm_counters | sort) |
 			awk -F= '$2 != $3 { printf "      %s +%d\n", $1, $3 - $2 }'
 		cat "$dir/out1"
+		PFN_PAIRS_APART=1 tests/build/pfn_pairs "$pid1" "$a1" "$a2" "$pages1" "$pid2" 2>&1 >/dev/null |
+			head -8 | sed 's/^/      /'
 	fi
 	rm -rf "$dir"
 	return $rc
