@@ -181,12 +181,11 @@ fn parse_range(s: &str) -> Result<Range<usize>, String> {
 
 const PAGE_KIB: u64 = 4;
 
-fn json_object<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> String {
-    let fields: Vec<String> = fields
+fn json_object<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> serde_json::Value {
+    fields
         .into_iter()
-        .map(|(k, v)| format!("\"{k}\": {v}"))
-        .collect();
-    format!("{{{}}}", fields.join(", "))
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+        .collect()
 }
 
 /// Prints the counters; with `previous`, also how each changed since then.
@@ -408,8 +407,8 @@ fn run(cli: Cli) -> Result<(), Error> {
 fn report(e: &Error, json: bool) -> ExitCode {
     let status = exit_status(e);
     if json {
-        let message = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
-        println!("{{\"error\": \"{message}\", \"exit_status\": {status}}}");
+        let error = serde_json::json!({ "error": e.to_string(), "exit_status": status });
+        println!("{error}");
     }
     eprintln!("upmctl: {e}");
     ExitCode::from(status)
