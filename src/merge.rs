@@ -108,9 +108,9 @@ impl<'a> Call<'a> {
         deferred_now
     }
 
-    /// Hands the pairing with the candidate of `mm` at `addr` to the end of the call; false if
-    /// it must be counted now.
-    fn pair_from_candidate(&self, mm: &ARef<Mm>, addr: usize) -> bool {
+    /// Hands the pairing with the candidate of `mm` at `addr` to the end of the call, where
+    /// [`Upm::pair_from_candidate`] makes it; false if it must be counted now.
+    fn hand_to_candidate(&self, mm: &ARef<Mm>, addr: usize) -> bool {
         if self.stage.get() == Stage::Twins {
             return false;
         }
@@ -402,12 +402,7 @@ impl Upm {
         let hash = page.content_hash(self.seed);
         // No reference to a huge page while waiting for the index: an adviser holding the
         // index may be pairing with one of its pages, and a reference makes its split fail.
-        let page = if large {
-            drop(page);
-            None
-        } else {
-            Some(page)
-        };
+        let page = (!large).then_some(page);
         let mut index = self.index.lock();
         let probes = index.probe(domain, hash);
         let page = if large && (hash == self.zero_hash || !probes.is_empty()) {
@@ -482,7 +477,7 @@ impl Upm {
                         }
                         Err(PairError::Busy) => {
                             if call.stage.get() == Stage::Retry
-                                && call.pair_from_candidate(twin_mm, *twin_addr)
+                                && call.hand_to_candidate(twin_mm, *twin_addr)
                             {
                                 handed_to_twin = true;
                             } else {
@@ -552,7 +547,7 @@ impl Upm {
                     drop(index.remove(key));
                 }
                 Err(PairError::Busy) => {
-                    if !call.pair_from_candidate(twin_mm, *twin_addr) {
+                    if !call.hand_to_candidate(twin_mm, *twin_addr) {
                         STATS.skip(Skip::Busy, 1);
                     }
                 }

@@ -23,6 +23,9 @@ include!(concat!(env!("OUT_DIR"), "/advice.rs"));
 /// Where the module's counters and tunables live.
 pub const SYSFS_DIR: &str = "/sys/kernel/mm/upm";
 
+/// Where the cgroup v2 hierarchy is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Why a UPM call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -301,7 +304,7 @@ pub fn stats() -> Result<BTreeMap<String, u64>> {
 /// The processes of cgroup v2 directory `cgroup` (absolute, or relative to /sys/fs/cgroup)
 /// and of its descendants, as in their `cgroup.procs` files.
 pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
-    let dir = Path::new("/sys/fs/cgroup").join(cgroup);
+    let dir = Path::new(CGROUP_ROOT).join(cgroup);
     let mut pids = Vec::new();
     let mut pending = vec![dir];
     while let Some(dir) = pending.pop() {
@@ -325,7 +328,7 @@ pub fn cgroup_of(pid: i32) -> Result<PathBuf> {
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .ok_or_else(|| Error::InvalidInput(format!("process {pid} is in no cgroup v2")))?;
-    Ok(Path::new("/sys/fs/cgroup").join(path.trim().trim_start_matches('/')))
+    Ok(Path::new(CGROUP_ROOT).join(path.trim().trim_start_matches('/')))
 }
 
 /// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.

@@ -335,7 +335,7 @@ fn hook(default_delay: u64) -> Result<(), Error> {
         return Ok(());
     };
     let cgroup = upm::cgroup_of(pid)?;
-    if cgroup == Path::new("/sys/fs/cgroup") {
+    if cgroup == Path::new(upm::CGROUP_ROOT) {
         // The root cgroup holds every process of the host, not a container.
         return Err(Error::InvalidInput(format!(
             "container process {pid} has no cgroup of its own"
