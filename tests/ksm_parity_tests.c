@@ -635,6 +635,112 @@ static enum result test_unique_stays_ordinary(void)
 	return PASS;
 }
 
+#define THP_DIR "/sys/kernel/mm/transparent_hugepage/khugepaged/"
+#define SPARSE 128 /* pages of a 2 MiB range that have a twin: under max_ptes_shared */
+
+/*
+ * A 2 MiB aligned range of small pages: its first SPARSE pages hold what seed writes, the
+ * rest is distinct to this range (own_seed). khugepaged may collapse it once madvised.
+ */
+static char *sparse_twin_range(uint64_t seed, uint64_t own_seed)
+{
+	size_t pages = (2 << 20) / page_size;
+	char *p = unique_thp_range(pages, own_seed);
+
+	if (p) {
+		madvise(p, pages * page_size, MADV_NOHUGEPAGE); /* small pages until merged */
+		fill_pages(p, SPARSE, seed, 1);
+	}
+	return p;
+}
+
+/* Whether a 2 MiB aligned range is mapped by one huge page: 512 frames in a row. */
+static int collapsed(const char *p)
+{
+	size_t pages = (2 << 20) / page_size;
+	uint64_t first = pfn_of(p);
+
+	return first && first % pages == 0 && pfn_of(p + (pages - 1) * page_size) == first + pages - 1;
+}
+
+/* khugepaged unthrottled until it has done two full scans and collapsed @control. */
+static int khugepaged_scans(const char *control)
+{
+	long target = read_long(THP_DIR "full_scans") + 2;
+
+	if (write_long(THP_DIR "scan_sleep_millisecs", 0) ||
+	    write_long(THP_DIR "alloc_sleep_millisecs", 0))
+		return -1;
+	for (int i = 0; i < 600; i++) {
+		if (read_long(THP_DIR "full_scans") >= target && collapsed(control))
+			return 0;
+		usleep(100 * 1000);
+	}
+	return -1;
+}
+
+/*
+ * khugepaged must not undo a merge for good. A 2 MiB range whose merged pages are fewer
+ * than max_ptes_shared (256) is collapsible: khugepaged copies it into a private huge page.
+ * ksmd merges such pages again on its next scans; UPM merges only when advised, so
+ * khugepaged must leave a range holding UPM's pages alone. A control range of unique
+ * pages proves khugepaged scanned this process and collapsed what it may.
+ */
+static enum result test_khugepaged_keeps_merges(void)
+{
+	size_t pages = (2 << 20) / page_size;
+	long scan_sleep = read_long(THP_DIR "scan_sleep_millisecs");
+	long alloc_sleep = read_long(THP_DIR "alloc_sleep_millisecs");
+	char *ua = sparse_twin_range(711, 712), *ub = sparse_twin_range(711, 713);
+	char *ka = sparse_twin_range(714, 715), *kb = sparse_twin_range(714, 716);
+	char *control = unique_thp_range(pages, 717);
+	char *ranges[] = { ua, ub, ka, kb, control };
+	size_t upm_shared, ksm_shared;
+	enum result r = FAIL;
+
+	CHECK(ua && ub && ka && kb && control, "mmap");
+	CHECK(madvise(control, pages * page_size, MADV_NOHUGEPAGE) == 0, "control: small pages");
+	CHECK(advise(ua, pages) == 0 && advise(ub, pages) == 0, "advise");
+	CHECK(count_pfn_equal(ua, ub, SPARSE) == SPARSE && count_pfn_equal(ua, ub, pages) == SPARSE,
+	      "UPM merged %zu of %d", count_pfn_equal(ua, ub, pages), SPARSE);
+	CHECK(madvise(ka, pages * page_size, MADV_MERGEABLE) == 0 &&
+	      madvise(kb, pages * page_size, MADV_MERGEABLE) == 0, "MADV_MERGEABLE");
+	if (ksm_start())
+		goto out;
+	for (int i = 0; i < 1200 && count_pfn_equal(ka, kb, SPARSE) < SPARSE; i++)
+		usleep(100 * 1000);
+	write_long(KSM_DIR "run", 0);
+	if (count_pfn_equal(ka, kb, SPARSE) != SPARSE) {
+		fprintf(stderr, "    ksmd merged %zu of %d\n", count_pfn_equal(ka, kb, SPARSE), SPARSE);
+		goto out;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(ranges); i++)
+		madvise(ranges[i], pages * page_size, MADV_HUGEPAGE);
+	if (khugepaged_scans(control)) {
+		fprintf(stderr, "    khugepaged did not collapse the control range in 60 s\n");
+		goto out;
+	}
+	upm_shared = count_pfn_equal(ua, ub, SPARSE);
+	ksm_shared = count_pfn_equal(ka, kb, SPARSE);
+	fprintf(stderr, "    after khugepaged: UPM %zu of %d pairs share a frame, ksmd %zu\n",
+		upm_shared, SPARSE, ksm_shared);
+	/*
+	 * ksmd's set is collapsed (ksmd would merge it again on its next scans): the kernel
+	 * collapses such a range, so UPM's set was kept by the rule, not by chance.
+	 */
+	if (upm_shared == SPARSE && ksm_shared < SPARSE && check_pages(ua, SPARSE, 711, 1) < 0 &&
+	    check_pages(ub, SPARSE, 711, 1) < 0 && check_pages(ka, SPARSE, 714, 1) < 0 &&
+	    page_intact(ub, pages - 1, 713) && page_intact(kb, pages - 1, 716))
+		r = PASS;
+out:
+	ksm_stop();
+	if (scan_sleep >= 0)
+		write_long(THP_DIR "scan_sleep_millisecs", scan_sleep);
+	if (alloc_sleep >= 0)
+		write_long(THP_DIR "alloc_sleep_millisecs", alloc_sleep);
+	return r;
+}
+
 /* Replaces the vacuous madv_pageout: a merged page mapped once pages out as ksmd's does. */
 static enum result test_madv_pageout(void)
 {
@@ -981,6 +1087,8 @@ const struct test parity_tests[] = {
 	{ "memory_offline", test_memory_offline, "a block holding merged pages goes offline" },
 	{ "unique_stays_ordinary", test_unique_stays_ordinary,
 	  "no twin: no KSM page, no fault on write, MADV_COLLAPSE works" },
+	{ "khugepaged_keeps_merges", test_khugepaged_keeps_merges,
+	  "khugepaged leaves a range holding merged pages as ksmd's end up: shared" },
 	{ "madv_pageout", test_madv_pageout, "MADV_PAGEOUT swaps a merged page mapped once" },
 	{ "madv_free", test_madv_free, "lazily freed pages never merge; twin intact" },
 	{ "o_direct", test_o_direct,
