@@ -18,6 +18,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use procfs::{
+    process::{MMPermissions, MMapPath, MemoryMap, MemoryPageFlags, PageInfo, Pfn, Process},
+    KPageFlags, PhysicalPageFlags, ProcError,
+};
+
 include!(concat!(env!("OUT_DIR"), "/advice.rs"));
 
 /// Where the module's counters and tunables live.
@@ -175,58 +180,43 @@ pub fn unmerge(range: Range<usize>) -> Result<()> {
 /// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
 /// writable; stacks, vdso/vvar, guard pages and shared or file mappings are left out.
 pub fn anonymous_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    Ok(mappings(pid)?
-        .into_iter()
-        .filter(Mapping::is_private_anonymous_rw)
-        .map(|m| m.range)
-        .collect())
+    ranges_where(pid, is_private_anonymous_rw)
 }
 
-/// One line of `/proc/PID/maps`.
-struct Mapping {
-    range: Range<usize>,
-    /// `rwxp`-style permissions; the last letter is `p` (private) or `s` (shared).
-    perms: String,
-    inode: String,
-    /// Path or pseudo-name (`[heap]`, `[stack]`...), empty for anonymous memory.
-    name: String,
+/// Heap and anonymous mmaps (named ones too), readable and writable: not stacks,
+/// vdso/vvar, guard pages, shared or file mappings.
+fn is_private_anonymous_rw(map: &MemoryMap) -> bool {
+    let eligible_name = match &map.pathname {
+        MMapPath::Anonymous | MMapPath::Heap => true,
+        MMapPath::Other(name) => name.starts_with("anon:"),
+        _ => false,
+    };
+    map.perms
+        .contains(MMPermissions::READ | MMPermissions::WRITE | MMPermissions::PRIVATE)
+        && map.inode == 0
+        && eligible_name
 }
 
-impl Mapping {
-    fn parse(line: &str) -> Option<Self> {
-        let mut fields = line.split_whitespace();
-        let (addresses, perms) = (fields.next()?, fields.next()?);
-        let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
-        let (start, end) = addresses.split_once('-')?;
-        Some(Self {
-            range: usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?,
-            perms: perms.to_string(),
-            inode: inode.to_string(),
-            name: fields.collect::<Vec<_>>().join(" "),
-        })
-    }
-
-    fn is_private(&self) -> bool {
-        self.perms.ends_with('p')
-    }
-
-    /// Scanned by [`scan_pages()`]: see [`private_ranges()`].
-    fn is_scanned(&self) -> bool {
-        self.is_private() && !self.perms.starts_with("---") && self.name != "[vsyscall]"
-    }
-
-    /// Heap and anonymous mmaps, readable and writable: not stacks, vdso/vvar, guard pages,
-    /// shared or file mappings.
-    fn is_private_anonymous_rw(&self) -> bool {
-        let eligible_name =
-            self.name.is_empty() || self.name == "[heap]" || self.name.starts_with("[anon:");
-        self.perms.starts_with("rw") && self.is_private() && self.inode == "0" && eligible_name
-    }
+/// Scanned by [`scan_pages()`]: private mappings but inaccessible (`---p`) ones, which are
+/// address-space reservations, and the `[vsyscall]` page, which lies outside the user
+/// address space that pagemap covers. Shared mappings hold no merged pages.
+fn is_scanned(map: &MemoryMap) -> bool {
+    let accessible = MMPermissions::READ | MMPermissions::WRITE | MMPermissions::EXECUTE;
+    map.perms.contains(MMPermissions::PRIVATE)
+        && map.perms.intersects(accessible)
+        && map.pathname != MMapPath::Vsyscall
 }
 
-fn mappings(pid: i32) -> Result<Vec<Mapping>> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(proc_error)?;
-    Ok(maps.lines().filter_map(Mapping::parse).collect())
+fn address_range(map: &MemoryMap) -> Range<usize> {
+    map.address.0 as usize..map.address.1 as usize
+}
+
+/// The ranges of process `pid`'s mappings that `keep` accepts, from `/proc/PID/maps`.
+fn ranges_where(pid: i32, keep: fn(&MemoryMap) -> bool) -> Result<Vec<Range<usize>>> {
+    let maps = Process::new(pid)
+        .and_then(|process| process.maps())
+        .map_err(procfs_error)?;
+    Ok(maps.iter().filter(|m| keep(m)).map(address_range).collect())
 }
 
 /// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
@@ -433,22 +423,19 @@ pub struct ProcessUsage {
 
 /// Reads `/proc/PID/smaps_rollup`.
 pub fn process_usage(pid: i32) -> Result<ProcessUsage> {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).map_err(proc_error)?;
-    let mut usage = ProcessUsage::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(key), Some(value)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let value: u64 = value.parse().unwrap_or(0);
-        match key {
-            "Anonymous:" => usage.anon_kib = value,
-            "KSM:" => usage.merged_kib = value,
-            "Pss_Anon:" => usage.pss_anon_kib = value,
-            _ => {}
-        }
-    }
-    Ok(usage)
+    let rollup = Process::new(pid)
+        .and_then(|process| process.smaps_rollup())
+        .map_err(procfs_error)?;
+    let Some(totals) = rollup.memory_map_rollup.iter().next() else {
+        return Ok(ProcessUsage::default());
+    };
+    // procfs gives the figures in bytes.
+    let kib = |key: &str| totals.extension.map.get(key).copied().unwrap_or(0) / 1024;
+    Ok(ProcessUsage {
+        anon_kib: kib("Anonymous"),
+        merged_kib: kib("KSM"),
+        pss_anon_kib: kib("Pss_Anon"),
+    })
 }
 
 /// What a process's page tables and the kernel's page flags say about its private mappings.
@@ -464,22 +451,6 @@ pub struct PageScan {
     pub zero: u64,
 }
 
-const PM_PRESENT: u64 = 1 << 63;
-const PM_PFN_MASK: u64 = (1 << 55) - 1;
-const KPF_KSM: u64 = 1 << 21;
-const KPF_ZERO_PAGE: u64 = 1 << 24;
-
-/// Private mappings worth scanning: everything but shared and inaccessible (`---p`)
-/// mappings, which hold no merged pages or are address-space reservations, and the
-/// `[vsyscall]` page, which lies outside the user address space that pagemap covers.
-fn private_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    Ok(mappings(pid)?
-        .into_iter()
-        .filter(Mapping::is_scanned)
-        .map(|m| m.range)
-        .collect())
-}
-
 fn proc_error(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::NotFound => Error::NoSuchProcess,
@@ -492,56 +463,95 @@ fn proc_error(e: io::Error) -> Error {
     }
 }
 
+fn procfs_error(e: ProcError) -> Error {
+    match e {
+        ProcError::NotFound(_) => Error::NoSuchProcess,
+        ProcError::PermissionDenied(_) => Error::PermissionDenied,
+        ProcError::Io(e, _) => proc_error(e),
+        e => Error::Os(io::Error::other(e)),
+    }
+}
+
+/// Frames whose flags one read of `/proc/kpageflags` returns: procfs reads through an
+/// 8 KiB buffer, which a seek to the next frame throws away.
+const KPAGEFLAGS_WINDOW: u64 = 1024;
+
+/// Calls `each` with the page flags of every frame of `frames` (sorted, repeats allowed),
+/// reading `/proc/kpageflags` once per window of nearby frames.
+fn for_each_frame_flags(
+    kpageflags: &mut KPageFlags,
+    frames: &[u64],
+    mut each: impl FnMut(u64, PhysicalPageFlags),
+) -> Result<()> {
+    let mut rest = frames;
+    while let Some(&first) = rest.first() {
+        let in_window = rest.partition_point(|&pfn| pfn < first + KPAGEFLAGS_WINDOW);
+        let last = rest[in_window - 1];
+        let flags = kpageflags
+            .get_range_info(Pfn(first), Pfn(last + 1))
+            .map_err(procfs_error)?;
+        for &pfn in &rest[..in_window] {
+            each(pfn, flags[(pfn - first) as usize]);
+        }
+        rest = &rest[in_window..];
+    }
+    Ok(())
+}
+
 /// Counts the merged pages of process `pid` from `/proc/PID/pagemap` and `/proc/kpageflags`.
 ///
 /// Needs `CAP_SYS_ADMIN` (without it the kernel hides frame numbers). Kernels since 6.10
 /// report `KPF_KSM` for every anonymous page unless they carry upstream commit 81401cebfc15;
 /// the UPM kernel series backports it to 6.12.
 pub fn scan_pages(pid: i32) -> Result<PageScan> {
-    use std::{collections::HashSet, os::unix::fs::FileExt};
+    use std::collections::HashSet;
 
-    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).map_err(proc_error)?;
-    let kpageflags = fs::File::open("/proc/kpageflags").map_err(|e| match proc_error(e) {
+    let mut pagemap = Process::new(pid)
+        .and_then(|process| process.pagemap())
+        .map_err(procfs_error)?;
+    let mut kpageflags = KPageFlags::new().map_err(|e| match procfs_error(e) {
         Error::PermissionDenied => Error::NeedsSysAdmin,
         e => e,
     })?;
-    let page = page_size() as u64;
+    let page = page_size();
     let mut scan = PageScan::default();
-    let mut frames = HashSet::new();
-    let mut entries = vec![0u8; 8 * 512];
-    for range in private_ranges(pid)? {
-        let (mut vpn, end) = (range.start as u64 / page, range.end as u64 / page);
+    let mut merged_frames = HashSet::new();
+    let mut frames = Vec::with_capacity(512);
+    for range in ranges_where(pid, is_scanned)? {
+        let (mut vpn, end) = (range.start / page, range.end / page);
         while vpn < end {
-            let n = (end - vpn).min(512) as usize;
-            let buf = &mut entries[..8 * n];
-            pagemap.read_exact_at(buf, vpn * 8).map_err(proc_error)?;
-            for entry in buf.chunks_exact(8) {
-                let entry = u64::from_ne_bytes(entry.try_into().unwrap());
-                if entry & PM_PRESENT == 0 {
+            let batch = (end - vpn).min(512);
+            frames.clear();
+            for info in pagemap
+                .get_range_info(vpn..vpn + batch)
+                .map_err(procfs_error)?
+            {
+                let PageInfo::MemoryPage(entry) = info else {
+                    continue; // swapped out
+                };
+                if !entry.contains(MemoryPageFlags::PRESENT) {
                     continue;
                 }
-                let pfn = entry & PM_PFN_MASK;
-                if pfn == 0 {
+                match entry.get_page_frame_number() {
                     // Present but no frame number: the kernel hid it from us.
-                    return Err(Error::NeedsSysAdmin);
-                }
-                let mut flags = [0u8; 8];
-                kpageflags
-                    .read_exact_at(&mut flags, pfn * 8)
-                    .map_err(proc_error)?;
-                let flags = u64::from_ne_bytes(flags);
-                scan.present += 1;
-                if flags & KPF_KSM != 0 {
-                    scan.merged += 1;
-                    frames.insert(pfn);
-                } else if flags & KPF_ZERO_PAGE != 0 {
-                    scan.zero += 1;
+                    Pfn(0) => return Err(Error::NeedsSysAdmin),
+                    Pfn(pfn) => frames.push(pfn),
                 }
             }
-            vpn += n as u64;
+            frames.sort_unstable();
+            for_each_frame_flags(&mut kpageflags, &frames, |pfn, flags| {
+                scan.present += 1;
+                if flags.contains(PhysicalPageFlags::KSM) {
+                    scan.merged += 1;
+                    merged_frames.insert(pfn);
+                } else if flags.contains(PhysicalPageFlags::ZERO_PAGE) {
+                    scan.zero += 1;
+                }
+            })?;
+            vpn += batch;
         }
     }
-    scan.merged_frames = frames.len() as u64;
+    scan.merged_frames = merged_frames.len() as u64;
     Ok(scan)
 }
 
@@ -593,10 +603,17 @@ mod tests {
         }
     }
 
+    /// One line of `/proc/PID/maps`, parsed as [`ranges_where()`] parses the file.
+    fn parse(line: &str) -> Option<MemoryMap> {
+        use procfs::FromBufRead;
+        let maps = procfs::process::MemoryMaps::from_buf_read(format!("{line}\n").as_bytes());
+        maps.ok()?.into_iter().next()
+    }
+
     fn parse_anonymous(line: &str) -> Option<Range<usize>> {
-        Mapping::parse(line)
-            .filter(Mapping::is_private_anonymous_rw)
-            .map(|m| m.range)
+        parse(line)
+            .filter(is_private_anonymous_rw)
+            .map(|m| address_range(&m))
     }
 
     #[test]
@@ -607,6 +624,10 @@ mod tests {
         );
         assert_eq!(
             parse_anonymous("1000-2000 rw-p 00000000 00:00 0 [heap]"),
+            Some(0x1000..0x2000)
+        );
+        assert_eq!(
+            parse_anonymous("1000-2000 rw-p 00000000 00:00 0 [anon:weights]"),
             Some(0x1000..0x2000)
         );
         assert_eq!(
@@ -626,7 +647,7 @@ mod tests {
 
     #[test]
     fn scans_private_accessible_mappings() {
-        let scanned = |line| Mapping::parse(line).is_some_and(|m| m.is_scanned());
+        let scanned = |line| parse(line).is_some_and(|m| is_scanned(&m));
         assert!(scanned("7f00-8000 rw-p 00000000 00:00 0 "));
         assert!(scanned("1000-2000 r--p 00001000 08:01 42 /usr/lib/x.so"));
         assert!(!scanned("1000-2000 ---p 00000000 00:00 0 "));
@@ -634,6 +655,27 @@ mod tests {
         assert!(!scanned(
             "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]"
         ));
+    }
+
+    #[test]
+    fn frame_flags_read_a_window_at_a_time() {
+        // A kpageflags file whose entry for frame f is f * 3, so that each flag is checkable.
+        let dir = std::env::temp_dir().join(format!("upm-kpageflags-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let entries: Vec<u8> = (0..5000u64).flat_map(|f| (f * 3).to_ne_bytes()).collect();
+        fs::write(dir.join("kpageflags"), entries).unwrap();
+        let mut kpageflags = KPageFlags::from_custom_root(&dir).unwrap();
+
+        // Repeats, a window boundary (0 and 1023 in one read, 1024 in the next) and a gap.
+        let frames = [0, 7, 7, 1023, 1024, 4999];
+        let mut seen = Vec::new();
+        for_each_frame_flags(&mut kpageflags, &frames, |pfn, flags| {
+            seen.push((pfn, flags.bits()))
+        })
+        .unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let expected: Vec<_> = frames.iter().map(|&f| (f, f * 3)).collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
