@@ -254,14 +254,17 @@ impl Upm {
         let mut busy = call.busy_candidates.take();
         call.stage.set(Stage::Twins);
         // A candidate may have been met busy by several pages of the call: pair it once.
-        busy.sort_unstable_by_key(|(mm, addr)| (mm_id(mm), *addr));
-        let mut last = None;
-        for (i, (mm, addr)) in busy.iter().enumerate() {
-            if last.replace((mm_id(mm), *addr)) == Some((mm_id(mm), *addr)) {
+        let key = |(mm, addr): &(ARef<Mm>, usize)| (mm_id(mm), *addr);
+        busy.sort_unstable_by_key(key);
+        for (i, candidate) in busy.iter().enumerate() {
+            if i > 0 && key(&busy[i - 1]) == key(candidate) {
                 continue;
             }
-            if let Err(e) = self.pair_from_candidate(call, mm, *addr) {
-                STATS.skip(Skip::Busy, (busy.len() - i) as u64);
+            if let Err(e) = self.pair_from_candidate(call, &candidate.0, candidate.1) {
+                // Interrupted: the candidates left stay apart, each counted once.
+                let left = &busy[i..];
+                let distinct = 1 + left.windows(2).filter(|w| key(&w[0]) != key(&w[1])).count();
+                STATS.skip(Skip::Busy, distinct as u64);
                 return Err(e);
             }
         }
