@@ -280,17 +280,25 @@ static int reclaim_child(void)
 {
 	char *ua, *ub, *ka, *kb;
 	size_t k = 0, u = 0;
+	int rounds;
 
 	if (upm_twins(&ua, &ub, N, 331) || ksm_twins(&ka, &kb, N, 332))
 		return 2;
 	/* A merged page has two young ptes and is activated first: keep up the pressure. */
-	for (int round = 0; round < 50 && (k < N / 2 || u < N / 2); round++) {
+	for (rounds = 0; rounds < 500 && (k < N / 2 || u < N / 2); rounds++) {
 		write_str(CG "/memory.reclaim", "64M");
 		k = swapped(ka, N);
 		u = swapped(ua, N);
 	}
 	ksm_stop();
-	printf("    reclaim: ksmd's pages swapped %zu of %d, UPM's %zu\n", k, N, u);
+	/* stderr: the child leaves with _exit(), which would drop buffered stdout. */
+	fprintf(stderr, "    reclaim: ksmd's pages swapped %zu of %d, UPM's %zu (rounds %d)\n", k, N,
+		u, rounds);
+	if (k < N / 2 || u < N / 2)
+		fprintf(stderr, "    cgroup: anon %ld active_anon %ld inactive_anon %ld swap %ld\n",
+			key_value(CG "/memory.stat", "anon"),
+			key_value(CG "/memory.stat", "active_anon"),
+			key_value(CG "/memory.stat", "inactive_anon"), read_long(CG "/memory.swap.current"));
 	if (k < N / 2)
 		return 3;
 	if (u < N / 2)
