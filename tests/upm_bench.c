@@ -5,6 +5,8 @@
  *
  *   upm_bench [MiB] [JSON]     (default 256 MiB per adviser; JSON: where to write the figures)
  *   upm_bench pair [MiB]       only the throughput pairing at 100% duplicates, for profiling
+ *   upm_bench small [calls]    only 64 KiB advises of unique pages, 64 per round, for profiling
+ *   upm_bench twins [GiB]      only one pair of twin regions of that size, advised and checked
  *
  * Sections, each printed as it finishes and written to JSON at the end:
  * - throughput: two processes hold the same R MiB of pseudo-random pages (0%, 50% or 100% of
@@ -404,7 +406,10 @@ static double small_advise_us(size_t bytes)
 static int advise_twins(char *a, char *b, size_t pages, uint64_t seed, double *first,
 			double *second)
 {
+	long busy = counter("pages_skipped_busy"), skipped = counter("pages_skipped");
+	long not_present = counter("pages_skipped_not_present");
 	double t = now_s();
+	long shared;
 
 	if (advise(a, pages))
 		return -1;
@@ -413,10 +418,16 @@ static int advise_twins(char *a, char *b, size_t pages, uint64_t seed, double *f
 	if (advise(b, pages))
 		return -1;
 	*second = now_s() - t;
-	if (shared_frames(0, (uintptr_t)a, 0, (uintptr_t)b, pages) != (long)pages ||
-	    check_pages(b, pages, seed, 1) >= 0) {
-		fprintf(stderr, "UPM did not merge every page (fresh_frame=%ld)\n",
-			counter("fresh_frame"));
+	shared = shared_frames(0, (uintptr_t)a, 0, (uintptr_t)b, pages);
+	if (shared != (long)pages || check_pages(b, pages, seed, 1) >= 0) {
+		fprintf(stderr,
+			"UPM did not merge every page (fresh_frame=%ld): %ld of %zu shared, "
+			"skipped +%ld (not present +%ld, busy +%ld), swap used %ld kB, NUMA balancing %ld\n",
+			counter("fresh_frame"), shared, pages, counter("pages_skipped") - skipped,
+			counter("pages_skipped_not_present") - not_present,
+			counter("pages_skipped_busy") - busy,
+			proc_kb("/proc/meminfo", "SwapTotal") - proc_kb("/proc/meminfo", "SwapFree"),
+			read_long("/proc/sys/kernel/numa_balancing"));
 		return -1;
 	}
 	return 0;
@@ -771,6 +782,18 @@ static int pair_only(size_t mib)
 	return 0;
 }
 
+/* Small advises of unique pages alone, for `perf record` (tests/profile.sh small). */
+static int small_only(long rounds)
+{
+	double us = 0;
+
+	for (long i = 0; i < rounds; i++)
+		us += small_advise_us(65536);
+	printf("64 KiB advises of unique pages: %.1f us per call (%ld rounds of 64)\n", us / rounds,
+	       rounds);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static int (*const sections[])(void) = { bench_throughput, bench_ksm_default,
@@ -779,6 +802,18 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && !strcmp(argv[1], "pair"))
 		return pair_only(argc > 2 ? strtoul(argv[2], NULL, 10) : 64);
+	if (argc > 1 && !strcmp(argv[1], "twins")) {
+		double first, second;
+		size_t pages = (argc > 2 ? strtoul(argv[2], NULL, 10) : 4) << 30 >> 12;
+
+		if (twin_pair(pages, 4646, &first, &second))
+			return 1;
+		printf("twins of %zu pages: first %.3f s, second %.3f s, all merged\n", pages, first,
+		       second);
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "small"))
+		return small_only(argc > 2 ? strtol(argv[2], NULL, 10) : 100);
 	res.mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 256;
 	res.pages = res.mib << 20 >> 12;
 	setvbuf(stdout, NULL, _IOLBF, 0);
