@@ -53,21 +53,32 @@ static void ksm_stop(void)
 	write_long(KSM_DIR "sleep_millisecs", 20);
 }
 
-/* Two identical regions merged by ksmd; fails after 120 s. */
-static int ksm_twins(char **a, char **b, size_t pages, uint64_t seed)
+/*
+ * Starts ksmd over the first `pages` pages of a and b (VM_MERGEABLE already) and waits until
+ * all of them share frames; fails after 120 s.
+ */
+static int ksm_merge(char *a, char *b, size_t pages)
 {
-	if (map_twins(a, b, pages, seed) || madvise(*a, pages * page_size, MADV_MERGEABLE) ||
-	    madvise(*b, pages * page_size, MADV_MERGEABLE) || ksm_start())
+	if (ksm_start())
 		return -1;
 	for (int i = 0; i < 1200; i++) {
-		if (count_pfn_equal(*a, *b, pages) == pages) {
+		if (count_pfn_equal(a, b, pages) == pages) {
 			/* Merged: pause ksmd so that its scan holds no page the test moves. */
 			return write_long(KSM_DIR "run", 0);
 		}
 		usleep(100 * 1000);
 	}
-	fprintf(stderr, "    ksmd merged %zu of %zu\n", count_pfn_equal(*a, *b, pages), pages);
+	fprintf(stderr, "    ksmd merged %zu of %zu\n", count_pfn_equal(a, b, pages), pages);
 	return -1;
+}
+
+/* Two identical regions merged by ksmd; fails after 120 s. */
+static int ksm_twins(char **a, char **b, size_t pages, uint64_t seed)
+{
+	if (map_twins(a, b, pages, seed) || madvise(*a, pages * page_size, MADV_MERGEABLE) ||
+	    madvise(*b, pages * page_size, MADV_MERGEABLE))
+		return -1;
+	return ksm_merge(*a, *b, pages);
 }
 
 /* Two identical regions merged by UPM. */
@@ -718,15 +729,8 @@ static enum result test_khugepaged_keeps_merges(void)
 	      "UPM merged %zu of %d", count_pfn_equal(ua, ub, pages), SPARSE);
 	CHECK(madvise(ka, pages * page_size, MADV_MERGEABLE) == 0 &&
 	      madvise(kb, pages * page_size, MADV_MERGEABLE) == 0, "MADV_MERGEABLE");
-	if (ksm_start())
+	if (ksm_merge(ka, kb, SPARSE))
 		goto out;
-	for (int i = 0; i < 1200 && count_pfn_equal(ka, kb, SPARSE) < SPARSE; i++)
-		usleep(100 * 1000);
-	write_long(KSM_DIR "run", 0);
-	if (count_pfn_equal(ka, kb, SPARSE) != SPARSE) {
-		fprintf(stderr, "    ksmd merged %zu of %d\n", count_pfn_equal(ka, kb, SPARSE), SPARSE);
-		goto out;
-	}
 	for (size_t i = 0; i < ARRAY_SIZE(ranges); i++)
 		madvise(ranges[i], pages * page_size, MADV_HUGEPAGE);
 	if (khugepaged_scans(control)) {
