@@ -180,7 +180,7 @@ pub fn unmerge(range: Range<usize>) -> Result<()> {
 /// A process's private anonymous mappings (heap, anonymous mmaps) that are readable and
 /// writable; stacks, vdso/vvar, guard pages and shared or file mappings are left out.
 pub fn anonymous_ranges(pid: i32) -> Result<Vec<Range<usize>>> {
-    ranges_where(pid, is_private_anonymous_rw)
+    ranges_where(&process(pid)?, is_private_anonymous_rw)
 }
 
 /// Heap and anonymous mmaps (named ones too), readable and writable: not stacks,
@@ -211,11 +211,14 @@ fn address_range(map: &MemoryMap) -> Range<usize> {
     map.address.0 as usize..map.address.1 as usize
 }
 
-/// The ranges of process `pid`'s mappings that `keep` accepts, from `/proc/PID/maps`.
-fn ranges_where(pid: i32, keep: fn(&MemoryMap) -> bool) -> Result<Vec<Range<usize>>> {
-    let maps = Process::new(pid)
-        .and_then(|process| process.maps())
-        .map_err(procfs_error)?;
+/// `/proc/PID` of process `pid`, opened once for the files read from it.
+fn process(pid: i32) -> Result<Process> {
+    Process::new(pid).map_err(procfs_error)
+}
+
+/// The ranges of the process's mappings that `keep` accepts, from `/proc/PID/maps`.
+fn ranges_where(process: &Process, keep: fn(&MemoryMap) -> bool) -> Result<Vec<Range<usize>>> {
+    let maps = process.maps().map_err(procfs_error)?;
     Ok(maps.iter().filter(|m| keep(m)).map(address_range).collect())
 }
 
@@ -423,9 +426,7 @@ pub struct ProcessUsage {
 
 /// Reads `/proc/PID/smaps_rollup`.
 pub fn process_usage(pid: i32) -> Result<ProcessUsage> {
-    let rollup = Process::new(pid)
-        .and_then(|process| process.smaps_rollup())
-        .map_err(procfs_error)?;
+    let rollup = process(pid)?.smaps_rollup().map_err(procfs_error)?;
     let Some(totals) = rollup.memory_map_rollup.iter().next() else {
         return Ok(ProcessUsage::default());
     };
@@ -506,9 +507,8 @@ fn for_each_frame_flags(
 pub fn scan_pages(pid: i32) -> Result<PageScan> {
     use std::collections::HashSet;
 
-    let mut pagemap = Process::new(pid)
-        .and_then(|process| process.pagemap())
-        .map_err(procfs_error)?;
+    let process = process(pid)?;
+    let mut pagemap = process.pagemap().map_err(procfs_error)?;
     let mut kpageflags = KPageFlags::new().map_err(|e| match procfs_error(e) {
         Error::PermissionDenied => Error::NeedsSysAdmin,
         e => e,
@@ -517,7 +517,7 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
     let mut scan = PageScan::default();
     let mut merged_frames = HashSet::new();
     let mut frames = Vec::with_capacity(512);
-    for range in ranges_where(pid, is_scanned)? {
+    for range in ranges_where(&process, is_scanned)? {
         let (mut vpn, end) = (range.start / page, range.end / page);
         while vpn < end {
             let batch = (end - vpn).min(512);
