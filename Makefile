@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info tests test mutants mutants-module demo bench check \
+.PHONY: all module setup kernel kernel-info tests test mutants mutants-module mutants-ci demo bench check \
 	checkpatch clippy fmt install \
 	rust-analyzer clean help
 
@@ -31,7 +31,8 @@ help:
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
 	@echo "make test STRESS_SECS=600 [STRESS_SEED=N]  a longer (or replayed) stress test"
 	@echo "make mutants         build deliberately broken modules and kernels; the suite must fail each"
-	@echo "make mutants-module  only the module's mutants (what CI runs)"
+	@echo "make mutants-module  only the module's mutants, in one boot"
+	@echo "make mutants-ci      the central mutants and those whose code or tests changed (CI)"
 	@echo "make demo            16 ResNet-50 function instances, UPM off and on (DEMO_INSTANCES=16)"
 	@echo "make bench           UPM against KSM and the floor, release VM (BENCH_MIB=256)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
@@ -98,12 +99,20 @@ mutants: setup
 	$(MAKE) tests
 	scripts/mutants.sh $(MUTANTS)
 
-# The module's mutants only (no kernel rebuild, about 2.5 min each): what CI runs.
+# The module's mutants only (no kernel rebuild; all in one boot).
 mutants-module: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
 	$(MAKE) tests
 	scripts/mutants.sh $$(cd tests/mutants && ls module-*.patch | sed 's/\.patch$$//')
+
+# What CI runs: the mutants marked "Run-in-CI: always", and every other one whose patch, code
+# or tests changed since it was last caught (tests/mutants/caught).
+mutants-ci: setup
+	scripts/build-kernel.sh debug
+	$(MAKE) module FLAVOUR=debug
+	$(MAKE) tests
+	scripts/mutants.sh --ci
 
 check: setup fmt clippy checkpatch
 

@@ -18,7 +18,11 @@ debug | release) ;;
 *) upm_log "unknown flavour '$flavour' (debug or release)"; exit 2 ;;
 esac
 out=$(upm_kbuild_dir "$flavour")
-git_k() { git -C "$UPM_KSRC" -c user.name=upm-build -c user.email=upm-build@localhost "$@"; }
+# No automatic gc: after the first commit of ~90k files, `gc --auto` detaches and packs refs
+# in the background, and its lock on refs/heads/master made the first `git am` of a fresh
+# machine fail ("cannot lock ref 'HEAD'").
+git_quiet=(-c gc.auto=0 -c maintenance.auto=false -c user.name=upm-build -c user.email=upm-build@localhost)
+git_k() { git -C "$UPM_KSRC" "${git_quiet[@]}" "$@"; }
 
 prepare_source() {
 	[ -e "$UPM_KSRC/.git/refs/tags/upstream" ] && return
@@ -27,10 +31,11 @@ prepare_source() {
 	mkdir -p "$UPM_KSRC.tmp"
 	tar -xf "/usr/src/linux-source-$UPM_KVER.tar.xz" -C "$UPM_KSRC.tmp" --strip-components=1
 	git -C "$UPM_KSRC.tmp" init -q
-	git -C "$UPM_KSRC.tmp" add -A -f .
-	git -C "$UPM_KSRC.tmp" -c user.name=upm-build -c user.email=upm-build@localhost \
-		commit -q -m "linux-source-$UPM_KVER (Debian)"
-	git -C "$UPM_KSRC.tmp" tag upstream
+	git -C "$UPM_KSRC.tmp" config gc.auto 0
+	git -C "$UPM_KSRC.tmp" config maintenance.auto false
+	git -C "$UPM_KSRC.tmp" "${git_quiet[@]}" add -A -f .
+	git -C "$UPM_KSRC.tmp" "${git_quiet[@]}" commit -q -m "linux-source-$UPM_KVER (Debian)"
+	git -C "$UPM_KSRC.tmp" "${git_quiet[@]}" tag upstream
 	mv "$UPM_KSRC.tmp" "$UPM_KSRC"
 }
 
@@ -39,7 +44,10 @@ prepare_source() {
 apply_series() {
 	local series_id saved f
 	series_id=$(find "$UPM_ROOT/patches" -name '*.patch' | sort | xargs -r cat | sha256sum | cut -d' ' -f1)
-	[ "$(cat "$UPM_KSRC/.upm-series" 2>/dev/null)" = "$series_id" ] && return
+	if [ "$(cat "$UPM_KSRC/.upm-series" 2>/dev/null)" = "$series_id" ] &&
+		[ "$(cat "$UPM_KSRC/.upm-series-head" 2>/dev/null)" = "$(git_k rev-parse HEAD)" ]; then
+		return
+	fi
 	upm_log "applying patch series ($(find "$UPM_ROOT/patches" -name '*.patch' | wc -l) patches)"
 	saved=$(mktemp -d)
 	git_k am --abort >/dev/null 2>&1 || true
@@ -59,6 +67,19 @@ apply_series() {
 	done
 	rm -rf "$saved"
 	echo "$series_id" >"$UPM_KSRC/.upm-series"
+	git_k rev-parse HEAD >"$UPM_KSRC/.upm-series-head"
+}
+
+# The tree must be the series and nothing more: an interrupted kernel mutant, or a hand
+# edit, may have left files changed. Those are restored with a new time, so that they build
+# again (their objects may have been built from the change).
+verify_tree() {
+	if ! git_k diff --quiet HEAD || [ -n "$(git_k status --porcelain | head -1)" ]; then
+		upm_log "the kernel tree has changes that are not the series: restoring it"
+		git_k status --short | head -20 >&2
+		git_k checkout -q -- .
+		git_k clean -q -fd
+	fi
 }
 
 # Regenerate .config from tinyconfig plus our fragments whenever a fragment changed,
@@ -104,6 +125,7 @@ refresh_bindings() {
 
 prepare_source
 apply_series
+verify_tree
 configure
 refresh_bindings
 upm_log "building $flavour kernel in $out"

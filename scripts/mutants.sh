@@ -1,92 +1,188 @@
 #!/usr/bin/env bash
 # The suite must catch a broken UPM. Each tests/mutants/*.patch breaks one thing on purpose:
 #   module-*.patch  applies to a copy of src/, built as its own upm.ko in $UPM_CACHE/mutants;
-#   kernel-*.patch  applies to the cached kernel tree for one build, then the tree is
-#                   restored and rebuilt (also when this script fails or is interrupted).
+#                   all module mutants run in one boot of the debug kernel, one after another
+#                   (insmod, its tests, rmmod), and any that did not run to its end there
+#                   (the guest crashed, rmmod failed) or survived is run again in a boot of
+#                   its own;
+#   kernel-*.patch  is built into a kernel of its own in $UPM_CACHE/build-mutant (a copy of
+#                   the debug build): the source tree is patched for that build only and
+#                   restored with its files' times, so the cached debug kernel is never
+#                   rebuilt or left mutated.
 # Line 1 of a patch says what it breaks, line 2 ("Caught-by: TEST...") names the tests written
-# to catch it. Those tests run in the debug VM (stress shortened to 20 s); the mutant is
-# caught only when one of them fails a check, and the summary says which. A run that fails
-# otherwise (another test, a named test that only timed out, a splat alone) is reported, not
-# counted as a catch.
+# to catch it, and a line "Run-in-CI: always" marks the central safety mutants. The tests run
+# in the debug VM (stress shortened to 20 s); the mutant is caught only when one of them fails
+# a check, and the summary says which. A run that fails otherwise (another test, a named test
+# that only timed out, a splat alone) is reported, not counted as a catch.
+#
+# Every catch is recorded in tests/mutants/caught with a digest of what the mutant and its
+# tests are made of (the patch, the code it breaks, the test sources). With --ci only the
+# central mutants run, and those whose digest is not recorded: their code or tests changed
+# since they were last caught. Commit tests/mutants/caught after a run.
 # Exits non-zero if any mutant survives.
 #
-#   scripts/mutants.sh [MUTANT_NAME...]
+#   scripts/mutants.sh [--ci] [MUTANT_NAME...]
 set -uo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 cd "$UPM_ROOT" || exit 1
 
+ci=0
+if [ "${1:-}" = --ci ]; then
+	ci=1
+	shift
+fi
 kbuild=$(upm_kbuild_dir debug)
+mbuild=$UPM_CACHE/build-mutant
 work=$UPM_CACHE/mutants
+record=tests/mutants/caught
 mkdir -p "$work"
+touch "$record"
 caught=0 survived=0
 summary=()
 
-build_kernel() {
-	make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 -j"$(($(nproc) + 1))"
+# What a mutant's verdict depends on: its patch, the code it breaks (the module's sources, or
+# the series patches that touch the files it patches), the test runner and library, and the
+# files that define its tests.
+digest() { # patch
+	local patch=$1 t files=("$1" tests/upm_tests.c tests/upm_lib.c tests/harness.h) touched p
+	for t in $(sed -n '2s/^Caught-by: //p' "$patch"); do
+		files+=($(grep -l "{ \"$t\"," tests/*.c))
+	done
+	case "$(basename "$patch")" in
+	module-*) files+=(Kbuild $(find src -name '*.rs' -o -name Kbuild | sort)) ;;
+	kernel-*)
+		touched=$(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$patch")
+		for p in patches/*.patch; do
+			grep -qE "^\+\+\+ b/($(tr '\n' '|' <<<"$touched" | sed 's/|$//'))\b" "$p" && files+=("$p")
+		done
+		;;
+	esac
+	printf '%s\n' "${files[@]}" | sort -u | xargs cat | sha256sum | cut -d' ' -f1
 }
 
-restore_kernel() {
-	if ! git -C "$UPM_KSRC" diff --quiet; then
-		upm_log "restoring the kernel tree and rebuilding"
-		git -C "$UPM_KSRC" checkout -q -- .
-		build_kernel
-	fi
-}
-trap restore_kernel EXIT
-
-# run_suite NAME PATCH [vm-run options]: runs the mutant's tests, records caught/survived.
-run_suite() {
-	local name=$1 patch=$2 log="$work/$1.log" tests failed by="" t
-	shift 2
+# verdict NAME PATCH LOG: records caught/survived from the mutant's test log.
+verdict() {
+	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out
 	tests=$(sed -n '2s/^Caught-by: //p' "$patch")
-	if [ -z "$tests" ]; then
-		upm_log "$patch has no Caught-by: line"
-		exit 2
-	fi
-	# shellcheck disable=SC2086 # one word per test
-	UPM_STRESS_SECS=20 scripts/vm-run.sh --flavour debug "$@" -- \
-		"tests/build/upm_tests $tests" >"$log" 2>&1
-	failed=$(sed -n 's/^FAIL //p' "$log" | tr '\n' ' ')
-	# A test that only timed out did not catch the mutant: it did not check anything.
-	timed_out=$(awk '/^RUN  /{t = $2} /^    timed out after/{print t}' "$log" | tr '\n' ' ')
+	failed=$(sed -n 's/^FAIL \([^ :]*\).*/\1/p' "$log" | tr '\n' ' ')
+	# A test that only timed out, or found the index not empty before it began (what an
+	# earlier mutant in the same boot left), did not catch the mutant: it checked nothing.
+	timed_out=$(awk '/^RUN  /{t = $2} /^    (timed out after|stable tree not empty before)/{print t}' \
+		"$log" | tr '\n' ' ')
 	for t in $tests; do
 		[[ " $failed " == *" $t "* && " $timed_out " != *" $t "* ]] && by+="$t "
 	done
 	if [ -n "$by" ]; then
 		caught=$((caught + 1))
 		summary+=("caught   $name by: $by")
-	else
-		survived=$((survived + 1))
-		summary+=("SURVIVED $name: none of [$tests] failed a check (timed out: ${timed_out:-none}; other failures: ${failed:-none}; $log)")
+		{ grep -v " $name\$" "$record"; echo "$(digest "$patch") $name"; } >"$record.new"
+		sort -k2 "$record.new" >"$record" && rm -f "$record.new"
+		return 0
 	fi
+	summary+=("SURVIVED $name: none of [$tests] failed a check (timed out or not run: ${timed_out:-none}; other failures: ${failed:-none}; $log)")
+	return 1
+}
+
+# run_alone NAME PATCH [vm-run options]: the mutant's tests in a boot of their own.
+run_alone() {
+	local name=$1 patch=$2 log="$work/$1.log"
+	shift 2
+	# shellcheck disable=SC2046 # one word per test
+	UPM_STRESS_SECS=20 scripts/vm-run.sh "$@" -- \
+		"tests/build/upm_tests $(sed -n '2s/^Caught-by: //p' "$patch")" >"$log" 2>&1
+	verdict "$name" "$patch" "$log" || survived=$((survived + 1))
 	upm_log "${summary[-1]}"
 }
 
+# The module mutants named in $@ in one boot. Each one's output goes to results/NAME.log;
+# the guest stops at the first mutant it cannot unload, and the rest run alone.
+run_modules_together() {
+	local name patch cmd="" log
+	for name in "$@"; do
+		# UPM_MODULE: what a test that unloads the module loads again.
+		cmd+="echo \"mutant $name\"; export UPM_MODULE=$work/$name/src/upm.ko; "
+		cmd+="insmod \$UPM_MODULE || exit 3; "
+		cmd+="tests/build/upm_tests $(sed -n '2s/^Caught-by: //p' "tests/mutants/$name.patch") "
+		cmd+="2>&1 | tee \$UPM_VM_OUT/results/$name.log; echo done >>\$UPM_VM_OUT/results/$name.log; "
+		cmd+="rmmod upm || exit 3; "
+	done
+	rm -rf "$work/together" && mkdir -p "$work/together"
+	UPM_STRESS_SECS=20 UPM_RESULTS_DIR="$work/together" scripts/vm-run.sh --flavour debug \
+		--no-module -- "$cmd" >"$work/together.log" 2>&1
+	for name in "$@"; do
+		patch=tests/mutants/$name.patch log=$work/together/$name.log
+		if [ -f "$log" ] && [ "$(tail -1 "$log")" = done ]; then
+			if verdict "$name" "$patch" "$log"; then
+				upm_log "${summary[-1]}"
+				continue
+			fi
+			unset 'summary[-1]' # not the last word: it runs alone next
+			upm_log "mutant $name survived in the shared boot: again in a boot of its own"
+		else
+			upm_log "mutant $name did not run to its end in the shared boot: again alone"
+		fi
+		run_alone "$name" "$patch" --flavour debug --module "$work/$name/src/upm.ko"
+	done
+}
+
+# Source files a kernel mutant patches, saved with their times, so that the tree goes back to
+# exactly what the debug build was made from.
+saved=$work/kernel-saved
+restore_kernel_tree() {
+	[ -d "$saved" ] || return 0
+	(cd "$saved" && find . -type f) | while read -r f; do
+		cp -p "$saved/$f" "$UPM_KSRC/$f"
+	done
+	rm -rf "$saved"
+}
+trap restore_kernel_tree EXIT
+
+run_kernel_mutant() { # name patch
+	local name=$1 patch=$2 f
+	restore_kernel_tree
+	mkdir -p "$saved"
+	for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$patch"); do
+		install -D -p "$UPM_KSRC/$f" "$saved/$f"
+	done
+	git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" || { upm_log "$patch does not apply"; exit 2; }
+	rsync -a --delete "$kbuild/" "$mbuild/"
+	make -s -C "$UPM_KSRC" O="$mbuild" LLVM=1 -j"$(($(nproc) + 1))" || exit 2
+	restore_kernel_tree
+	run_alone "$name" "$patch" --kbuild "$mbuild"
+}
+
+modules=() kernels=()
 for patch in tests/mutants/*.patch; do
 	name=$(basename "$patch" .patch)
 	if (($#)) && [[ " $* " != *" $name "* ]]; then
 		continue
 	fi
-	upm_log "mutant $name: $(head -1 "$patch")"
+	if ((ci)) && ! grep -q '^Run-in-CI: always$' "$patch" &&
+		grep -qx "$(digest "$patch") $name" "$record"; then
+		upm_log "mutant $name: caught before with the same code and tests; not run"
+		continue
+	fi
 	case "$name" in
-	module-*)
-		dir=$work/$name
-		rm -rf "$dir" && mkdir -p "$dir/src"
-		cp Kbuild "$dir/" && cp -r src/Kbuild src/*.rs src/ffi "$dir/src/"
-		patch -s -d "$dir" -p1 <"$patch" || { upm_log "$patch does not apply"; exit 2; }
-		make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
-			{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }
-		run_suite "$name" "$patch" --module "$dir/src/upm.ko"
-		;;
-	kernel-*)
-		git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" ||
-			{ upm_log "$patch does not apply"; exit 2; }
-		build_kernel || exit 2
-		run_suite "$name" "$patch"
-		restore_kernel
-		;;
+	module-*) modules+=("$name") ;;
+	kernel-*) kernels+=("$name") ;;
 	esac
+done
+
+for name in "${modules[@]}"; do
+	patch=tests/mutants/$name.patch dir=$work/$name
+	upm_log "mutant $name: $(head -1 "$patch")"
+	rm -rf "$dir" && mkdir -p "$dir/src"
+	cp Kbuild "$dir/" && cp -r src/Kbuild src/*.rs src/ffi "$dir/src/"
+	patch -s -d "$dir" -p1 <"$patch" || { upm_log "$patch does not apply"; exit 2; }
+	make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
+		{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }
+done
+((${#modules[@]})) && run_modules_together "${modules[@]}"
+
+for name in "${kernels[@]}"; do
+	upm_log "mutant $name: $(head -1 "tests/mutants/$name.patch")"
+	run_kernel_mutant "$name" "tests/mutants/$name.patch"
 done
 
 printf '%s\n' "${summary[@]}"

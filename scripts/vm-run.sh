@@ -2,9 +2,11 @@
 # Boot the cached kernel of one flavour under QEMU with virtme-ng, load upm.ko, run a
 # command in the guest, and bring back its output and exit status.
 #
-#   scripts/vm-run.sh [--flavour debug|release] [--no-module | --module KO] [--kvm] [--] COMMAND...
+#   scripts/vm-run.sh [--flavour debug|release] [--kbuild DIR] [--no-module | --module KO]
+#                     [--kvm] [--] COMMAND...
 #
-# The module is src/upm.ko unless --module names another build (the mutation check uses it).
+# The kernel is the cached build of the flavour unless --kbuild names another (a kernel
+# mutant's); the module is src/upm.ko unless --module names another build (a module mutant's).
 #
 # After the command, the guest's dmesg is checked for kernel splats (BUG, WARNING, KASAN,
 # lockdep, Bad rss-counter...). Any splat fails the run, whatever the command returned, and
@@ -17,6 +19,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
 flavour=$UPM_FLAVOUR
+kbuild=
 load_module=1
 module=$UPM_ROOT/src/upm.ko
 kvm_flag=--disable-kvm
@@ -26,13 +29,14 @@ while (($#)); do
 	--no-module) load_module=0; shift ;;
 	--module) module=$(realpath "$2"); shift 2 ;;
 	--kvm) kvm_flag=; shift ;;
+	--kbuild) kbuild=$2; shift 2 ;;
 	--) shift; break ;;
 	*) break ;;
 	esac
 done
 (($#)) || { upm_log "usage: $0 [--flavour F] [--no-module | --module KO] [--] COMMAND..."; exit 2; }
 
-kbuild=$(upm_kbuild_dir "$flavour")
+kbuild=${kbuild:-$(upm_kbuild_dir "$flavour")}
 image=$kbuild/arch/x86/boot/bzImage
 [ -f "$image" ] || { upm_log "no $flavour kernel at $image: run 'make kernel'"; exit 2; }
 if ((load_module)) && [ ! -f "$module" ]; then
@@ -59,22 +63,42 @@ splat_re+='|detected stalls on CPUs|blocked for more than|soft lockup'
 python=$(python3 -c 'import sys; print(sys.executable)')
 
 # A guest that hangs (a deadlocked kernel, a test stuck in D state) must fail the run, not
-# hold it forever: QEMU is killed after UPM_VM_TIMEOUT seconds.
-vm_timeout=${UPM_VM_TIMEOUT:-$((1800 + ${UPM_STRESS_SECS:-60}))}
+# hold it forever: QEMU is killed when the guest has printed nothing for UPM_VM_IDLE_TIMEOUT
+# seconds. Every test prints when it starts and ends and has a time limit of its own (the
+# longest, stress, its length plus 300 s), so a slow machine never cuts a passing run however
+# long the suite takes. UPM_VM_TIMEOUT bounds the whole run only as a last guard.
+idle_timeout=${UPM_VM_IDLE_TIMEOUT:-$((900 + ${UPM_STRESS_SECS:-60}))}
+vm_timeout=${UPM_VM_TIMEOUT:-14400}
 
 start=$(date +%s.%N)
 set +e
-# The guest's output (its stdout and stderr, both on our stdout) goes through a pipe: QEMU
+# The guest's output (its stdout and stderr, both on our stdout) goes through a FIFO: QEMU
 # reopens them by path, which on a plain file (a caller's "> log 2>&1") would write from
 # offset 0 over what came before.
 # Two NUMA nodes of 2 GiB (numa=fake=2) so pages can move between nodes, and 1 GiB of
 # ZONE_MOVABLE (movablecore=) so a memory block can go offline.
+mkfifo "$out/stream"
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
 	--append "numa=fake=2 movablecore=1G ${UPM_VM_APPEND:-}" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" \
-	2>&1 | cat
-vng_rc=${PIPESTATUS[0]}
+	>"$out/stream" 2>&1 </dev/null &
+vm_pid=$!
+while :; do
+	if IFS= read -r -t "$idle_timeout" line; then
+		printf '%s\n' "$line"
+	elif (($? > 128)); then
+		upm_log "the guest printed nothing for $idle_timeout s (UPM_VM_IDLE_TIMEOUT): killed"
+		kill -TERM "$vm_pid" 2>/dev/null # timeout(1) passes it on to vng and QEMU
+		cat >/dev/null &                 # keep draining until they are gone
+		break
+	else
+		[ -n "$line" ] && printf '%s\n' "$line"
+		break
+	fi
+done <"$out/stream"
+wait "$vm_pid"
+vng_rc=$?
 set -e
 if [ "$vng_rc" = 124 ] || [ "$vng_rc" = 137 ]; then
 	upm_log "the guest did not finish within $vm_timeout s (UPM_VM_TIMEOUT): killed"
@@ -83,16 +107,17 @@ upm_log "VM finished in $(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)"
 
 # The streamed log (complete even after a panic) and the final dmesg, in case streaming failed.
 cat "$out/kmsg" "$out/dmesg" 2>/dev/null >"$out/klog"
+# Results first: what a guest wrote before it crashed is still worth having.
+if [ -n "${UPM_RESULTS_DIR:-}" ] && [ -d "$out/results" ]; then
+	mkdir -p "$UPM_RESULTS_DIR"
+	cp -r "$out/results/." "$UPM_RESULTS_DIR/"
+fi
 if [ ! -f "$out/rc" ]; then
 	upm_log "the guest did not finish its script (vng exit status $vng_rc)"
 	grep -E -B2 -A30 "$splat_re" "$out/klog" | head -200 >&2
 	exit 1
 fi
 rc=$(cat "$out/rc")
-if [ -n "${UPM_RESULTS_DIR:-}" ] && [ -d "$out/results" ]; then
-	mkdir -p "$UPM_RESULTS_DIR"
-	cp -r "$out/results/." "$UPM_RESULTS_DIR/"
-fi
 if grep -E -q "$splat_re" "$out/klog"; then
 	upm_log "kernel splat in guest dmesg:"
 	grep -E -B2 -A20 "$splat_re" "$out/klog" | head -200 >&2

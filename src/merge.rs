@@ -623,6 +623,7 @@ impl Upm {
             return SWEEP_CONTINUE_MS;
         }
         upm_ops::prune_stable_nodes();
+        STATS.sweep_passes.inc();
         TUNABLES
             .sweep_millisecs
             .load(core::sync::atomic::Ordering::Relaxed)

@@ -75,6 +75,8 @@ pub(crate) struct Stats {
     pub(crate) unmerge_calls: Counter,
     /// Orphaned stable pages freed.
     pub(crate) stable_pages_freed: Counter,
+    /// Complete passes of the sweep over the index: what tests wait for, not a time.
+    pub(crate) sweep_passes: Counter,
 }
 
 impl Stats {
@@ -90,6 +92,7 @@ impl Stats {
             madvise_calls: Counter::new(),
             unmerge_calls: Counter::new(),
             stable_pages_freed: Counter::new(),
+            sweep_passes: Counter::new(),
         }
     }
 

@@ -67,6 +67,7 @@ int write_str(const char *path, const char *s);
 int write_long(const char *path, long value);
 int set_tunable(const char *name, long value);
 int wait_tree_empty(void);
+int wait_sweep_passes(long passes);
 int advise(void *p, size_t pages);
 int unmerge(void *p, size_t pages);
 long proc_kb(const char *path, const char *key);

@@ -243,14 +243,44 @@ int set_tunable(const char *name, long value)
 }
 
 /* Waits until the sweep has dropped every freed stable page and every dead candidate. */
+/*
+ * Waits until the index is empty, or until two complete passes of the module's sweep have
+ * ended since the call (the second began after the call, so it saw every entry that was
+ * stale by then) and entries are left: then -1. The sweep's speed does not matter; the time
+ * bound is only a guard against a sweep that stopped running.
+ */
 int wait_tree_empty(void)
 {
-	for (int i = 0; i < 100; i++) {
+	long passes = counter("sweep_passes");
+	time_t hang_guard = time(NULL) + 300;
+
+	while (time(NULL) < hang_guard) {
+		long done = counter("sweep_passes") - passes;
+
 		if (counter("stable_nodes") == 0 && counter("candidates") == 0)
 			return 0;
-		usleep(50 * 1000);
+		if (passes < 0 || done >= 2)
+			return -1;
+		usleep(20 * 1000);
 	}
+	fprintf(stderr, "    the sweep made no two passes in 300 s\n");
 	return -1;
+}
+
+/* Waits for `passes` complete passes of the module's sweep from now; -1 if they do not come. */
+int wait_sweep_passes(long passes)
+{
+	long target = counter("sweep_passes") + passes;
+	time_t hang_guard = time(NULL) + 300;
+
+	while (counter("sweep_passes") < target) {
+		if (time(NULL) > hang_guard || passes < 0) {
+			fprintf(stderr, "    the sweep made no %ld passes in 300 s\n", passes);
+			return -1;
+		}
+		usleep(20 * 1000);
+	}
+	return 0;
 }
 
 int advise(void *p, size_t pages)

@@ -162,7 +162,8 @@ watch_ok() {
 	out=$(mktemp)
 	$upmctl watch --interval 1 --count 3 >"$out" &
 	local watcher=$!
-	sleep 0.5
+	# After the first refresh, however long the watcher took to start.
+	for _ in $(seq 600); do grep -q 'KiB saved by merging' "$out" && break; sleep 0.05; done
 	$upmctl advise --pid "$holder" >/dev/null
 	wait "$watcher" || return 1
 	[ "$(grep -c 'KiB saved by merging' "$out")" = 3 ] &&
@@ -181,12 +182,12 @@ preload_ok() {
 	# and with 200 ms it once came before the copies were written in a loaded VM.
 	start_holder 4 LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" \
 		UPM_PRELOAD_DELAY_MS=2000 UPM_PRELOAD_VERBOSE=1
-	for _ in $(seq 100); do [ "$(shared_pairs)" = "$pages" ] && break; sleep 0.2; done
+	for _ in $(seq 300); do [ "$(shared_pairs)" = "$pages" ] && break; sleep 0.2; done
 	local pairs
 	pairs=$(shared_pairs)
 	kill -TERM "$holder"
 	wait "$holder" && [ "$pairs" = "$pages" ] && return
-	echo "    ${pairs:-?} of ${pages:-?} pairs share a frame 20 s after start"
+	echo "    ${pairs:-?} of ${pages:-?} pairs share a frame 60 s after start"
 	return 1
 }
 check ld_preload_shim preload_ok

@@ -393,6 +393,7 @@ pub const CUMULATIVE_COUNTERS: &[&str] = &[
     "pages_skipped_other",
     "hash_collisions",
     "stable_pages_freed",
+    "sweep_passes",
     "madvise_calls",
     "unmerge_calls",
 ];
