@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -889,6 +890,181 @@ static int ksm_full_scans(int scans)
 	return -1;
 }
 
+/* ---- frames shared by fork, then merged ---- */
+
+/*
+ * One history: a parent fills A, one of parent and child marks it (UPM: advises it; ksmd:
+ * MADV_MERGEABLE), the child shares A's frames by fork, and the parent's twin B is marked
+ * and merged with the adviser's A. Then the sharer that did not advise moves its A to the
+ * other node (MPOL_MF_MOVE_ALL: every mapping of each page must be found by an rmap walk),
+ * the adviser exits, and the sharer moves A back.
+ */
+struct fork_history {
+	int use_ksmd, child_advises;
+	volatile int step; /* 1: merged; 2: first move done; 3: the adviser is gone */
+	volatile int failed;	  /* the setup step that failed, or 0 */
+	volatile size_t merged;	  /* pairs of the adviser's A and the parent's B on one frame */
+	volatile long moved[2];	  /* the sharer's A moved: before and after the adviser's exit */
+	volatile long frames[2];  /* distinct frames of the sharer's A, and of B */
+	char *volatile a, *volatile b;
+	volatile pid_t parent, child;
+};
+
+#define HISTORY_SEED 491
+
+static int mark(const struct fork_history *h, char *p)
+{
+	return h->use_ksmd ? madvise(p, N * page_size, MADV_MERGEABLE) : advise(p, N);
+}
+
+static void wait_step(struct fork_history *h, int step)
+{
+	while (h->step < step && !h->failed)
+		usleep(10 * 1000);
+}
+
+static size_t pairs_shared(struct fork_history *h, pid_t adviser)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < N; i++)
+		n += pfn_in(adviser, (uintptr_t)h->a, i) == pfn_of(h->b + i * page_size) &&
+		     pfn_of(h->b + i * page_size);
+	return n;
+}
+
+/* The sharer moves its A to the node it is not on: how many pages went. */
+static long move_own(struct fork_history *h)
+{
+	return move_set(h->a, h->a, N, !node_of(h->a));
+}
+
+/* ksmd, unthrottled, until the pairs share frames, then two more full scans, then paused. */
+static int ksmd_merges(struct fork_history *h, pid_t adviser)
+{
+	if (ksm_start())
+		return -1;
+	for (int i = 0; i < 1200 && pairs_shared(h, adviser) < N; i++)
+		usleep(100 * 1000);
+	if (pairs_shared(h, adviser) < N || ksm_full_scans(2))
+		return -1;
+	return write_long(KSM_DIR "run", 0);
+}
+
+static int history_child(struct fork_history *h)
+{
+	if (h->child_advises && mark(h, h->a)) {
+		h->failed = 5;
+		return 1;
+	}
+	h->child = getpid();
+	if (h->child_advises) {
+		wait_step(h, 2); /* the parent moved its A: the adviser may go */
+		return 0;
+	}
+	wait_step(h, 1);
+	h->moved[0] = move_own(h);
+	h->step = 2;
+	wait_step(h, 3);
+	h->moved[1] = move_own(h);
+	h->frames[0] = distinct_pfns(h->a, N);
+	return 0;
+}
+
+static int history_parent(void *arg)
+{
+	struct fork_history *h = arg;
+	pid_t child, adviser;
+
+	h->a = map_anon(N);
+	h->b = map_anon(N);
+	if (!h->a || !h->b)
+		return 1;
+	fill_pages(h->a, N, HISTORY_SEED, 1);
+	if (!h->child_advises && mark(h, h->a))
+		return 2;
+	h->parent = getpid();
+	child = fork();
+	if (child == 0)
+		_exit(history_child(h));
+	while (!h->child && !h->failed)
+		usleep(10 * 1000);
+	adviser = h->child_advises ? child : getpid();
+	fill_pages(h->b, N, HISTORY_SEED, 1);
+	if (mark(h, h->b) || (h->use_ksmd && ksmd_merges(h, adviser))) {
+		h->failed = 3;
+		return 3;
+	}
+	h->merged = pairs_shared(h, adviser);
+	h->frames[1] = distinct_pfns(h->b, N);
+	h->step = 1;
+	if (!h->child_advises) {
+		wait_step(h, 2);
+		return 0; /* the adviser exits; the child moves its A again */
+	}
+	h->moved[0] = move_own(h);
+	h->step = 2;
+	if (wait_exit(child))
+		return 4;
+	h->step = 3;
+	h->moved[1] = move_own(h);
+	h->frames[0] = distinct_pfns(h->a, N);
+	return 0;
+}
+
+/* Runs one history; the parent's child is reparented to us (a subreaper) when it exits. */
+static enum result run_history(struct fork_history *h)
+{
+	pid_t parent;
+	int rc;
+
+	CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+	parent = spawn(history_parent, h);
+	rc = wait_exit(parent);
+	if (rc == 0 && !h->child_advises) {
+		h->step = 3;
+		while (!h->child)
+			usleep(10 * 1000);
+		rc = wait_exit(h->child);
+	}
+	ksm_stop();
+	CHECK(rc == 0 && !h->failed, "%s history, %s advising: setup failed (%d, step %d)",
+	      h->use_ksmd ? "ksmd" : "UPM", h->child_advises ? "child" : "parent", rc,
+	      h->failed);
+	fprintf(stderr,
+		"    %s, %s advising: %zu of %d pairs merged; the sharer's A moved %ld of %d "
+		"while the adviser lived, %ld after its exit; frames: A %ld, B %ld\n",
+		h->use_ksmd ? "ksmd" : "UPM ", h->child_advises ? "child " : "parent", h->merged, N,
+		h->moved[0], N, h->moved[1], h->frames[0], h->frames[1]);
+	CHECK(h->merged == N, "premise: every pair merged");
+	return PASS;
+}
+
+/*
+ * Frames shared by fork, then merged: a prefork server's master advising before it forks its
+ * workers, or a worker advising what it shares with its master. Every mapping of what UPM
+ * merged must stay movable by rmap walks, whoever advised and whoever has exited, as ksmd's
+ * outcome for the same history in the same boot (run first, printed alongside).
+ */
+static enum result test_fork_shared_frames(void)
+{
+	struct fork_history *h = map_shared(4 * sizeof(*h));
+
+	CHECK(h, "shared map");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	for (int i = 0; i < 4; i++) {
+		h[i].use_ksmd = i < 2;
+		h[i].child_advises = i % 2;
+		CHECK(run_history(&h[i]) == PASS, "history %d", i);
+	}
+	for (int i = 2; i < 4; i++)
+		CHECK(h[i].moved[0] == N && h[i].moved[1] == N,
+		      "UPM, %s advising: the sharer's A moved %ld and %ld of %d (ksmd: %ld, %ld)",
+		      h[i].child_advises ? "child" : "parent", h[i].moved[0], h[i].moved[1], N,
+		      h[i - 2].moved[0], h[i - 2].moved[1]);
+	return PASS;
+}
+
 /*
  * ksmd next to UPM: an area whose pages UPM merged becomes VM_MERGEABLE afterwards
  * (MADV_MERGEABLE, as prctl(PR_SET_MEMORY_MERGE) does for every area). ksmd then scans KSM
@@ -1138,6 +1314,8 @@ const struct test parity_tests[] = {
 	{ "madv_free", test_madv_free, "lazily freed pages never merge; twin intact" },
 	{ "o_direct", test_o_direct,
 	  "O_DIRECT from and into merged pages (zram disk): as on ksmd's, twins untouched" },
+	{ "fork_shared_frames", test_fork_shared_frames,
+	  "fork-shared frames merged: every sharer stays movable, as with ksmd" },
 	{ "vmsplice", test_vmsplice, "a spliced page keeps its contents; a pipe's page never merges" },
 	{ "process_vm_rw", test_process_vm_rw,
 	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },

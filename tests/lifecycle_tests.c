@@ -197,6 +197,155 @@ static enum result test_fork_exec(void)
 	return PASS;
 }
 
+/* ---- a fork that fails half way ---- */
+
+#define FAILSLAB "/sys/kernel/debug/failslab/"
+#define VMA_CACHE "/sys/kernel/slab/vm_area_struct/"
+
+/* The failslab settings the test changes, saved to be put back as they were. */
+static const char *const failslab_files[] = {
+	FAILSLAB "probability", FAILSLAB "interval",	 FAILSLAB "times",
+	FAILSLAB "space",	FAILSLAB "verbose",	 FAILSLAB "task-filter",
+	FAILSLAB "cache-filter", FAILSLAB "ignore-gfp-wait", VMA_CACHE "failslab",
+};
+
+static void failslab_save(char saved[][32])
+{
+	for (size_t i = 0; i < ARRAY_SIZE(failslab_files); i++) {
+		FILE *f = fopen(failslab_files[i], "r");
+
+		saved[i][0] = 0;
+		if (f && fgets(saved[i], 32, f))
+			saved[i][strcspn(saved[i], "\n")] = 0;
+		if (f)
+			fclose(f);
+	}
+}
+
+/* Probability first, so that nothing fails while the others go back. */
+static void failslab_restore(char saved[][32])
+{
+	write_long("/proc/self/make-it-fail", 0);
+	for (size_t i = 0; i < ARRAY_SIZE(failslab_files); i++)
+		if (saved[i][0])
+			write_str(failslab_files[i], saved[i]);
+}
+
+/* Index (from 1) of the VMA holding addr among this process's VMAs, and how many there are. */
+static int vma_index(const void *addr, int *count)
+{
+	char line[512];
+	int i = 0, found = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+
+		if (strstr(line, "[vsyscall]") || sscanf(line, "%lx-%lx", &lo, &hi) != 2)
+			continue;
+		i++;
+		if ((uintptr_t)addr >= lo && (uintptr_t)addr < hi)
+			found = i;
+	}
+	fclose(f);
+	*count = i;
+	return found;
+}
+
+/*
+ * fork() with the allocation of the child's nth VMA failing, for this task only: the copy of
+ * the mm_struct is made, dup_mmap() fails with ENOMEM at that VMA and the half-made child is
+ * torn down. Returns 0 when the fork failed so, having used the one failure it was given.
+ */
+static int fork_failing_at_vma(long nth)
+{
+	long object_size = read_long(VMA_CACHE "object_size");
+	int failed, err;
+	pid_t pid;
+
+	/* failslab fails the allocation that finds `space` no larger than its size. */
+	if (object_size <= 0 || write_long(FAILSLAB "probability", 0) ||
+	    write_long(VMA_CACHE "failslab", 1) || write_str(FAILSLAB "cache-filter", "Y") ||
+	    write_str(FAILSLAB "task-filter", "Y") || write_str(FAILSLAB "ignore-gfp-wait", "N") ||
+	    write_long(FAILSLAB "verbose", 0) || write_long(FAILSLAB "interval", 1) ||
+	    write_long(FAILSLAB "space", nth * object_size - 1) ||
+	    write_long(FAILSLAB "times", 1) || write_long("/proc/self/make-it-fail", 1) ||
+	    write_long(FAILSLAB "probability", 100)) {
+		fprintf(stderr, "    failslab setup failed\n");
+		return -1;
+	}
+	pid = fork();
+	err = errno;
+	if (pid == 0)
+		_exit(0);
+	write_long(FAILSLAB "probability", 0);
+	write_long("/proc/self/make-it-fail", 0);
+	failed = pid < 0 && err == ENOMEM && read_long(FAILSLAB "times") == 0;
+	if (pid > 0)
+		wait_exit(pid);
+	if (!failed)
+		fprintf(stderr, "    fork failing at VMA %ld: pid %d errno %d, failures left %ld\n",
+			nth, pid, err, read_long(FAILSLAB "times"));
+	return failed ? 0 : -1;
+}
+
+/*
+ * A process with merged pages whose fork fails in dup_mmap(): at its first VMA (nothing
+ * copied), just after the merged areas (their page tables copied, then torn down) and at its
+ * last. Its own merged pages keep their rmap items, so they still migrate (MPOL_MF_MOVE_ALL:
+ * every mapping is moved) and unmerge, and a fork that succeeds afterwards shares them.
+ * Before the fix the child's teardown freed the parent's rmap items (KASAN: use-after-free).
+ */
+static enum result fork_fails_body(char *a, char *b)
+{
+	int ia, ib, count, node;
+	long nth[3];
+	pid_t pid;
+
+	ia = vma_index(a, &count);
+	ib = vma_index(b, &count);
+	CHECK(ia > 0 && ib > 0, "the twins' VMAs in /proc/self/maps");
+	nth[0] = 1;
+	nth[1] = (ia > ib ? ia : ib) + 1 < count ? (ia > ib ? ia : ib) + 1 : count;
+	nth[2] = count;
+	for (int i = 0; i < 3; i++)
+		CHECK(fork_failing_at_vma(nth[i]) == 0, "fork failing at VMA %ld of %d", nth[i],
+		      count);
+	CHECK(count_pfn_equal(a, b, N) == N, "still shared after the failed forks");
+	node = !node_of(a);
+	CHECK(move_set(a, b, N, node) == N, "merged pages moved to node %d: %zu of %d", node,
+	      move_set(a, b, N, node), N);
+	CHECK(count_pfn_equal(a, b, N) == N && check_pages(a, N, 281, 1) < 0 &&
+		      check_pages(b, N, 281, 1) < 0,
+	      "shared and intact after the move");
+	pid = fork();
+	if (pid == 0)
+		_exit(count_pfn_equal(a, b, N) == N && check_pages(a, N, 281, 1) < 0 ? 0 : 1);
+	CHECK(wait_exit(pid) == 0, "a fork that succeeds shares the merged pages");
+	CHECK(unmerge(a, N) == 0 && unmerge(b, N) == 0, "unmerge");
+	CHECK(count_pfn_equal(a, b, N) == 0, "%zu pages still shared", count_pfn_equal(a, b, N));
+	CHECK(check_pages(a, N, 281, 1) < 0 && check_pages(b, N, 281, 1) < 0, "contents");
+	return PASS;
+}
+
+static enum result test_fork_fails_after_merge(void)
+{
+	char saved[ARRAY_SIZE(failslab_files)][32];
+	char *a, *b;
+	enum result r;
+
+	SKIP_IF(access(FAILSLAB "task-filter", F_OK) || access(VMA_CACHE "failslab", F_OK),
+		"no failslab with a cache filter");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	CHECK(merged_twins(&a, &b, N, 281) == 0, "setup");
+	failslab_save(saved);
+	r = fork_fails_body(a, b);
+	failslab_restore(saved);
+	return r;
+}
+
 /* ---- cross-process ---- */
 
 static enum result test_partially_identical(void)
@@ -664,6 +813,8 @@ const struct test lifecycle_tests[] = {
 	{ "mprotect_roundtrip", test_mprotect_roundtrip, "r/o, PROT_NONE and back: still COW" },
 	{ "mlock", test_mlock, "mlock breaks COW; locked pages merge again" },
 	{ "fork_exec", test_fork_exec, "fork + exec leaves the parent's pages merged" },
+	{ "fork_fails_after_merge", test_fork_fails_after_merge,
+	  "a fork failing in dup_mmap leaves the parent's merged pages whole" },
 	{ "partially_identical", test_partially_identical, "half shared; the other exits" },
 	{ "racing_writes", test_racing_writes, "no write lost to a concurrent merge" },
 	{ "started_before_load", test_started_before_load, "memory filled before insmod" },
