@@ -81,7 +81,8 @@ mkfifo "$out/stream"
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
 	--append "numa=fake=2 movablecore=1G ${UPM_VM_APPEND:-}" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
-UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} $UPM_ROOT/scripts/vm-guest.sh" \
+UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} UPM_KMEMLEAK=${UPM_KMEMLEAK:-1} \
+$UPM_ROOT/scripts/vm-guest.sh" \
 	>"$out/stream" 2>&1 </dev/null &
 vm_pid=$!
 while :; do
