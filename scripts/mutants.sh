@@ -66,9 +66,11 @@ verdict() {
 	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out
 	tests=$(sed -n '2s/^Caught-by: //p' "$patch")
 	failed=$(sed -n 's/^FAIL \([^ :]*\).*/\1/p' "$log" | tr '\n' ' ')
-	# A test that only timed out, or found the index not empty before it began (what an
-	# earlier mutant in the same boot left), did not catch the mutant: it checked nothing.
-	timed_out=$(awk '/^RUN  /{t = $2} /^    (timed out after|stable tree not empty before)/{print t}' \
+	# A test that only timed out (no check of its failed first), or found the index not empty
+	# before it began (what an earlier mutant in the same boot left), did not catch the
+	# mutant: it checked nothing.
+	timed_out=$(awk '/^RUN  /{t = $2; checked = 0} /check failed:/{checked = 1}
+		/^    (timed out after|stable tree not empty before)/{if (!checked) print t}' \
 		"$log" | tr '\n' ' ')
 	for t in $tests; do
 		[[ " $failed " == *" $t "* && " $timed_out " != *" $t "* ]] && by+="$t "
@@ -143,7 +145,7 @@ run_kernel_mutant() { # name patch
 	restore_kernel_tree
 	mkdir -p "$saved"
 	for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$patch"); do
-		install -D -p "$UPM_KSRC/$f" "$saved/$f"
+		mkdir -p "$saved/$(dirname "$f")" && cp -p "$UPM_KSRC/$f" "$saved/$f"
 	done
 	git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" || { upm_log "$patch does not apply"; exit 2; }
 	rsync -a --delete "$kbuild/" "$mbuild/"

@@ -310,9 +310,16 @@ static enum result fork_fails_body(char *a, char *b)
 	nth[0] = 1;
 	nth[1] = (ia > ib ? ia : ib) + 1 < count ? (ia > ib ? ia : ib) + 1 : count;
 	nth[2] = count;
-	for (int i = 0; i < 3; i++)
+	/* The mm's own count of its merged pages: the failed child's teardown must not touch it. */
+	long merging = read_long("/proc/self/ksm_merging_pages");
+
+	for (int i = 0; i < 3; i++) {
 		CHECK(fork_failing_at_vma(nth[i]) == 0, "fork failing at VMA %ld of %d", nth[i],
 		      count);
+		CHECK(read_long("/proc/self/ksm_merging_pages") == merging,
+		      "ksm_merging_pages %ld after the fork failing at VMA %ld, %ld before",
+		      read_long("/proc/self/ksm_merging_pages"), nth[i], merging);
+	}
 	CHECK(count_pfn_equal(a, b, N) == N, "still shared after the failed forks");
 	node = !node_of(a);
 	CHECK(move_set(a, b, N, node) == N, "merged pages moved to node %d: %zu of %d", node,
