@@ -11,7 +11,8 @@
 #                   rebuilt or left mutated.
 # Line 1 of a patch says what it breaks, line 2 ("Caught-by: TEST...") names the tests written
 # to catch it, and a line "Run-in-CI: always" marks the central safety mutants. The tests run
-# in the debug VM (stress shortened to 20 s); the mutant is caught only when one of them fails
+# in the debug VM (stress shortened to 20 s, no kmemleak scan, the guest killed after 420 s
+# of silence: longer than any test's limit); the mutant is caught only when one of them fails
 # a check, and the summary says which. A run that fails otherwise (another test, a named test
 # that only timed out, a splat alone) is reported, not counted as a catch.
 #
@@ -63,7 +64,7 @@ digest() { # patch
 
 # verdict NAME PATCH LOG: records caught/survived from the mutant's test log.
 verdict() {
-	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out
+	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out checked
 	tests=$(sed -n '2s/^Caught-by: //p' "$patch")
 	failed=$(sed -n 's/^FAIL \([^ :]*\).*/\1/p' "$log" | tr '\n' ' ')
 	# A test that only timed out (no check of its failed first), or found the index not empty
@@ -72,8 +73,14 @@ verdict() {
 	timed_out=$(awk '/^RUN  /{t = $2; checked = 0} /check failed:/{checked = 1}
 		/^    (timed out after|stable tree not empty before)/{if (!checked) print t}' \
 		"$log" | tr '\n' ' ')
+	# A check that failed is a catch even when the guest never got to print the verdict (the
+	# mutant wedged the test's exit, say).
+	checked=$(awk '/^RUN  /{t = $2} /check failed:/{print t}' "$log" | tr '\n' ' ')
 	for t in $tests; do
-		[[ " $failed " == *" $t "* && " $timed_out " != *" $t "* ]] && by+="$t "
+		if [[ " $failed " == *" $t "* && " $timed_out " != *" $t "* ]] ||
+			[[ " $checked " == *" $t "* ]]; then
+			by+="$t "
+		fi
 	done
 	if [ -n "$by" ]; then
 		caught=$((caught + 1))
@@ -91,7 +98,7 @@ run_alone() {
 	local name=$1 patch=$2 log="$work/$1.log"
 	shift 2
 	# shellcheck disable=SC2046 # one word per test
-	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 scripts/vm-run.sh "$@" -- \
+	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_VM_IDLE_TIMEOUT=${UPM_VM_IDLE_TIMEOUT:-420} scripts/vm-run.sh "$@" -- \
 		"tests/build/upm_tests $(sed -n '2s/^Caught-by: //p' "$patch")" >"$log" 2>&1
 	verdict "$name" "$patch" "$log" || survived=$((survived + 1))
 	upm_log "${summary[-1]}"
@@ -110,7 +117,7 @@ run_modules_together() {
 		cmd+="rmmod upm || exit 3; "
 	done
 	rm -rf "$work/together" && mkdir -p "$work/together"
-	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_RESULTS_DIR="$work/together" scripts/vm-run.sh --flavour debug \
+	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_VM_IDLE_TIMEOUT=${UPM_VM_IDLE_TIMEOUT:-420} UPM_RESULTS_DIR="$work/together" scripts/vm-run.sh --flavour debug \
 		--no-module -- "$cmd" >"$work/together.log" 2>&1
 	for name in "$@"; do
 		patch=tests/mutants/$name.patch log=$work/together/$name.log
