@@ -42,18 +42,22 @@ touch "$record"
 caught=0 survived=0
 summary=()
 
+# The tests a mutant names on its line 2, and the files its diff patches.
+caught_by() { sed -n '2s/^Caught-by: //p' "$1"; }
+patched_files() { sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$1"; }
+
 # What a mutant's verdict depends on: its patch, the code it breaks (the module's sources, or
 # the series patches that touch the files it patches), the test runner and library, and the
 # files that define its tests.
 digest() { # patch
 	local patch=$1 t files=("$1" tests/upm_tests.c tests/upm_lib.c tests/harness.h) touched p
-	for t in $(sed -n '2s/^Caught-by: //p' "$patch"); do
+	for t in $(caught_by "$patch"); do
 		files+=($(grep -l "{ \"$t\"," tests/*.c))
 	done
 	case "$(basename "$patch")" in
 	module-*) files+=(Kbuild $(find src -name '*.rs' -o -name Kbuild | sort)) ;;
 	kernel-*)
-		touched=$(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$patch")
+		touched=$(patched_files "$patch")
 		for p in patches/*.patch; do
 			grep -qE "^\+\+\+ b/($(tr '\n' '|' <<<"$touched" | sed 's/|$//'))\b" "$p" && files+=("$p")
 		done
@@ -65,7 +69,7 @@ digest() { # patch
 # verdict NAME PATCH LOG: records caught/survived from the mutant's test log.
 verdict() {
 	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out checked
-	tests=$(sed -n '2s/^Caught-by: //p' "$patch")
+	tests=$(caught_by "$patch")
 	failed=$(sed -n 's/^FAIL \([^ :]*\).*/\1/p' "$log" | tr '\n' ' ')
 	# A test that only timed out (no check of its failed first), or found the index not empty
 	# before it began (what an earlier mutant in the same boot left), did not catch the
@@ -99,7 +103,7 @@ run_alone() {
 	shift 2
 	# shellcheck disable=SC2046 # one word per test
 	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_VM_IDLE_TIMEOUT=${UPM_VM_IDLE_TIMEOUT:-420} scripts/vm-run.sh "$@" -- \
-		"tests/build/upm_tests $(sed -n '2s/^Caught-by: //p' "$patch")" >"$log" 2>&1
+		"tests/build/upm_tests $(caught_by "$patch")" >"$log" 2>&1
 	verdict "$name" "$patch" "$log" || survived=$((survived + 1))
 	upm_log "${summary[-1]}"
 }
@@ -112,7 +116,7 @@ run_modules_together() {
 		# UPM_MODULE: what a test that unloads the module loads again.
 		cmd+="echo \"mutant $name\"; export UPM_MODULE=$work/$name/src/upm.ko; "
 		cmd+="insmod \$UPM_MODULE || exit 3; "
-		cmd+="tests/build/upm_tests $(sed -n '2s/^Caught-by: //p' "tests/mutants/$name.patch") "
+		cmd+="tests/build/upm_tests $(caught_by "tests/mutants/$name.patch") "
 		cmd+="2>&1 | tee \$UPM_VM_OUT/results/$name.log; echo done >>\$UPM_VM_OUT/results/$name.log; "
 		cmd+="rmmod upm || exit 3; "
 	done
@@ -151,7 +155,7 @@ run_kernel_mutant() { # name patch
 	local name=$1 patch=$2 f
 	restore_kernel_tree
 	mkdir -p "$saved"
-	for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$patch"); do
+	for f in $(patched_files "$patch"); do
 		mkdir -p "$saved/$(dirname "$f")" && cp -p "$UPM_KSRC/$f" "$saved/$f"
 	done
 	git -C "$UPM_KSRC" apply "$UPM_ROOT/$patch" || { upm_log "$patch does not apply"; exit 2; }
