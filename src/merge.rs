@@ -40,6 +40,9 @@ const BATCH_PAGES: usize = 512;
 /// Pages per call whose pairing is retried at its end because the twin's mm was busy.
 const MAX_DEFERRED: usize = 4096;
 
+/// Attempts at pairing a candidate from its side before it is counted as left apart.
+const TWIN_ATTEMPTS: usize = 3;
+
 /// Delay before the next run of a sweep pass that is not complete, in milliseconds.
 const SWEEP_CONTINUE_MS: u32 = 10;
 
@@ -96,9 +99,10 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Defers `addr` to the end of the call; false if it must be counted now.
+    /// Defers `addr` to the end of the call (in the walk) or to the next attempt from the
+    /// candidate's side (see [`Upm::pair_from_candidate`]); false if it must be counted now.
     fn defer(&self, addr: usize) -> bool {
-        if self.stage.get() != Stage::Walk {
+        if self.stage.get() == Stage::Retry {
             return false;
         }
         // Cells, not RefCells: nothing here can panic on a borrow.
@@ -119,6 +123,16 @@ impl<'a> Call<'a> {
         self.busy_candidates.set(busy);
         handed
     }
+}
+
+/// How one attempt at pairing a candidate from its side ended.
+enum TwinAttempt {
+    /// Paired, counted, or no longer a candidate.
+    Done,
+    /// A page or an mm was busy: worth another attempt.
+    Busy,
+    /// The candidate's page is not present (migrating or swapped out).
+    NotPresent,
 }
 
 /// Why a candidate could not be paired with.
@@ -229,10 +243,7 @@ impl Upm {
             EINTR
         };
         if let Some(twin) = call.busy_twin.take() {
-            if let Some(user) = twin.mmget_not_zero() {
-                let user = MmWithUser::into_mmput_async(user);
-                drop(user.mmap_read_lock_killable().map_err(|_| interrupted())?);
-            }
+            wait_for_mmap_lock(&twin).map_err(|_| interrupted())?;
         }
         let guard = call
             .mm
@@ -272,7 +283,8 @@ impl Upm {
     }
 
     /// Advises the candidate of `mm` at `addr` again, for `call`, if it is still a candidate
-    /// of the call's domain.
+    /// of the call's domain. A pairing that fails because a page is moving or the other mm is
+    /// busy is attempted [`TWIN_ATTEMPTS`] times, waiting for that mm's `mmap_lock` in between.
     fn pair_from_candidate(&self, call: &Call<'_>, mm: &Mm, addr: usize) -> Result {
         let Some(user) = mm.mmget_not_zero() else {
             return Ok(());
@@ -281,26 +293,55 @@ impl Upm {
         if crate::stats::domain_of(&user) != Ok(call.domain) {
             return Ok(());
         }
+        for attempt in 1..=TWIN_ATTEMPTS {
+            let twin_call = Call::new(&user, call.domain, Stage::Twins, call.drained.get());
+            let outcome = self.pair_candidate_once(&twin_call, addr);
+            call.drained.set(twin_call.drained.get());
+            let left_by = match outcome? {
+                TwinAttempt::Done => return Ok(()),
+                TwinAttempt::Busy => Skip::Busy,
+                TwinAttempt::NotPresent => Skip::NotPresent,
+            };
+            if attempt == TWIN_ATTEMPTS {
+                STATS.skip(left_by, 1);
+                return Ok(());
+            }
+            // Holding no `mmap_lock`: a page that was moving has moved by then.
+            if let Some(busy) = twin_call.busy_twin.take() {
+                wait_for_mmap_lock(&busy)?;
+            }
+            task::cond_resched();
+        }
+        Ok(())
+    }
+
+    /// One attempt of [`Self::pair_from_candidate`], holding only the candidate's `mmap_lock`.
+    fn pair_candidate_once(&self, twin_call: &Call<'_>, addr: usize) -> Result<TwinAttempt> {
         // The caller holds no `mmap_lock` now: waiting for this one cannot deadlock.
-        let guard = user.mmap_read_lock_killable()?;
-        if !self.index.lock().has_candidate(&user, addr) {
+        let guard = twin_call.mm.mmap_read_lock_killable()?;
+        if !self.index.lock().has_candidate(twin_call.mm, addr) {
             // Paired, unmerged or replaced meanwhile.
-            return Ok(());
+            return Ok(TwinAttempt::Done);
         }
         let Some(vma) = guard.vma_lookup(addr).and_then(MergeableVma::from_vma) else {
-            return Ok(());
+            return Ok(TwinAttempt::Done);
         };
-        let twin_call = Call::new(&user, call.domain, Stage::Twins, call.drained.get());
         // Counted only if it is still an ordinary page: it was counted when it was advised.
         match vma.get_page(addr) {
-            Mapped::Anon(page) => self.merge_present(&twin_call, &guard, vma, addr, page, false),
+            Mapped::Anon(page) => self.merge_present(twin_call, &guard, vma, addr, page, false),
             Mapped::Large(page) if enabled(&TUNABLES.split_thp) => {
-                self.merge_present(&twin_call, &guard, vma, addr, page, true)
+                self.merge_present(twin_call, &guard, vma, addr, page, true)
             }
+            // Migrating or swapped out.
+            Mapped::Nothing => return Ok(TwinAttempt::NotPresent),
             _ => {}
         }
-        call.drained.set(twin_call.drained.get());
-        Ok(())
+        // Deferred (not counted) by merge_present() only if it failed because something was busy.
+        Ok(if twin_call.deferred.take().is_empty() {
+            TwinAttempt::Done
+        } else {
+            TwinAttempt::Busy
+        })
     }
 
     fn unmerge_range(&self, mm: &MmWithUser, start: usize, end: usize) -> Result {
@@ -368,7 +409,8 @@ impl Upm {
         }
         if let Err(e) = result {
             if e == MergeError::Busy && call.defer(addr) {
-                // Counted when it is retried at the end of the call.
+                // Counted when it is retried: at the end of the call, or by the next attempt
+                // from the candidate's side.
                 return;
             }
             STATS.skip(skip_reason(e), 1);
@@ -628,6 +670,15 @@ impl Upm {
             .sweep_millisecs
             .load(core::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// Waits until `mm`'s `mmap_lock` can be taken for reading (killably), holding none.
+fn wait_for_mmap_lock(mm: &Mm) -> Result {
+    if let Some(user) = mm.mmget_not_zero() {
+        let user = MmWithUser::into_mmput_async(user);
+        drop(user.mmap_read_lock_killable()?);
+    }
+    Ok(())
 }
 
 /// The counter of a page left unmerged by `e`.
