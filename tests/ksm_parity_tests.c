@@ -1071,8 +1071,15 @@ static enum result test_fork_shared_frames(void)
  * pages whose stable nodes are UPM's: contents must stay intact, writes private, and
  * run=2 (unmerge everything in ksmd's areas) must give both copies private pages.
  */
+/* Mappings of pages ksmd merged: its pages_shared plus pages_sharing. */
+static long ksm_pages(void)
+{
+	return read_long(KSM_DIR "pages_shared") + read_long(KSM_DIR "pages_sharing");
+}
+
 static enum result test_ksmd_over_upm_pages(void)
 {
+	long ksmd_had = ksm_pages();
 	char *a, *b;
 	enum result r = FAIL;
 
@@ -1089,6 +1096,12 @@ static enum result test_ksmd_over_upm_pages(void)
 			count_pfn_equal(a, b, N), N,
 			check_pages(a, N, 661, 1) < 0 && check_pages(b, N, 661, 1) < 0 ? "intact" :
 											 "CHANGED");
+		goto out;
+	}
+	/* They stay UPM's: ksmd counts none of them as its own. */
+	if (ksm_pages() != ksmd_had) {
+		fprintf(stderr, "    ksmd took UPM's pages: %ld of its own, %ld before\n",
+			ksm_pages(), ksmd_had);
 		goto out;
 	}
 	a[0] ^= 1; /* copy-on-write: b keeps its page */
@@ -1293,6 +1306,169 @@ static enum result test_process_vm_rw(void)
 	return PASS;
 }
 
+/* ---- ksmd and UPM over the same frames ---- */
+
+#define BESIDE_PAGES 256   /* pages per worker's area, all fork-shared at the start */
+#define BESIDE_CONTENTS 16 /* distinct contents in it: each page has 15 twins */
+#define BESIDE_WORKERS 4   /* even: ksmd's (MADV_MERGEABLE), odd: UPM's */
+#define BESIDE_SECS 20
+
+struct beside_report {
+	volatile long ops, bad, forks;
+	volatile int done;
+};
+
+static uint64_t beside_rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Page i of an area holds content i % BESIDE_CONTENTS of generation want[i]. */
+static void beside_write(char *area, uint64_t *want, size_t i, uint64_t gen)
+{
+	want[i] = gen;
+	fill_page(area + i * page_size, i % BESIDE_CONTENTS, gen);
+}
+
+/* Pages of `area` (first..first+n) that do not hold what was last written: 0 if none. */
+static long beside_check(const char *area, const uint64_t *want, size_t first, size_t n)
+{
+	long bad = 0;
+
+	for (size_t i = first; i < first + n; i++)
+		bad += !holds(area + i * page_size, i % BESIDE_CONTENTS, want[i]);
+	return bad;
+}
+
+/*
+ * One worker: writes pages (generations 0..2 of the same contents, so rewritten pages find
+ * twins again), marks ranges again (ksmd's: MADV_UNMERGEABLE and MADV_MERGEABLE; UPM's:
+ * advise, unmerge), forks children that check, write and exit (a child of UPM's may hand
+ * its inherited merged pages to ksmd first), and checks what it reads.
+ */
+static void beside_worker(char *area, int id, uint64_t seed, struct beside_report *r,
+			  volatile int *stop)
+{
+	uint64_t want[BESIDE_PAGES] = { 0 }, rng = seed * 7919 + id + 1;
+	int ksmd = id % 2 == 0;
+
+	if (ksmd && madvise(area, BESIDE_PAGES * page_size, MADV_MERGEABLE))
+		r->bad++;
+	while (!*stop) {
+		size_t first = beside_rnd(&rng) % BESIDE_PAGES;
+		size_t n = 1 + beside_rnd(&rng) % (BESIDE_PAGES - first);
+		pid_t child;
+
+		switch (beside_rnd(&rng) % 8) {
+		case 0 ... 2:
+			beside_write(area, want, first, beside_rnd(&rng) % 3);
+			break;
+		case 3 ... 4:
+			if (ksmd)
+				r->bad += madvise(area + first * page_size, n * page_size,
+						  MADV_UNMERGEABLE) ||
+					  madvise(area + first * page_size, n * page_size,
+						  MADV_MERGEABLE);
+			else
+				r->bad += advise(area + first * page_size, n) != 0;
+			break;
+		case 5:
+			if (!ksmd)
+				r->bad += unmerge(area + first * page_size, n) != 0;
+			break;
+		case 6:
+			if (beside_rnd(&rng) % 8)
+				break;
+			child = fork();
+			if (child == 0) {
+				long bad = beside_check(area, want, 0, BESIDE_PAGES);
+
+				beside_write(area, want, first, (want[first] + 1) % 3);
+				if (!ksmd && advise(area, BESIDE_PAGES))
+					bad++;
+				/* UPM's pages, inherited, in ksmd's hands for a while. */
+				if (!ksmd && beside_rnd(&rng) % 2 &&
+				    madvise(area, BESIDE_PAGES * page_size, MADV_MERGEABLE) == 0)
+					usleep(50 * 1000);
+				_exit(bad + beside_check(area, want, 0, BESIDE_PAGES) ? 1 : 0);
+			}
+			r->bad += child < 0 || wait_exit(child) != 0;
+			r->forks++;
+			break;
+		default:
+			break;
+		}
+		r->bad += beside_check(area, want, first, n);
+		r->ops++;
+	}
+	r->bad += beside_check(area, want, 0, BESIDE_PAGES);
+	r->done = 1;
+}
+
+/*
+ * ksmd and UPM on the same frames: a parent fills an area whose pages have many twins and
+ * forks workers that share its frames. ksmd's workers make their copy VM_MERGEABLE and ksmd
+ * (unthrottled) merges it, the frames still mapped by everyone else among them; UPM's workers
+ * advise, unmerge and write theirs; all fork children. Every read is checked against what
+ * the reader last wrote, and the parent, which writes nothing, must read its own contents to
+ * the end. Both sides must have merged meanwhile, and everything is freed after.
+ */
+static enum result test_ksmd_beside_upm(void)
+{
+	struct {
+		struct beside_report r[BESIDE_WORKERS];
+		volatile int stop;
+	} *shared = map_shared(sizeof(*shared));
+	uint64_t want[BESIDE_PAGES] = { 0 }, seed = (uint64_t)time(NULL);
+	char *area = map_anon(BESIDE_PAGES);
+	long scans, merged, ksm_sharing = 0, bad = 0, ops = 0, forks = 0;
+	pid_t pids[BESIDE_WORKERS];
+
+	CHECK(shared && area, "setup");
+	for (size_t i = 0; i < BESIDE_PAGES; i++)
+		beside_write(area, want, i, 0);
+	CHECK(ksm_start() == 0, "ksmd unthrottled");
+	scans = read_long(KSM_DIR "full_scans");
+	merged = counter("pages_merged") + counter("pages_promoted");
+	for (int w = 0; w < BESIDE_WORKERS; w++) {
+		pids[w] = fork();
+		if (pids[w] == 0) {
+			beside_worker(area, w, seed, &shared->r[w], &shared->stop);
+			_exit(0);
+		}
+		CHECK(pids[w] > 0, "fork");
+	}
+	for (time_t end = time(NULL) + BESIDE_SECS; time(NULL) < end; usleep(100 * 1000)) {
+		long sharing = read_long(KSM_DIR "pages_sharing");
+
+		ksm_sharing = sharing > ksm_sharing ? sharing : ksm_sharing;
+	}
+	shared->stop = 1;
+	for (int w = 0; w < BESIDE_WORKERS; w++) {
+		CHECK(wait_exit(pids[w]) == 0 && shared->r[w].done, "worker %d finished", w);
+		bad += shared->r[w].bad;
+		ops += shared->r[w].ops;
+		forks += shared->r[w].forks;
+	}
+	scans = read_long(KSM_DIR "full_scans") - scans;
+	merged = counter("pages_merged") + counter("pages_promoted") - merged;
+	fprintf(stderr, "    seed %llu: %ld operations, %ld forks; ksmd %ld full scans, up to %ld "
+		"pages sharing; UPM merged %ld\n", (unsigned long long)seed, ops, forks, scans,
+		ksm_sharing, merged);
+	ksm_stop();
+	CHECK(bad == 0, "%ld wrong reads or failed calls", bad);
+	CHECK(beside_check(area, want, 0, BESIDE_PAGES) == 0, "the parent's pages changed");
+	CHECK(scans >= 2 && ksm_sharing > 0 && merged > 0,
+	      "both merged: ksmd %ld scans, %ld sharing; UPM %ld", scans, ksm_sharing, merged);
+	munmap(area, BESIDE_PAGES * page_size);
+	CHECK(ksm_pages() == 0, "ksmd's pages freed: %ld left", ksm_pages());
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return PASS;
+}
+
 const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
@@ -1321,6 +1497,8 @@ const struct test parity_tests[] = {
 	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },
 	{ "ksmd_over_upm_pages", test_ksmd_over_upm_pages,
 	  "MADV_MERGEABLE after UPM merged: ksmd scans, run=2 unmerges, contents intact" },
+	{ "ksmd_beside_upm", test_ksmd_beside_upm,
+	  "ksmd and UPM merge, unmerge, write and fork over the same frames; reads checked" },
 };
 
 const size_t parity_test_count = ARRAY_SIZE(parity_tests);
