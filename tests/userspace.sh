@@ -61,9 +61,17 @@ metrics_ok() {
 		grep -q '^# TYPE upm_pages_merged_total counter$' <<<"$out" &&
 		grep -q '^# TYPE upm_pages_sharing gauge$' <<<"$out" &&
 		grep -qx "upm_run $(cat /sys/kernel/mm/upm/run)" <<<"$out" &&
+		grep -qx "upm_domain_policy_info{policy=\"$(policy)\"} 1" <<<"$out" &&
 		[ "$(grep -c '^# TYPE' <<<"$out")" = "$(grep -vc '^#' <<<"$out")" ]
 }
+# The policy in force: the bracketed word of domain_policy.
+policy() { grep -o '\[[a-z]*\]' /sys/kernel/mm/upm/domain_policy | tr -d '[]'; }
 check upmctl_metrics metrics_ok
+status_policy() {
+	[ "$($upmctl status --json | json_field domain_policy)" = "$(policy)" ] &&
+		$upmctl status | grep -q "merge domains by $(policy)"
+}
+check upmctl_status_policy status_policy
 
 # start_holder MiB [env...]: runs dup_holder (optionally under env, e.g. LD_PRELOAD) and sets
 # holder (pid), addr_a, addr_b and pages from its ready file.
@@ -156,6 +164,104 @@ cgroup_ok() {
 	return $rc
 }
 check upmctl_advise_cgroup cgroup_ok
+no_such_cgroup() {
+	local out
+	out=$($upmctl advise --cgroup upm_no_such_group 2>&1)
+	[ $? = 66 ] && grep -q "no such cgroup: /sys/fs/cgroup/upm_no_such_group" <<<"$out"
+}
+check upmctl_no_such_cgroup no_such_cgroup
+cgroup_keeps_going() {
+	# A user with CAP_SYS_NICE advises a cgroup holding its own holder and a process of
+	# root's, which it may not advise: the holder is merged all the same, the failure is
+	# printed with its pid and a summary, and the status is the failure's (77).
+	local cg=/sys/fs/cgroup/upm_ctl_mixed ready sleeper user_holder out rc a b n
+	ready=$(mktemp -u)
+	mkdir -p "$cg" || return 1
+	sleep 120 &
+	sleeper=$!
+	echo "$sleeper" >"$cg/cgroup.procs"
+	setpriv --reuid=65534 --regid=65534 --clear-groups tests/build/dup_holder 4 "$ready" &
+	user_holder=$!
+	for _ in $(seq 200); do [ -s "$ready" ] && break; sleep 0.1; done
+	read -r _ a b n <"$ready"
+	echo "$user_holder" >"$cg/cgroup.procs"
+	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+sys_nice \
+		--ambient-caps=+sys_nice $upmctl advise --cgroup "$cg" 2>&1)
+	rc=$?
+	[ "$rc" = 77 ] && grep -q "pid $sleeper: permission denied" <<<"$out" &&
+		grep -q "1 of 2 processes of $cg not advised" <<<"$out" &&
+		[ "$(tests/build/pfn_pairs "$user_holder" "$a" "$b" "$n")" = "$n" ]
+	local ok=$?
+	((ok == 0)) || echo "    status $rc: $out"
+	kill -TERM "$user_holder" "$sleeper"
+	wait "$user_holder" "$sleeper" 2>/dev/null
+	rm -f "$ready"
+	rmdir "$cg"
+	return $ok
+}
+check upmctl_cgroup_keeps_going cgroup_keeps_going
+domains_named() {
+	# Under the cgroup policy the holder's domain is its cgroup, which upmctl domains names
+	# by its directory; under uid, by the user's name.
+	local cg=/sys/fs/cgroup/upm_ctl_domain json rc
+	mkdir -p "$cg" && echo "$holder" >"$cg/cgroup.procs" || return 1
+	$upmctl set domain_policy=cgroup && $upmctl set domain_cgroup_level=1 &&
+		$upmctl advise --pid "$holder" >/dev/null && json=$($upmctl domains --json) &&
+		python3 -c 'import json, sys
+d = [d for d in json.loads(sys.argv[1]) if d["resolved"] == sys.argv[2]]
+assert d and d[0]["domain"].startswith("cgroup:1:") and d[0]["pages_sharing"] >= int(sys.argv[3]), d' \
+			"$json" "$cg" "$pages" &&
+		$upmctl unmerge --pid "$holder" >/dev/null && $upmctl set domain_policy=uid &&
+		$upmctl advise --pid "$holder" >/dev/null &&
+		$upmctl domains | grep -Eq "^uid:0 .* root$" && $upmctl unmerge --pid "$holder" >/dev/null
+	rc=$?
+	$upmctl set domain_policy=uid
+	echo "$holder" >/sys/fs/cgroup/cgroup.procs
+	rmdir "$cg"
+	return $rc
+}
+check upmctl_domains_named domains_named
+unmerge_out_of_memory() {
+	# No page for a private copy (the kernel's fault injection fails one page allocation of
+	# upmctl's, once it is past start-up) is not "part of the range is not mapped": upmctl
+	# says how much was not done and exits 75; the injected failure was used.
+	local fi=/sys/kernel/debug/fail_page_alloc out rc pid saved f
+	local range
+	range=$(printf '%s-%x' "$addr_a" $((16#$addr_a + pages * 4096)))
+	$upmctl advise --pid "$holder" >/dev/null && [ "$(shared_pairs)" = "$pages" ] || return 1
+	saved=$(for f in probability interval times space verbose task-filter ignore-gfp-wait \
+		ignore-gfp-highmem min-order; do echo "$f $(cat $fi/$f)"; done)
+	# min-order 0: a private copy is one page (the default, 1, spares order-0 allocations).
+	echo 0 >$fi/verbose && echo Y >$fi/task-filter && echo N >$fi/ignore-gfp-wait &&
+		echo N >$fi/ignore-gfp-highmem && echo 0 >$fi/min-order && echo 0 >$fi/space &&
+		echo 1 >$fi/interval &&
+		echo 1 >$fi/times && echo 100 >$fi/probability || return 1
+	out=$(mktemp)
+	$upmctl unmerge --pid "$holder" --range "$range" --delay 2 >"$out" 2>&1 &
+	pid=$!
+	# Past start-up: upmctl itself (not the shell before its exec), asleep in its delay
+	# (nanosleep or clock_nanosleep: system calls 35 and 230).
+	for _ in $(seq 100); do
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = upmctl ] &&
+			[[ "$(cut -d' ' -f1 "/proc/$pid/syscall" 2>/dev/null)" =~ ^(35|230)$ ]] && break
+		sleep 0.02
+	done
+	echo 1 >"/proc/$pid/make-it-fail"
+	wait "$pid"
+	rc=$?
+	local left
+	left=$(cat $fi/times)
+	echo 0 >$fi/probability
+	while read -r f v; do echo "$v" >"$fi/$f"; done <<<"$saved"
+	[ "$rc" = 75 ] && [ "$left" = 0 ] && grep -q "out of memory: .* KiB not done" "$out" &&
+		[ "$(shared_pairs)" -gt 0 ] && $upmctl unmerge --pid "$holder" >/dev/null &&
+		[ "$(shared_pairs)" = 0 ]
+	local ok=$?
+	((ok == 0)) || echo "    status $rc, injected failures left $left: $(cat "$out")"
+	rm -f "$out"
+	return $ok
+}
+check upmctl_unmerge_out_of_memory unmerge_out_of_memory
 watch_ok() {
 	# Three refreshes; an advise during the first interval shows up as a change.
 	local out

@@ -28,7 +28,7 @@ include!(concat!(env!("OUT_DIR"), "/advice.rs"));
 /// Where the module's counters and tunables live.
 pub const SYSFS_DIR: &str = "/sys/kernel/mm/upm";
 
-/// Where the cgroup v2 hierarchy is mounted.
+/// Where the cgroup v2 hierarchy is usually mounted; [`cgroup_root()`] tells where it is.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Why a UPM call failed.
@@ -60,6 +60,17 @@ pub enum Error {
     /// The process does not exist (any more).
     #[error("no such process")]
     NoSuchProcess,
+    /// No such cgroup v2 directory (for [`cgroup_pids()`]).
+    #[error("no such cgroup: {}", .0.display())]
+    NoSuchCgroup(PathBuf),
+    /// No cgroup v2 hierarchy is mounted (none in `/proc/self/mountinfo`).
+    #[error("no cgroup v2 hierarchy is mounted")]
+    NoCgroup2,
+    /// The kernel ran out of memory for the work (`ENOMEM` while the whole range is mapped):
+    /// unmerging needs a private copy of every merged page. `done` bytes of the ranges were
+    /// processed, `left` were not, or only in part.
+    #[error("out of memory: {} KiB not done, or only in part ({} KiB done)", .left / 1024, .done / 1024)]
+    OutOfMemory { done: usize, left: usize },
     /// Line `line` (from 1) of a configuration file is not `KEY=VALUE`, or names a tunable
     /// or value the module refuses (for [`apply_config()`]).
     #[error("configuration line {line}: not KEY=VALUE, or a tunable or value the module refuses")]
@@ -224,18 +235,22 @@ fn ranges_where(process: &Process, keep: fn(&MemoryMap) -> bool) -> Result<Vec<R
 
 /// Advises `ranges` (all private anonymous mappings when `None`) of process `pid` with
 /// `process_madvise(2)`; returns the bytes advised. A named range that is partly unmapped
-/// fails with [`Error::Unmapped`] after its mapped parts were processed, as madvise does.
+/// fails with [`Error::Unmapped`] after its mapped parts were processed, as madvise does; a
+/// range the kernel had no memory for (unmerging makes private copies) fails with
+/// [`Error::OutOfMemory`], saying how much was done. Both come as `ENOMEM`: the process's
+/// maps tell them apart.
 pub fn advise_process(
     pid: i32,
     ranges: Option<Vec<Range<usize>>>,
     advice: Advice,
 ) -> Result<usize> {
+    let target = process(pid)?;
     // Ranges read from the maps may vanish before they are advised; ranges the caller named
     // must be mapped, and madvise's ENOMEM reaches the caller.
     let from_maps = ranges.is_none();
     let ranges = match ranges {
         Some(r) => r,
-        None => anonymous_ranges(pid)?,
+        None => ranges_where(&target, is_private_anonymous_rw)?,
     };
     // SAFETY: pidfd_open takes plain integers.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
@@ -245,8 +260,7 @@ pub fn advise_process(
     // SAFETY: `raw` is a descriptor just opened, owned by nothing else: closed on drop.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut done = 0;
-    let mut result = Ok(());
-    for range in &ranges {
+    for (i, range) in ranges.iter().enumerate() {
         let iov = libc::iovec {
             iov_base: range.start as *mut libc::c_void,
             iov_len: range.len(),
@@ -262,19 +276,42 @@ pub fn advise_process(
                 0,
             )
         };
-        if ret < 0 {
-            match last_error() {
-                // A mapping that went away meanwhile is not an error for a whole-process advise.
-                Error::Unmapped if from_maps => continue,
-                e => {
-                    result = Err(e);
-                    break;
-                }
-            }
+        if ret >= 0 {
+            done += ret as usize;
+            continue;
         }
-        done += ret.max(0) as usize;
+        match last_error() {
+            Error::Unmapped if is_mapped(&target, range)? => {
+                let left = ranges[i..].iter().map(|r| r.len()).sum();
+                return Err(Error::OutOfMemory { done, left });
+            }
+            // A mapping that went away meanwhile is not an error for a whole-process advise.
+            Error::Unmapped if from_maps => continue,
+            e => return Err(e),
+        }
     }
-    result.map(|()| done)
+    Ok(done)
+}
+
+/// Whether every page of `range` is mapped in the process, from its `/proc/PID/maps`.
+fn is_mapped(process: &Process, range: &Range<usize>) -> Result<bool> {
+    let maps = process.maps().map_err(procfs_error)?;
+    Ok(covers(maps.iter().map(address_range), range))
+}
+
+/// Whether `mapped` (sorted, as in a maps file) covers `range` without a gap.
+fn covers(mapped: impl Iterator<Item = Range<usize>>, range: &Range<usize>) -> bool {
+    let mut next = range.start;
+    for m in mapped {
+        if m.start > next {
+            break;
+        }
+        next = next.max(m.end);
+        if next >= range.end {
+            return true;
+        }
+    }
+    next >= range.end
 }
 
 /// The module's numeric counters and tunables. Files that hold text (`domain_policy`) or that
@@ -294,18 +331,88 @@ pub fn stats() -> Result<BTreeMap<String, u64>> {
     Ok(stats)
 }
 
-/// The processes of cgroup v2 directory `cgroup` (absolute, or relative to /sys/fs/cgroup)
-/// and of its descendants, as in their `cgroup.procs` files.
+/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`: a `cgroup2`
+/// mount of the hierarchy's root, else the first `cgroup2` mount ([`CGROUP_ROOT`] on most
+/// systems, `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup_root() -> Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(Error::Os)?;
+    cgroup2_mount(&mountinfo).ok_or(Error::NoCgroup2)
+}
+
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    // "36 25 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw": the root within the
+    // filesystem and the mount point are fields 4 and 5, the type follows " - ".
+    let mounts: Vec<(&str, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, fs) = line.split_once(" - ")?;
+            if fs.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = fields.split_whitespace().skip(3);
+            Some((
+                fields.next()?,
+                PathBuf::from(unescape_mountinfo(fields.next()?)),
+            ))
+        })
+        .collect();
+    let root = mounts
+        .iter()
+        .position(|(root, _)| *root == "/")
+        .unwrap_or(0);
+    mounts.into_iter().nth(root).map(|(_, path)| path)
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The processes of cgroup v2 directory `cgroup` (absolute, or relative to the hierarchy's
+/// mount point, see [`cgroup_root()`]) and of its descendants, as in their `cgroup.procs`
+/// files. A descendant removed during the walk is skipped.
 pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
-    let dir = Path::new(CGROUP_ROOT).join(cgroup);
+    let top = cgroup_root()?.join(cgroup);
+    if !top.join("cgroup.procs").is_file() {
+        return Err(Error::NoSuchCgroup(top));
+    }
     let mut pids = Vec::new();
-    let mut pending = vec![dir];
+    let mut pending = vec![top.clone()];
     while let Some(dir) = pending.pop() {
-        let procs = fs::read_to_string(dir.join("cgroup.procs")).map_err(proc_error)?;
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound && dir != top;
+        let procs = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(procs) => procs,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(cgroup_error(e, &dir)),
+        };
         pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        for entry in fs::read_dir(&dir).map_err(proc_error)? {
-            let entry = entry.map_err(Error::Os)?;
-            if entry.file_type().map_err(Error::Os)?.is_dir() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(cgroup_error(e, &dir)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 pending.push(entry.path());
             }
         }
@@ -313,15 +420,130 @@ pub fn cgroup_pids(cgroup: &Path) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// The cgroup v2 directory of process `pid` (under /sys/fs/cgroup), as [`cgroup_pids()`] takes
-/// it: the container a runtime started it in.
+fn cgroup_error(e: io::Error, dir: &Path) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NoSuchCgroup(dir.to_path_buf()),
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied,
+        _ => Error::Os(e),
+    }
+}
+
+/// The cgroup v2 directory of process `pid` (under [`cgroup_root()`]), as [`cgroup_pids()`]
+/// takes it: the container a runtime started it in.
 pub fn cgroup_of(pid: i32) -> Result<PathBuf> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(proc_error)?;
     let path = text
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
         .ok_or_else(|| Error::InvalidInput(format!("process {pid} is in no cgroup v2")))?;
-    Ok(Path::new(CGROUP_ROOT).join(path.trim().trim_start_matches('/')))
+    Ok(cgroup_root()?.join(path.trim().trim_start_matches('/')))
+}
+
+/// The merge-domain policy in force (`uid`, `cgroup`...), the bracketed one of the module's
+/// `domain_policy` file.
+pub fn domain_policy() -> Result<String> {
+    let text = fs::read_to_string(Path::new(SYSFS_DIR).join("domain_policy"))
+        .map_err(|_| why_unsupported())?;
+    bracketed(&text)
+        .map(str::to_string)
+        .ok_or_else(|| Error::InvalidInput(format!("domain_policy: {}", text.trim())))
+}
+
+fn bracketed(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// One merge domain of the module's `domains` file (root only): what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// As the module names it: `uid:1000`, `cgroup:2:1234` (level and cgroup id),
+    /// `userns:4026531837`, `global:0`.
+    pub name: String,
+    /// What the name stands for, where it can be found: a user name, a cgroup directory.
+    pub resolved: Option<String>,
+    pub pages_shared: u64,
+    pub pages_sharing: u64,
+    pub pages_unshared: u64,
+    pub stable_nodes: u64,
+    pub candidates: u64,
+}
+
+/// The merge domains that hold pages, from the module's `domains` file (needs root), with
+/// cgroup ids resolved to directories under [`cgroup_root()`] and uids to user names.
+pub fn domains() -> Result<Vec<Domain>> {
+    let text =
+        fs::read_to_string(Path::new(SYSFS_DIR).join("domains")).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied,
+            _ => why_unsupported(),
+        })?;
+    let mut domains = parse_domains(&text)?;
+    let cgroups = cgroup_root()
+        .map(|root| cgroup_dirs_by_id(&root))
+        .unwrap_or_default();
+    let users = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for d in &mut domains {
+        d.resolved = match d.name.split(':').collect::<Vec<_>>()[..] {
+            ["cgroup", _, id] => id
+                .parse()
+                .ok()
+                .and_then(|id: u64| cgroups.get(&id))
+                .map(|p| p.display().to_string()),
+            ["uid", uid] => users
+                .lines()
+                .find(|l| l.split(':').nth(2) == Some(uid))
+                .and_then(|l| l.split(':').next())
+                .map(str::to_string),
+            _ => None,
+        };
+    }
+    Ok(domains)
+}
+
+fn parse_domains(text: &str) -> Result<Vec<Domain>> {
+    let bad = |line: &str| Error::InvalidInput(format!("domains: {line}"));
+    text.lines()
+        .skip(1) // the header
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut f = line.split_whitespace();
+            let name = f.next().ok_or_else(|| bad(line))?.to_string();
+            let mut n = || -> Result<u64> {
+                f.next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| bad(line))
+            };
+            Ok(Domain {
+                name,
+                resolved: None,
+                pages_shared: n()?,
+                pages_sharing: n()?,
+                pages_unshared: n()?,
+                stable_nodes: n()?,
+                candidates: n()?,
+            })
+        })
+        .collect()
+}
+
+/// Every directory of the cgroup v2 hierarchy at `root`, by cgroup id (the inode number, as
+/// the kernel's cgroup_id() gives it, in the bits the module keeps of it).
+fn cgroup_dirs_by_id(root: &Path) -> BTreeMap<u64, PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    const ID_BITS: u32 = 52;
+    let mut dirs = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(meta) = fs::metadata(&dir) {
+            dirs.insert(meta.ino() & ((1 << ID_BITS) - 1), dir.clone());
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    dirs
 }
 
 /// Sets tunable `name` (`run`, `use_zero_pages`, `domain_policy`...) to `value`.
@@ -412,6 +634,15 @@ pub fn prometheus_text(stats: &BTreeMap<String, u64>) -> String {
         out += &format!("# TYPE {metric} {kind}\n{metric} {value}\n");
     }
     out
+}
+
+/// The merge-domain policy as a Prometheus info metric, to follow [`prometheus_text()`].
+pub fn prometheus_policy(policy: &str) -> String {
+    format!(
+        "# HELP upm_domain_policy_info /sys/kernel/mm/upm/domain_policy\n\
+         # TYPE upm_domain_policy_info gauge\n\
+         upm_domain_policy_info{{policy=\"{policy}\"}} 1\n"
+    )
 }
 
 /// How much of a process's anonymous memory is merged, from `/proc/PID/smaps_rollup`.
@@ -592,6 +823,46 @@ mod tests {
         let text = prometheus_text(&stats);
         assert!(text.contains("# TYPE upm_pages_merged_total counter\nupm_pages_merged_total 7\n"));
         assert!(text.contains("# TYPE upm_pages_sharing gauge\nupm_pages_sharing 3\n"));
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "25 1 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        let bind_first = "30 1 0:26 /kubepods /mnt/pods rw - cgroup2 cgroup2 rw\n\
+                          31 1 0:26 / /my\\040cgroups rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(bind_first), Some("/my cgroups".into()));
+        assert_eq!(cgroup2_mount("22 1 0:20 / /proc rw - proc proc rw\n"), None);
+    }
+
+    #[test]
+    fn tells_unmapped_from_mapped() {
+        let maps = || [0x1000..0x3000, 0x3000..0x4000, 0x8000..0x9000].into_iter();
+        assert!(covers(maps(), &(0x1000..0x4000)));
+        assert!(covers(maps(), &(0x2000..0x3000)));
+        assert!(!covers(maps(), &(0x3000..0x5000)));
+        assert!(!covers(maps(), &(0x0..0x2000)));
+        assert!(covers(maps(), &(0x8000..0x9000)));
+    }
+
+    #[test]
+    fn reads_policy_and_domains() {
+        assert_eq!(bracketed("global uid userns [cgroup]\n"), Some("cgroup"));
+        assert_eq!(bracketed("global uid\n"), None);
+        let text = "domain pages_shared pages_sharing pages_unshared stable_nodes candidates\n\
+                    uid:1000 3 5 1 4 7\ncgroup:2:1234 0 0 0 0 2\n";
+        let domains = parse_domains(text).unwrap();
+        assert_eq!(domains.len(), 2);
+        assert_eq!(
+            (domains[0].name.as_str(), domains[0].pages_sharing),
+            ("uid:1000", 5)
+        );
+        assert_eq!(
+            (domains[1].name.as_str(), domains[1].candidates),
+            ("cgroup:2:1234", 2)
+        );
+        assert!(parse_domains("header\nuid:1 1 2\n").is_err());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!   upmctl watch [--interval SECS] [--count N]   refreshing view of the counters
 //!   upmctl advise --pid PID [--range START-END]   merge a running process's memory
 //!   upmctl advise --cgroup PATH     every process of a cgroup (a container) and below
-//!   upmctl unmerge --pid PID [--range START-END]  give it private copies again
+//!   upmctl unmerge --pid PID [--range START-END] [--delay SECS]  private copies again
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
+//!   upmctl domains [--json]         the merge domains that hold pages, named (root)
 //!   upmctl set KEY=VALUE            set a tunable
 //!   upmctl metrics                  counters in Prometheus text format
 //!   upmctl hook [--delay SECS]      OCI poststart hook: advise an annotated container
@@ -18,7 +19,6 @@ use std::{
     io::Read,
     ops::Range,
     os::unix::process::CommandExt,
-    path::Path,
     process::{ExitCode, Stdio},
     thread,
     time::Duration,
@@ -31,6 +31,7 @@ const EX_DATAERR: u8 = 65;
 const EX_NOINPUT: u8 = 66;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_OSERR: u8 = 71;
+const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
@@ -41,20 +42,24 @@ Exit status (sysexits.h):
       value the module refuses (EINVAL)
   65  part of the range is not mapped (EX_DATAERR); the mapped parts were processed; or
       the container state a hook reads is not valid
-  66  no such process (EX_NOINPUT)
+  66  no such process or cgroup (EX_NOINPUT)
   69  UPM unavailable (EX_UNAVAILABLE): module not loaded or kernel not patched
-  71  any other system error (EX_OSERR)
+  71  any other system error (EX_OSERR), no cgroup v2 hierarchy among them
+  75  out of memory (EX_TEMPFAIL): the bytes not done are printed; try again later
   77  permission denied (EX_NOPERM)
-  78  a configuration line that does not parse or that the module refuses (EX_CONFIG)";
+  78  a configuration line that does not parse or that the module refuses (EX_CONFIG)
+With --cgroup every process is advised even when some fail; each failure is printed, and the
+status is the first failure's.";
 
 fn exit_status(e: &Error) -> u8 {
     match e {
         Error::InvalidRange | Error::InvalidTunable => EX_USAGE,
         Error::Unmapped | Error::InvalidInput(_) => EX_DATAERR,
-        Error::NoSuchProcess => EX_NOINPUT,
+        Error::NoSuchProcess | Error::NoSuchCgroup(_) => EX_NOINPUT,
         Error::ModuleNotLoaded | Error::KernelNotPatched => EX_UNAVAILABLE,
         Error::PermissionDenied | Error::NeedsSysAdmin => EX_NOPERM,
-        Error::Os(_) => EX_OSERR,
+        Error::OutOfMemory { .. } => EX_TEMPFAIL,
+        Error::Os(_) | Error::NoCgroup2 => EX_OSERR,
         Error::InvalidConfig { .. } => EX_CONFIG,
     }
 }
@@ -104,6 +109,9 @@ enum Command {
         target: Target,
         #[arg(long, value_parser = parse_range, conflicts_with = "cgroup")]
         range: Option<Range<usize>>,
+        /// Wait this many seconds first.
+        #[arg(long, default_value_t = 0)]
+        delay: u64,
     },
     /// Set a tunable: KEY=VALUE (run, use_zero_pages, split_thp, sweep_millisecs,
     /// fresh_frame, domain_policy, domain_cgroup_level).
@@ -132,6 +140,13 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), generated from these definitions.
     Manpage,
+    /// The merge domains that hold pages, with what each shares: cgroup ids resolved to
+    /// directories, uids to user names (root only: it names other tenants).
+    Domains {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show how much of a process's memory is merged (pagemap and kernel page flags).
     Show {
         #[arg(long)]
@@ -148,7 +163,8 @@ enum Command {
 struct Target {
     #[arg(long)]
     pid: Option<i32>,
-    /// A cgroup v2 directory, absolute or below /sys/fs/cgroup.
+    /// A cgroup v2 directory, absolute or below the hierarchy's mount point (from
+    /// /proc/self/mountinfo; /sys/fs/cgroup on most systems).
     #[arg(long)]
     cgroup: Option<std::path::PathBuf>,
 }
@@ -188,21 +204,22 @@ fn json_object<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> serde_js
         .collect()
 }
 
-/// Prints the counters; with `previous`, also how each changed since then.
+/// Prints the counters and the domain policy; with `previous`, also how each counter changed
+/// since then.
 fn print_status(
     stats: &BTreeMap<String, u64>,
+    policy: &str,
     previous: Option<&BTreeMap<String, u64>>,
     json: bool,
 ) {
     if json {
-        println!(
-            "{}",
-            json_object(stats.iter().map(|(k, v)| (k.as_str(), *v)))
-        );
+        let mut object = json_object(stats.iter().map(|(k, v)| (k.as_str(), *v)));
+        object["domain_policy"] = policy.into();
+        println!("{object}");
         return;
     }
     let saved = stats.get("pages_sharing").copied().unwrap_or(0) * PAGE_KIB;
-    println!("UPM: {saved} KiB saved by merging");
+    println!("UPM: {saved} KiB saved by merging; merge domains by {policy}");
     for (k, v) in stats {
         match previous.and_then(|p| p.get(k)) {
             Some(&old) if old != *v => println!("  {k:<28} {v} ({:+})", *v as i64 - old as i64),
@@ -215,8 +232,9 @@ fn watch(interval: u64, count: Option<u64>) -> Result<(), Error> {
     let mut previous = None;
     for round in 1.. {
         let stats = upm::stats()?;
+        let policy = upm::domain_policy()?;
         print!("\x1b[2J\x1b[H");
-        print_status(&stats, previous.as_ref(), false);
+        print_status(&stats, &policy, previous.as_ref(), false);
         if count.is_some_and(|n| round >= n) {
             return Ok(());
         }
@@ -282,19 +300,77 @@ fn advise(
         return Err(upm::why_unsupported());
     }
     thread::sleep(Duration::from_secs(delay));
-    let pids = match (target.pid, target.cgroup) {
-        (Some(pid), _) => vec![pid],
-        (None, Some(cgroup)) => upm::cgroup_pids(&cgroup)?,
+    let cgroup = match (target.pid, target.cgroup) {
+        (Some(pid), _) => {
+            let bytes = upm::advise_process(pid, range.map(|r| vec![r]), advice)?;
+            println!("pid {pid}: {} KiB advised", bytes / 1024);
+            return Ok(());
+        }
+        (None, Some(cgroup)) => cgroup,
         (None, None) => unreachable!("clap requires one target"),
     };
-    let from_cgroup = pids.len() != 1 || target.pid.is_none();
+    let pids = upm::cgroup_pids(&cgroup)?;
+    // One process that cannot be advised does not stop the others: each failure is printed,
+    // and the first one decides the exit status.
+    let mut failures = Vec::new();
+    let total = pids.len();
     for pid in pids {
-        match upm::advise_process(pid, range.clone().map(|r| vec![r]), advice) {
+        match upm::advise_process(pid, None, advice) {
             Ok(bytes) => println!("pid {pid}: {} KiB advised", bytes / 1024),
             // A process of the cgroup may exit while the others are advised.
-            Err(Error::NoSuchProcess) if from_cgroup => continue,
-            Err(e) => return Err(e),
+            Err(Error::NoSuchProcess) => continue,
+            Err(e) => {
+                eprintln!("upmctl: pid {pid}: {e}");
+                failures.push(e);
+            }
         }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "upmctl: {} of {total} processes of {} not advised",
+        failures.len(),
+        cgroup.display()
+    );
+    Err(failures.swap_remove(0))
+}
+
+/// `domains`: the module's merge domains, named.
+fn domains(json: bool) -> Result<(), Error> {
+    let domains = upm::domains()?;
+    if json {
+        let list: Vec<_> = domains
+            .iter()
+            .map(|d| {
+                let mut object = json_object([
+                    ("pages_shared", d.pages_shared),
+                    ("pages_sharing", d.pages_sharing),
+                    ("pages_unshared", d.pages_unshared),
+                    ("stable_nodes", d.stable_nodes),
+                    ("candidates", d.candidates),
+                ]);
+                object["domain"] = d.name.as_str().into();
+                object["resolved"] = d.resolved.as_deref().into();
+                object
+            })
+            .collect();
+        println!("{}", serde_json::Value::from(list));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>10} {:>10} {:>10}  what",
+        "domain", "shared", "sharing", "candidates"
+    );
+    for d in domains {
+        println!(
+            "{:<24} {:>10} {:>10} {:>10}  {}",
+            d.name,
+            d.pages_shared,
+            d.pages_sharing,
+            d.candidates,
+            d.resolved.as_deref().unwrap_or("-")
+        );
     }
     Ok(())
 }
@@ -335,7 +411,7 @@ fn hook(default_delay: u64) -> Result<(), Error> {
         return Ok(());
     };
     let cgroup = upm::cgroup_of(pid)?;
-    if cgroup == Path::new(upm::CGROUP_ROOT) {
+    if cgroup == upm::cgroup_root()? {
         // The root cgroup holds every process of the host, not a container.
         return Err(Error::InvalidInput(format!(
             "container process {pid} has no cgroup of its own"
@@ -363,7 +439,7 @@ fn hook(default_delay: u64) -> Result<(), Error> {
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Status { json } => {
-            print_status(&upm::stats()?, None, json);
+            print_status(&upm::stats()?, &upm::domain_policy()?, None, json);
             Ok(())
         }
         Command::Watch { interval, count } => watch(interval, count),
@@ -372,9 +448,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             range,
             delay,
         } => advise(target, range, delay, Advice::Merge),
-        Command::Unmerge { target, range } => advise(target, range, 0, Advice::Unmerge),
+        Command::Unmerge {
+            target,
+            range,
+            delay,
+        } => advise(target, range, delay, Advice::Unmerge),
         Command::Hook { delay } => hook(delay),
         Command::Show { pid, json } => show(pid, json),
+        Command::Domains { json } => domains(json),
         Command::Set {
             setting: (key, value),
         } => upm::set_tunable(&key, &value),
@@ -390,7 +471,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Metrics => {
-            print!("{}", upm::prometheus_text(&upm::stats()?));
+            let stats = upm::stats()?;
+            let policy = upm::domain_policy()?;
+            print!("{}", upm::prometheus_text(&stats));
+            print!("{}", upm::prometheus_policy(&policy));
             Ok(())
         }
         Command::Completions { shell } => {
@@ -425,7 +509,9 @@ fn main() -> ExitCode {
     };
     let json = matches!(
         cli.command,
-        Command::Status { json: true } | Command::Show { json: true, .. }
+        Command::Status { json: true }
+            | Command::Show { json: true, .. }
+            | Command::Domains { json: true }
     );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
