@@ -221,47 +221,6 @@ assert d and d[0]["domain"].startswith("cgroup:1:") and d[0]["pages_sharing"] >=
 	return $rc
 }
 check upmctl_domains_named domains_named
-unmerge_out_of_memory() {
-	# No page for a private copy (the kernel's fault injection fails one page allocation of
-	# upmctl's, once it is past start-up) is not "part of the range is not mapped": upmctl
-	# says how much was not done and exits 75; the injected failure was used.
-	local fi=/sys/kernel/debug/fail_page_alloc out rc pid saved f
-	local range
-	range=$(printf '%s-%x' "$addr_a" $((16#$addr_a + pages * 4096)))
-	$upmctl advise --pid "$holder" >/dev/null && [ "$(shared_pairs)" = "$pages" ] || return 1
-	saved=$(for f in probability interval times space verbose task-filter ignore-gfp-wait \
-		ignore-gfp-highmem min-order; do echo "$f $(cat $fi/$f)"; done)
-	# min-order 0: a private copy is one page (the default, 1, spares order-0 allocations).
-	echo 0 >$fi/verbose && echo Y >$fi/task-filter && echo N >$fi/ignore-gfp-wait &&
-		echo N >$fi/ignore-gfp-highmem && echo 0 >$fi/min-order && echo 0 >$fi/space &&
-		echo 1 >$fi/interval &&
-		echo 1 >$fi/times && echo 100 >$fi/probability || return 1
-	out=$(mktemp)
-	$upmctl unmerge --pid "$holder" --range "$range" --delay 2 >"$out" 2>&1 &
-	pid=$!
-	# Past start-up: upmctl itself (not the shell before its exec), asleep in its delay
-	# (nanosleep or clock_nanosleep: system calls 35 and 230).
-	for _ in $(seq 100); do
-		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = upmctl ] &&
-			[[ "$(cut -d' ' -f1 "/proc/$pid/syscall" 2>/dev/null)" =~ ^(35|230)$ ]] && break
-		sleep 0.02
-	done
-	echo 1 >"/proc/$pid/make-it-fail"
-	wait "$pid"
-	rc=$?
-	local left
-	left=$(cat $fi/times)
-	echo 0 >$fi/probability
-	while read -r f v; do echo "$v" >"$fi/$f"; done <<<"$saved"
-	[ "$rc" = 75 ] && [ "$left" = 0 ] && grep -q "out of memory: .* KiB not done" "$out" &&
-		[ "$(shared_pairs)" -gt 0 ] && $upmctl unmerge --pid "$holder" >/dev/null &&
-		[ "$(shared_pairs)" = 0 ]
-	local ok=$?
-	((ok == 0)) || echo "    status $rc, injected failures left $left: $(cat "$out")"
-	rm -f "$out"
-	return $ok
-}
-check upmctl_unmerge_out_of_memory unmerge_out_of_memory
 watch_ok() {
 	# Three refreshes; an advise during the first interval shows up as a change.
 	local out
