@@ -1065,18 +1065,18 @@ static enum result test_fork_shared_frames(void)
 	return PASS;
 }
 
-/*
- * ksmd next to UPM: an area whose pages UPM merged becomes VM_MERGEABLE afterwards
- * (MADV_MERGEABLE, as prctl(PR_SET_MEMORY_MERGE) does for every area). ksmd then scans KSM
- * pages whose stable nodes are UPM's: contents must stay intact, writes private, and
- * run=2 (unmerge everything in ksmd's areas) must give both copies private pages.
- */
 /* Mappings of pages ksmd merged: its pages_shared plus pages_sharing. */
 static long ksm_pages(void)
 {
 	return read_long(KSM_DIR "pages_shared") + read_long(KSM_DIR "pages_sharing");
 }
 
+/*
+ * ksmd next to UPM: an area whose pages UPM merged becomes VM_MERGEABLE afterwards
+ * (MADV_MERGEABLE, as prctl(PR_SET_MEMORY_MERGE) does for every area). ksmd then scans KSM
+ * pages whose stable nodes are UPM's: contents must stay intact, writes private, and
+ * run=2 (unmerge everything in ksmd's areas) must give both copies private pages.
+ */
 static enum result test_ksmd_over_upm_pages(void)
 {
 	long ksmd_had = ksm_pages();
