@@ -115,6 +115,7 @@ mutants-ci: setup
 	scripts/mutants.sh --ci
 
 check: setup fmt clippy checkpatch
+	$(MAKE) -s -C tests isolation
 
 # checkpatch.pl must run from the kernel tree to know its files. That tree is Debian's
 # tarball with no history, so checkpatch cannot look up the upstream ids a backport cites

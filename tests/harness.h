@@ -20,6 +20,7 @@ struct test {
 	const char *name;
 	enum result (*fn)(void);
 	const char *what;
+	int (*timeout)(void); /* seconds it may take; NULL: 300 */
 };
 
 #define CHECK(cond, ...)                                                        \
@@ -50,6 +51,8 @@ void fill_page(void *page, size_t i, uint64_t seed);
 int map_twins(char **a, char **b, size_t pages, uint64_t seed);
 int check_pages(const void *p, size_t pages, uint64_t seed, int distinct);
 int page_intact(const void *base, size_t i, uint64_t seed);
+/* move_pages(2)'s flag: move every mapping's pages (numaif.h needs libnuma's headers) */
+#define MPOL_MF_MOVE_ALL (1 << 2)
 /* /proc/self/pagemap entry bits */
 #define PM_PFN_MASK ((1ull << 55) - 1)
 #define PM_UFFD_WP (1ull << 57)
@@ -57,6 +60,7 @@ int page_intact(const void *base, size_t i, uint64_t seed);
 uint64_t pagemap_entry(const void *addr);
 uint64_t pfn_of(const void *addr);
 uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i);
+int pfns_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *frames);
 int join_cgroup(const char *cg);
 uint64_t zero_pfn(void);
 size_t count_pfn_equal(const void *a, const void *b, size_t pages);
@@ -98,13 +102,28 @@ struct race {
 
 void *flip_words(void *arg);
 
+int node_of(void *p);
+size_t move_set(char *base, char *twin, size_t pages, int node);
+uint64_t xorshift64(uint64_t *state);
+
+/*
+ * The tests, one table per file. A test file exports nothing else: what tests share is in
+ * upm_lib.c (scripts/mutants.sh digests a test by its file, the library and runner.c).
+ */
+extern const struct test basic_tests[];	/* upm_tests.c */
+extern const size_t basic_test_count;
+extern const struct test scale_tests[];	/* scale_tests.c */
+extern const size_t scale_test_count;
+extern const struct test module_tests[];	/* module_tests.c */
+extern const size_t module_test_count;
+extern const struct test stress_tests[];	/* stress_tests.c */
+extern const size_t stress_test_count;
+
 /* lifecycle_tests.c */
 extern const struct test lifecycle_tests[];
 extern const size_t lifecycle_test_count;
 
 /* ksm_parity_tests.c */
-int node_of(void *p);
-size_t move_set(char *base, char *twin, size_t pages, int node);
 extern const struct test parity_tests[];
 extern const size_t parity_test_count;
 

@@ -29,7 +29,6 @@
 #define N 256 /* pages per set */
 #define PM_SWAP (1ull << 62)
 #define KSM_DIR "/sys/kernel/mm/ksm/"
-#define MPOL_MF_MOVE_ALL (1 << 2)
 #ifndef MADV_SOFT_OFFLINE
 #define MADV_SOFT_OFFLINE 101
 #endif
@@ -97,40 +96,6 @@ static int sets_intact(char *ua, char *ub, char *ka, char *kb, size_t pages, uin
 	return check_pages(ua, pages, seed, 1) >= 0 || check_pages(ub, pages, seed, 1) >= 0 ||
 	       check_pages(ka, pages, seed + 1, 1) >= 0 || check_pages(kb, pages, seed + 1, 1) >= 0 ||
 	       count_pfn_equal(ua, ub, pages) != pages || count_pfn_equal(ka, kb, pages) != pages;
-}
-
-int node_of(void *p)
-{
-	void *pages[1] = { p };
-	int status = -1;
-
-	if (syscall(SYS_move_pages, 0, 1, pages, NULL, &status, 0))
-		return -1;
-	return status;
-}
-
-/* Moves every page of a region to @node; returns how many pages of @twin now sit there. */
-size_t move_set(char *base, char *twin, size_t pages, int node)
-{
-	void *addrs[pages];
-	int nodes[pages], status[pages];
-	size_t moved = 0;
-
-	for (size_t i = 0; i < pages; i++) {
-		addrs[i] = base + i * page_size;
-		nodes[i] = node;
-	}
-	/* A page that is busy at that moment (-EBUSY, -EAGAIN) is retried, as migration does. */
-	for (int tries = 0; tries < 5; tries++) {
-		syscall(SYS_move_pages, 0, pages, addrs, nodes, status, MPOL_MF_MOVE_ALL);
-		moved = 0;
-		for (size_t i = 0; i < pages; i++)
-			moved += node_of(twin + i * page_size) == node;
-		if (moved == pages)
-			break;
-		usleep(100 * 1000);
-	}
-	return moved;
 }
 
 static enum result test_move_pages(void)
@@ -1315,14 +1280,6 @@ struct beside_report {
 	volatile int done;
 };
 
-static uint64_t beside_rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 /* Page i of an area holds content i % BESIDE_CONTENTS of generation want[i]. */
 static void beside_write(char *area, uint64_t *want, size_t i, uint64_t gen)
 {
@@ -1355,13 +1312,13 @@ static void beside_worker(char *area, int id, uint64_t seed, struct beside_repor
 	if (ksmd && madvise(area, BESIDE_PAGES * page_size, MADV_MERGEABLE))
 		r->bad++;
 	while (!*stop) {
-		size_t first = beside_rnd(&rng) % BESIDE_PAGES;
-		size_t n = 1 + beside_rnd(&rng) % (BESIDE_PAGES - first);
+		size_t first = xorshift64(&rng) % BESIDE_PAGES;
+		size_t n = 1 + xorshift64(&rng) % (BESIDE_PAGES - first);
 		pid_t child;
 
-		switch (beside_rnd(&rng) % 8) {
+		switch (xorshift64(&rng) % 8) {
 		case 0 ... 2:
-			beside_write(area, want, first, beside_rnd(&rng) % 3);
+			beside_write(area, want, first, xorshift64(&rng) % 3);
 			break;
 		case 3 ... 4:
 			if (ksmd)
@@ -1377,7 +1334,7 @@ static void beside_worker(char *area, int id, uint64_t seed, struct beside_repor
 				r->bad += unmerge(area + first * page_size, n) != 0;
 			break;
 		case 6:
-			if (beside_rnd(&rng) % 8)
+			if (xorshift64(&rng) % 8)
 				break;
 			child = fork();
 			if (child == 0) {
@@ -1387,7 +1344,7 @@ static void beside_worker(char *area, int id, uint64_t seed, struct beside_repor
 				if (!ksmd && advise(area, BESIDE_PAGES))
 					bad++;
 				/* UPM's pages, inherited, in ksmd's hands for a while. */
-				if (!ksmd && beside_rnd(&rng) % 2 &&
+				if (!ksmd && xorshift64(&rng) % 2 &&
 				    madvise(area, BESIDE_PAGES * page_size, MADV_MERGEABLE) == 0)
 					usleep(50 * 1000);
 				_exit(bad + beside_check(area, want, 0, BESIDE_PAGES) ? 1 : 0);

@@ -143,6 +143,26 @@ uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i)
 	return entry & PM_PRESENT ? entry & PM_PFN_MASK : 0;
 }
 
+/* The frames of `pages` pages at `addr` in process `pid` (0: not present), in one read. */
+int pfns_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *frames)
+{
+	char path[64];
+	ssize_t want = pages * sizeof(*frames), got;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	got = pread(fd, frames, want, (off_t)(addr / page_size * sizeof(*frames)));
+	close(fd);
+	if (got != want)
+		return -1;
+	for (size_t i = 0; i < pages; i++)
+		frames[i] = frames[i] & PM_PRESENT ? frames[i] & PM_PFN_MASK : 0;
+	return 0;
+}
+
 /* The frame of the shared zero page, as a read fault maps it. */
 uint64_t zero_pfn(void)
 {
@@ -463,4 +483,48 @@ void *flip_words(void *arg)
 	free(orig);
 	free(last);
 	return NULL;
+}
+
+/* The NUMA node of the page at p, or -1. */
+int node_of(void *p)
+{
+	void *pages[1] = { p };
+	int status = -1;
+
+	if (syscall(SYS_move_pages, 0, 1, pages, NULL, &status, 0))
+		return -1;
+	return status;
+}
+
+/* Moves every page of a region to @node; returns how many pages of @twin now sit there. */
+size_t move_set(char *base, char *twin, size_t pages, int node)
+{
+	void *addrs[pages];
+	int nodes[pages], status[pages];
+	size_t moved = 0;
+
+	for (size_t i = 0; i < pages; i++) {
+		addrs[i] = base + i * page_size;
+		nodes[i] = node;
+	}
+	/* A page that is busy at that moment (-EBUSY, -EAGAIN) is retried, as migration does. */
+	for (int tries = 0; tries < 5; tries++) {
+		syscall(SYS_move_pages, 0, pages, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+		moved = 0;
+		for (size_t i = 0; i < pages; i++)
+			moved += node_of(twin + i * page_size) == node;
+		if (moved == pages)
+			break;
+		usleep(100 * 1000);
+	}
+	return moved;
+}
+
+/* A xorshift64 step: the tests' seeded pseudo-random numbers (never 0 from a nonzero seed). */
+uint64_t xorshift64(uint64_t *state)
+{
+	*state ^= *state << 13;
+	*state ^= *state >> 7;
+	*state ^= *state << 17;
+	return *state;
 }

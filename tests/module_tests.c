@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The module's own lifecycle: the run tunable, madvise without the module, unloading with
+ * merged pages, and unloading while other threads advise. Run by upm_tests (runner.c).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "../include/upm.h"
+
+#define N 128 /* pages per region, as in upm_tests.c */
+
+static enum result test_no_module_einval(void)
+{
+	char *a = map_anon(2);
+
+	CHECK(a, "mmap");
+	fill_pages(a, 2, 111, 0);
+	CHECK(module_unload() == 0, "rmmod");
+	errno = 0;
+	CHECK(advise(a, 2) == -1 && errno == EINVAL, "no module: EINVAL");
+	errno = 0;
+	CHECK(unmerge(a, 2) == -1 && errno == EINVAL, "no module: EINVAL for unmerge");
+	CHECK(module_load() == 0, "insmod");
+	CHECK(advise(a, 2) == 0, "module back: works");
+	CHECK(pfn_of(a) == pfn_of(a + page_size), "merged");
+	return PASS;
+}
+
+static enum result test_rmmod_keeps_contents(void)
+{
+	char *a, *b;
+
+	CHECK(map_twins(&a, &b, N, 121) == 0, "mmap");
+	CHECK(advise(a, N) == 0 && advise(b, N) == 0, "advise");
+	CHECK(module_unload() == 0, "rmmod");
+	CHECK(count_pfn_equal(a, b, N) == N, "still merged without the module");
+	CHECK(check_pages(a, N, 121, 1) < 0 && check_pages(b, N, 121, 1) < 0, "contents");
+	a[0] ^= 1;
+	CHECK(check_pages(b, N, 121, 1) < 0, "COW without the module");
+	a[0] ^= 1;
+	/* Still real KSM pages: they migrate without the module. */
+	CHECK(move_set(b, b, N, node_of(b) == 0 ? 1 : 0) == N, "migrated without the module");
+	CHECK(count_pfn_equal(a, b, N) == N - 1, "still merged after migration: %zu",
+	      count_pfn_equal(a, b, N));
+	CHECK(module_load() == 0, "insmod");
+	long already = counter("pages_already_merged");
+
+	CHECK(advise(b, N) == 0, "advise after reload");
+	/* b[0] stays a KSM page, mapped once since a's write. */
+	CHECK(counter("pages_already_merged") - already == N, "recognised as merged");
+	CHECK(counter("stable_nodes") == N, "indexed again: %ld", counter("stable_nodes"));
+	CHECK(check_pages(a, N, 121, 1) < 0 && check_pages(b, N, 121, 1) < 0, "contents");
+	/* A third copy merges into the pages merged before the reload. */
+	char *c = map_anon(N);
+
+	CHECK(c, "mmap");
+	fill_pages(c, N, 121, 1);
+	CHECK(advise(c, N) == 0, "advise a third copy");
+	CHECK(count_pfn_equal(b, c, N) == N, "third copy shares the old frames: %zu",
+	      count_pfn_equal(b, c, N));
+	CHECK(unmerge(b, N) == 0, "unmerge pages merged by the previous load");
+	CHECK(count_pfn_equal(a, b, N) == 0, "private");
+	return PASS;
+}
+
+struct churn {
+	volatile int stop;
+	long calls, ok, einval, other;
+};
+
+static void *advise_loop(void *arg)
+{
+	struct churn *c = arg;
+	char *a = map_anon(16);
+
+	while (!c->stop) {
+		fill_pages(a, 16, 131, 0);
+		int ret = advise(a, 16);
+
+		__atomic_add_fetch(&c->calls, 1, __ATOMIC_RELAXED);
+		if (ret == 0) {
+			__atomic_add_fetch(&c->ok, 1, __ATOMIC_RELAXED);
+		} else if (errno == EINVAL) {
+			__atomic_add_fetch(&c->einval, 1, __ATOMIC_RELAXED);
+			/* No module: probe each millisecond, not spin, so insmod gets the CPUs. */
+			usleep(1000);
+		} else {
+			__atomic_add_fetch(&c->other, 1, __ATOMIC_RELAXED);
+		}
+		if (check_pages(a, 16, 131, 0) >= 0)
+			__atomic_add_fetch(&c->other, 1000000, __ATOMIC_RELAXED);
+		a[0] = 0; /* break one page out each round */
+	}
+	munmap(a, 16 * page_size);
+	return NULL;
+}
+
+static enum result test_rmmod_during_madvise(void)
+{
+	struct churn c = { 0 };
+	pthread_t t[3];
+	int cycles = 0;
+
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t[i], NULL, advise_loop, &c);
+	/* Until the premise holds: 5 unloads, calls that ran with and without the module. */
+	for (int i = 0; i < 15; i++) {
+		usleep(50 * 1000);
+		if (module_unload() == 0)
+			cycles++;
+		usleep(20 * 1000);
+		if (!module_loaded())
+			CHECK(module_load() == 0, "insmod");
+		if (cycles >= 5 && __atomic_load_n(&c.ok, __ATOMIC_RELAXED) > 0 &&
+		    __atomic_load_n(&c.einval, __ATOMIC_RELAXED) > 0)
+			break;
+	}
+	c.stop = 1;
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	if (!module_loaded())
+		CHECK(module_load() == 0, "insmod");
+	fprintf(stderr, "    %d unload cycles, %ld calls: %ld ok, %ld EINVAL\n", cycles, c.calls,
+		c.ok, c.einval);
+	CHECK(cycles >= 5, "module cycled %d times", cycles);
+	CHECK(c.other == 0, "only 0 or EINVAL, contents intact: %ld bad", c.other);
+	CHECK(c.ok > 0 && c.einval > 0, "both outcomes seen");
+	return PASS;
+}
+
+static enum result test_run_tunable(void)
+{
+	char *a = map_anon(N);
+	long calls = counter("madvise_calls");
+
+	CHECK(a, "mmap");
+	fill_pages(a, N, 141, 0);
+	CHECK(set_tunable("run", 0) == 0, "run=0");
+	CHECK(advise(a, N) == 0, "accepted");
+	CHECK(distinct_pfns(a, N) == N, "nothing merged with run=0");
+	CHECK(set_tunable("run", 1) == 0, "run=1");
+	CHECK(advise(a, N) == 0, "advise");
+	CHECK(distinct_pfns(a, N) == 1, "merged with run=1");
+	CHECK(counter("madvise_calls") - calls == 2, "calls counted");
+	errno = 0;
+	CHECK(set_tunable("run", 2) == -1 && errno == EINVAL, "bad value rejected");
+	return PASS;
+}
+
+const struct test module_tests[] = {
+	{ "run_tunable", test_run_tunable, "run=0 accepts and merges nothing" },
+	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
+	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
+	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+};
+const size_t module_test_count = ARRAY_SIZE(module_tests);
