@@ -7,6 +7,11 @@
 #ifndef UPM_USER_H
 #define UPM_USER_H
 
+/*
+ * Provisional: upstream has assigned no numbers to these advices. They are the first free
+ * ones after MADV_SOFT_OFFLINE (101) and 6.13's MADV_GUARD_INSTALL/REMOVE (102, 103), and
+ * change if upstream takes them first; CHANGELOG.md says which releases use which.
+ */
 #define UPM_MADV_MERGEABLE 104   /* MADV_UPM_MERGEABLE: merge identical pages now */
 #define UPM_MADV_UNMERGEABLE 105 /* MADV_UPM_UNMERGEABLE: private copies again */
 

@@ -42,10 +42,11 @@ if (($# == 0)); then
 		[ "$rc" = 69 ] && grep -q "kernel not patched" <<<"$out"
 		result upmctl_kernel_not_patched $?
 	fi
-	# The crate builds from its package (no path outside it), and without the CLI's
-	# dependencies for library users.
+	# The crate builds from its package (no path outside it), carries both licenses, and
+	# builds without the CLI's dependencies for library users.
 	(cd userspace/upm && cargo package --quiet --allow-dirty >/dev/null 2>&1 &&
-		cargo build --quiet --release --lib --no-default-features)
+		tar -tzf target/package/linux-upm-*.crate | grep -c '/LICENSES/\(GPL-2.0\|MIT\)\.txt$' |
+		grep -qx 2 && cargo build --quiet --release --lib --no-default-features)
 	result cargo_package $?
 	# Completions and the manual page come from the clap definitions.
 	# (Captured first: grep -q leaving early would SIGPIPE upmctl under pipefail.)
@@ -77,7 +78,10 @@ assert h["hook"]["path"] == "/usr/bin/upmctl" and h["stages"] == ["poststart"]' 
 	rm -rf "$root" "$root.log"
 	# The Python helper installs as a wheel and works outside the repository.
 	pydir=$(mktemp -d)
+	# Its distribution name is linux-upm (not PyPI's "upm"), with both licenses in the wheel.
 	python3 -m pip wheel --quiet --no-deps -w "$pydir/wheel" userspace/python >/dev/null 2>&1 &&
+		python3 -m zipfile -l "$pydir"/wheel/linux_upm-*.whl |
+		grep -c 'linux_upm-.*dist-info/licenses/LICENSES/\(GPL-2.0\|MIT\)\.txt ' | grep -qx 2 &&
 		python3 -m pip install --quiet --no-deps --target "$pydir/site" "$pydir"/wheel/*.whl \
 			>/dev/null 2>&1 &&
 		(cd / && PYTHONPATH="$pydir/site" python3 -c '

@@ -136,7 +136,7 @@ done
 for id in c1 c2 c3; do
 	for _ in $(seq 100); do
 		[ "$(crun --root "$state" state "$id" 2>/dev/null |
-			python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = stopped ] &&
+			jq -r .status)" = stopped ] &&
 			break
 		sleep 0.1
 	done

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.." || exit 2
 upmctl=userspace/upm/target/release/upmctl
 passed=0 failed=0
 check() { # name command...
-	local name=$1
+	local name=$1 t0=$EPOCHREALTIME
 	shift
 	if "$@"; then
 		echo "ok   $name"
@@ -15,12 +15,13 @@ check() { # name command...
 		echo "FAIL $name"
 		failed=$((failed + 1))
 	fi
+	# Where the suite's time goes, as upm_tests prints it.
+	echo "    $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
 # Field KEY of the JSON object on stdin (empty if absent); fails if stdin is not JSON.
-json_field() {
-	python3 -c 'import json, sys; v = json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"
-}
+# (jq: a Python interpreter takes seconds to start in the VM.)
+json_field() { jq -r --arg k "$1" 'if .[$k] == null then "" else .[$k] end'; }
 status_json() { [[ "$($upmctl status --json | json_field pages_sharing)" =~ ^[0-9]+$ ]]; }
 check upmctl_status_json status_json
 set_ok() {
@@ -54,15 +55,28 @@ apply_config_ok() {
 }
 check upmctl_apply_config apply_config_ok
 metrics_ok() {
-	# Prometheus text: cumulative counters typed counter with _total, gauges typed gauge,
-	# values as in sysfs.
-	local out
-	out=$($upmctl metrics) &&
+	# Prometheus text: upm_up 1, cumulative counters typed counter with _total, the skip
+	# counters as one family with a reason label, gauges typed gauge, values as in sysfs,
+	# every sample of a family that has a TYPE line. With --textfile, the same text in the
+	# file and no temporary file beside it.
+	local out dir rc
+	dir=$(mktemp -d)
+	out=$($upmctl metrics) && $upmctl metrics --textfile "$dir/upm.prom" &&
+		grep -qx 'upm_up 1' <<<"$out" &&
 		grep -q '^# TYPE upm_pages_merged_total counter$' <<<"$out" &&
 		grep -q '^# TYPE upm_pages_sharing gauge$' <<<"$out" &&
 		grep -qx "upm_run $(cat /sys/kernel/mm/upm/run)" <<<"$out" &&
+		grep -qx "upm_pages_skipped_total{reason=\"busy\"} $(cat /sys/kernel/mm/upm/pages_skipped_busy)" <<<"$out" &&
+		[ "$(grep -c '^upm_pages_skipped_total{reason=' <<<"$out")" = \
+			"$(find /sys/kernel/mm/upm -name 'pages_skipped_*' | wc -l)" ] &&
+		grep -qx "upm_saved_bytes $(($(cat /sys/kernel/mm/upm/pages_sharing) * $(getconf PAGESIZE)))" <<<"$out" &&
 		grep -qx "upm_domain_policy_info{policy=\"$(policy)\"} 1" <<<"$out" &&
-		[ "$(grep -c '^# TYPE' <<<"$out")" = "$(grep -vc '^#' <<<"$out")" ]
+		[ -z "$(comm -13 <(sed -n 's/^# TYPE \([a-z_]*\) .*/\1/p' <<<"$out" | sort -u) \
+			<(grep -v '^#' <<<"$out" | sed 's/[{ ].*//' | sort -u))" ] &&
+		[ "$(cat "$dir/upm.prom")" = "$out" ] && [ "$(ls -A "$dir")" = upm.prom ]
+	rc=$?
+	rm -rf "$dir"
+	return $rc
 }
 # The policy in force: the bracketed word of domain_policy.
 policy() { grep -o '\[[a-z]*\]' /sys/kernel/mm/upm/domain_policy | tr -d '[]'; }
@@ -207,10 +221,9 @@ domains_named() {
 	mkdir -p "$cg" && echo "$holder" >"$cg/cgroup.procs" || return 1
 	$upmctl set domain_policy=cgroup && $upmctl set domain_cgroup_level=1 &&
 		$upmctl advise --pid "$holder" >/dev/null && json=$($upmctl domains --json) &&
-		python3 -c 'import json, sys
-d = [d for d in json.loads(sys.argv[1]) if d["resolved"] == sys.argv[2]]
-assert d and d[0]["domain"].startswith("cgroup:1:") and d[0]["pages_sharing"] >= int(sys.argv[3]), d' \
-			"$json" "$cg" "$pages" &&
+		jq -e --arg cg "$cg" --argjson pages "$pages" 'map(select(.resolved == $cg)) |
+			length > 0 and (.[0].domain | startswith("cgroup:1:")) and
+			.[0].pages_sharing >= $pages' <<<"$json" >/dev/null || { echo "    $json"; false; } &&
 		$upmctl unmerge --pid "$holder" >/dev/null && $upmctl set domain_policy=uid &&
 		$upmctl advise --pid "$holder" >/dev/null &&
 		$upmctl domains | grep -Eq "^uid:0 .* root$" && $upmctl unmerge --pid "$holder" >/dev/null
@@ -278,13 +291,18 @@ check upmctl_no_such_process no_such
 no_module() {
 	rmmod upm || return 1
 	out=$($upmctl advise --pid $$ 2>&1)
-	local rc=$?
+	local rc=$? prom metrics_rc
+	# The textfile still says the module is down, and the exit status too.
+	prom=$(mktemp)
+	$upmctl metrics --textfile "$prom" 2>/dev/null
+	metrics_rc=$?
 	# The shim under a wrapper chain: no thread, one line for the whole tree, with a pid.
 	local shim
 	shim=$(LD_PRELOAD="$PWD/userspace/preload/build/libupm_preload.so" UPM_PRELOAD_VERBOSE=1 \
 		sh -c 'sh -c true; true' 2>&1)
 	insmod "$UPM_MODULE" || return 1
-	[ $rc = 69 ] && grep -q "module not loaded" <<<"$out" &&
+	[ $metrics_rc = 69 ] && [ "$(grep -v '^#' "$prom")" = "upm_up 0" ] && rm -f "$prom" &&
+		[ $rc = 69 ] && grep -q "module not loaded" <<<"$out" &&
 		[ "$(grep -c 'UPM not available' <<<"$shim")" = 1 ] &&
 		grep -Eq '^upm_preload: pid [0-9]+ \(sh\): UPM not available' <<<"$shim"
 }

@@ -12,7 +12,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::{self, Write},
     ops::Range,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -620,11 +621,31 @@ pub const CUMULATIVE_COUNTERS: &[&str] = &[
     "unmerge_calls",
 ];
 
+/// The prefix of the per-reason skip counters: one metric with a `reason` label.
+const SKIPPED_PREFIX: &str = "pages_skipped_";
+
 /// The counters in Prometheus' text exposition format, for node_exporter's textfile
-/// collector: cumulative counters as `upm_NAME_total` (type counter), the rest as gauges.
+/// collector, as exporters write them: `upm_up 1`; cumulative counters as `upm_NAME_total`
+/// (type counter), the skip counters as one `upm_pages_skipped_total{reason="..."}` (their
+/// sum, `pages_skipped`, is left to the query); the rest as gauges, and the memory merging
+/// saves now in bytes (`upm_saved_bytes`: KSM's `pages_sharing` times the page size).
 pub fn prometheus_text(stats: &BTreeMap<String, u64>) -> String {
-    let mut out = String::new();
+    let mut out = prometheus_up(true);
+    let skipped: Vec<_> = stats
+        .iter()
+        .filter_map(|(name, value)| Some((name.strip_prefix(SKIPPED_PREFIX)?, value)))
+        .collect();
+    if !skipped.is_empty() {
+        out += "# HELP upm_pages_skipped_total /sys/kernel/mm/upm/pages_skipped_REASON\n\
+                # TYPE upm_pages_skipped_total counter\n";
+        for (reason, value) in skipped {
+            out += &format!("upm_pages_skipped_total{{reason=\"{reason}\"}} {value}\n");
+        }
+    }
     for (name, value) in stats {
+        if name.starts_with(SKIPPED_PREFIX) || name == "pages_skipped" {
+            continue;
+        }
         let (metric, kind) = if CUMULATIVE_COUNTERS.contains(&name.as_str()) {
             (format!("upm_{name}_total"), "counter")
         } else {
@@ -633,7 +654,26 @@ pub fn prometheus_text(stats: &BTreeMap<String, u64>) -> String {
         out += &format!("# HELP {metric} /sys/kernel/mm/upm/{name}\n");
         out += &format!("# TYPE {metric} {kind}\n{metric} {value}\n");
     }
+    if let Some(sharing) = stats.get("pages_sharing") {
+        out += &format!(
+            "# HELP upm_saved_bytes Memory merging saves now: pages_sharing times the page size\n\
+             # TYPE upm_saved_bytes gauge\n\
+             upm_saved_bytes {}\n",
+            sharing * page_size() as u64
+        );
+    }
     out
+}
+
+/// `upm_up`: 1 when the module's counters could be read, 0 when not (the module is not
+/// loaded, the kernel is not patched), so that a textfile still says which.
+pub fn prometheus_up(up: bool) -> String {
+    format!(
+        "# HELP upm_up Whether the UPM module's counters could be read\n\
+         # TYPE upm_up gauge\n\
+         upm_up {}\n",
+        u8::from(up)
+    )
 }
 
 /// The merge-domain policy as a Prometheus info metric, to follow [`prometheus_text()`].
@@ -643,6 +683,33 @@ pub fn prometheus_policy(policy: &str) -> String {
          # TYPE upm_domain_policy_info gauge\n\
          upm_domain_policy_info{{policy=\"{policy}\"}} 1\n"
     )
+}
+
+/// Writes `text` to `path` as node_exporter's textfile collector needs it: whole or not at
+/// all. The text goes to a hidden temporary file in the same directory (the collector reads
+/// only `*.prom`), is synced, then renamed over `path`.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or(Error::Os(io::ErrorKind::InvalidInput.into()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&tmp, path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed.map_err(Error::Os)
 }
 
 /// How much of a process's anonymous memory is merged, from `/proc/PID/smaps_rollup`.
@@ -819,10 +886,47 @@ mod tests {
 
     #[test]
     fn prometheus_types_counters_and_gauges() {
-        let stats = BTreeMap::from([("pages_merged".to_string(), 7), ("pages_sharing".into(), 3)]);
+        let stats = BTreeMap::from([
+            ("pages_merged".to_string(), 7),
+            ("pages_sharing".into(), 3),
+            ("pages_skipped".into(), 5),
+            ("pages_skipped_busy".into(), 1),
+            ("pages_skipped_not_present".into(), 4),
+        ]);
         let text = prometheus_text(&stats);
+        assert!(text.starts_with("# HELP upm_up "));
+        assert!(text.contains("# TYPE upm_up gauge\nupm_up 1\n"));
         assert!(text.contains("# TYPE upm_pages_merged_total counter\nupm_pages_merged_total 7\n"));
         assert!(text.contains("# TYPE upm_pages_sharing gauge\nupm_pages_sharing 3\n"));
+        assert!(text.contains(
+            "# TYPE upm_pages_skipped_total counter\n\
+             upm_pages_skipped_total{reason=\"busy\"} 1\n\
+             upm_pages_skipped_total{reason=\"not_present\"} 4\n"
+        ));
+        // One family per name: no unlabelled sum beside the labelled series.
+        assert_eq!(text.matches("# TYPE upm_pages_skipped_total ").count(), 1);
+        assert!(!text.contains("upm_pages_skipped_total 5"));
+        let saved = format!("upm_saved_bytes {}\n", 3 * page_size());
+        assert!(text.contains(&saved));
+        assert_eq!(prometheus_up(false).lines().last(), Some("upm_up 0"));
+    }
+
+    #[test]
+    fn textfile_written_whole_and_alone() {
+        let dir = std::env::temp_dir().join(format!("upm-textfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("upm.prom");
+        fs::write(&path, "old\n").unwrap();
+        write_atomically(&path, "upm_up 1\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "upm_up 1\n");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["upm.prom"], "no temporary file left behind");
+        // A directory that does not exist: an error, and nothing written.
+        assert!(write_atomically(&dir.join("none/upm.prom"), "x").is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   upmctl show --pid PID [--json]  how much of a process's memory is merged
 //!   upmctl domains [--json]         the merge domains that hold pages, named (root)
 //!   upmctl set KEY=VALUE            set a tunable
-//!   upmctl metrics                  counters in Prometheus text format
+//!   upmctl metrics [--textfile PATH]  counters in Prometheus text format
 //!   upmctl hook [--delay SECS]      OCI poststart hook: advise an annotated container
 //!   upmctl completions SHELL | manpage   shell completions, the manual page
 
@@ -19,6 +19,7 @@ use std::{
     io::Read,
     ops::Range,
     os::unix::process::CommandExt,
+    path::PathBuf,
     process::{ExitCode, Stdio},
     thread,
     time::Duration,
@@ -123,10 +124,15 @@ enum Command {
     /// runs this with /etc/upm/upm.conf once the module is loaded).
     ApplyConfig {
         /// The tunables file.
-        file: std::path::PathBuf,
+        file: PathBuf,
     },
     /// The counters in Prometheus text format (for node_exporter's textfile collector).
-    Metrics,
+    Metrics {
+        /// Write the text to this file atomically (a node_exporter textfile directory's
+        /// `upm.prom`), not to stdout.
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
+    },
     /// OCI poststart hook (runc, crun; CRI-O and Podman through hooks.d): reads the container
     /// state on stdin and, if the container is annotated io.upm.merge=true, advises every
     /// process of its cgroup. With a delay it returns at once and a detached upmctl advises
@@ -470,12 +476,20 @@ fn run(cli: Cli) -> Result<(), Error> {
             eprintln!("upmctl: {n} tunables set from {}", file.display());
             Ok(())
         }
-        Command::Metrics => {
-            let stats = upm::stats()?;
-            let policy = upm::domain_policy()?;
-            print!("{}", upm::prometheus_text(&stats));
-            print!("{}", upm::prometheus_policy(&policy));
-            Ok(())
+        Command::Metrics { textfile } => {
+            // Without the module the text still says so (upm_up 0), and the exit status too.
+            let (text, outcome) = match upm::stats().and_then(|s| Ok((s, upm::domain_policy()?))) {
+                Ok((stats, policy)) => (
+                    upm::prometheus_text(&stats) + &upm::prometheus_policy(&policy),
+                    Ok(()),
+                ),
+                Err(e) => (upm::prometheus_up(false), Err(e)),
+            };
+            match textfile {
+                Some(path) => upm::write_atomically(&path, &text)?,
+                None => print!("{text}"),
+            }
+            outcome
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "upmctl", &mut std::io::stdout());
