@@ -91,6 +91,22 @@ want = dict(re.findall(r"#define (UPM_MADV_\w+)\s+(\d+)", open(sys.argv[2]).read
 assert upm.MADV_UPM_MERGEABLE == int(want["UPM_MADV_MERGEABLE"])' "$pydir/site" "$UPM_ROOT/include/upm.h")
 	result python_package $?
 	rm -rf "$pydir"
+	# The DaemonSet passes Kubernetes 1.30's and 1.37's schemas with unknown fields rejected,
+	# runs only on labelled nodes, mounts only /etc and /var of the node and cleans up in
+	# preStop; the image's build file copies only what the repository has.
+	k8s=userspace/k8s
+	kubernetes-validate --quiet --strict -k 1.30 "$k8s/upm-daemonset.yaml" &&
+		kubernetes-validate --quiet --strict -k 1.37 "$k8s/upm-daemonset.yaml" && python3 -c '
+import sys, yaml
+spec = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]
+assert spec["nodeSelector"] == {"node.upm/available": "true"}, spec.get("nodeSelector")
+for v in spec["volumes"]:
+    path = v["hostPath"]["path"]
+    assert path.startswith(("/etc/", "/var/")), path
+assert any("preStop" in c.get("lifecycle", {}) for c in spec["containers"])' \
+		"$k8s/upm-daemonset.yaml" &&
+		sed -n 's/^COPY \([^-][^ ]*\) .*/\1/p' "$k8s/Containerfile" | xargs ls -d >/dev/null
+	result k8s_daemonset $?
 fi
 
 start=$(date +%s)

@@ -62,6 +62,13 @@ if ! python3 -c 'import ply, git' 2>/dev/null; then
 	python3 -m pip install --quiet ply GitPython
 fi
 
+# make test validates the DaemonSet against Kubernetes' OpenAPI schemas (shipped in the
+# package, no cluster or network needed).
+if ! command -v kubernetes-validate >/dev/null; then
+	upm_log "installing kubernetes-validate from PyPI"
+	python3 -m pip install --quiet kubernetes-validate
+fi
+
 if [ ! -f /usr/src/linux-source-$UPM_KVER.tar.xz ]; then
 	upm_log "linux-source-$UPM_KVER is installed but its tarball is missing"
 	exit 1
