@@ -492,6 +492,13 @@ impl Upm {
                         STATS.stable_pages_freed.inc();
                         continue;
                     }
+                    // Kept for its sharers' counts, but probed last from now on: this page
+                    // becomes a candidate and the next twin starts a new node with it, as KSM's
+                    // chains do.
+                    Err(MergeError::NodeFull) => {
+                        index.move_to_back(key);
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 },
                 Probe::Candidate(twin_mm, twin_addr) => {
@@ -591,6 +598,8 @@ impl Upm {
                 Err(PairError::Stale) | Err(PairError::Page(MergeError::Differ)) => {
                     drop(index.remove(key));
                 }
+                // Every other candidate stays one, to start the next node.
+                Err(PairError::Page(MergeError::NodeFull)) => break,
                 Err(PairError::Busy) => {
                     if !call.hand_to_candidate(twin_mm, *twin_addr) {
                         STATS.skip(Skip::Busy, 1);
@@ -686,9 +695,11 @@ fn skip_reason(e: MergeError) -> Skip {
     match e {
         MergeError::Pinned | MergeError::Batched => Skip::Pinned,
         MergeError::Busy => Skip::Busy,
-        MergeError::Differ | MergeError::Gone | MergeError::NodeGone | MergeError::NoMemory => {
-            Skip::Other
-        }
+        MergeError::Differ
+        | MergeError::Gone
+        | MergeError::NodeGone
+        | MergeError::NodeFull
+        | MergeError::NoMemory => Skip::Other,
     }
 }
 

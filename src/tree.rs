@@ -396,6 +396,22 @@ impl Index {
         Some(entry)
     }
 
+    /// Moves the merged page at `key` behind every other entry of its domain and hash, in the
+    /// same tree node: a page that takes no more mappings is probed after the entries that still
+    /// can, however many full ones there are.
+    pub(crate) fn move_to_back(&mut self, key: &Key) {
+        let Some(Entry::Merged(node)) = self.entries.get(key) else {
+            return;
+        };
+        let node = node.clone();
+        let Some(old) = self.entries.remove_node(key) else {
+            return;
+        };
+        let back = self.next_key(key.0, key.1);
+        self.entries
+            .insert(old.into_reservation().into_node(back, Entry::Merged(node)));
+    }
+
     fn next_key(&mut self, domain: u64, hash: u64) -> Key {
         self.next_seq += 1;
         (domain, hash, self.next_seq)

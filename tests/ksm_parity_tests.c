@@ -1423,6 +1423,170 @@ static enum result test_ksmd_beside_upm(void)
 	return PASS;
 }
 
+/* ---- rmap work bounded by live mappings ---- */
+
+/* Median time of `moves` moves of the page at p to the other node and back, in ns; -1 on error. */
+static long move_time_ns(char *p, int moves)
+{
+	long t[64];
+
+	if (moves > (int)ARRAY_SIZE(t))
+		return -1;
+	for (int i = 0; i < moves; i++) {
+		struct timespec s, e;
+		void *page = p;
+		int node = !node_of(p), status = -1;
+
+		clock_gettime(CLOCK_MONOTONIC, &s);
+		if (syscall(SYS_move_pages, 0, 1, &page, &node, &status, MPOL_MF_MOVE_ALL) ||
+		    status != node)
+			return -1;
+		clock_gettime(CLOCK_MONOTONIC, &e);
+		t[i] = (e.tv_sec - s.tv_sec) * 1000000000l + e.tv_nsec - s.tv_nsec;
+	}
+	for (int i = 1; i < moves; i++) /* insertion sort: a few dozen values */
+		for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
+			long x = t[j];
+
+			t[j] = t[j - 1];
+			t[j - 1] = x;
+		}
+	return t[moves / 2];
+}
+
+/*
+ * 10000 loops: without pruning, 10000 stale items on one node against at most 16 with it;
+ * a loop costs about 4 ms under KASAN and emulation (for the issue's 100000 loops, build
+ * the tests with -DPRUNE_LOOPS=100000).
+ */
+#ifndef PRUNE_LOOPS
+#define PRUNE_LOOPS 10000
+#endif
+#define PRUNE_MIN 16 /* mm/ksm.c's UPM_PRUNE_MIN */
+
+/*
+ * The unprivileged loop of map, write, advise, unmap, each time at a new address: every
+ * advise merges the page into one pair's node and links an rmap item for it, every unmap
+ * leaves that item stale. ksmd drops stale items as its scan passes them; UPM prunes a node
+ * when its items have doubled, so it holds at most its live mappings (the pair and the
+ * page of the moment) plus PRUNE_MIN, seen in the process's ksm_merging_pages. An rmap walk
+ * of the page (move_pages(2) of it) then costs what it costs for a pair ksmd merged.
+ */
+static int stale_items_pruned_timeout(void)
+{
+	return 120 + PRUNE_LOOPS / 50; /* 20 ms a loop: five times what it takes */
+}
+
+static enum result test_stale_items_pruned(void)
+{
+	long most = 0, upm_ns, ksm_ns;
+	char *a, *b, *ka, *kb, *area;
+	uint64_t frame;
+
+	CHECK(upm_twins(&a, &b, 1, 381) == 0, "UPM pair");
+	frame = pfn_of(a);
+	area = mmap(NULL, PRUNE_LOOPS * page_size, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	CHECK(area != MAP_FAILED, "reserve %d pages of address space", PRUNE_LOOPS);
+	for (long i = 0; i < PRUNE_LOOPS; i++) {
+		char *p = area + i * page_size;
+
+		CHECK(mprotect(p, page_size, PROT_READ | PROT_WRITE) == 0, "map %ld", i);
+		memcpy(p, a, page_size);
+		CHECK(advise(p, 1) == 0, "advise %ld", i);
+		if (i % 97 == 0) {
+			long items = key_value("/proc/self/ksm_stat", "ksm_merging_pages");
+
+			CHECK(pfn_of(p) == frame, "page %ld merged into the pair's frame", i);
+			most = items > most ? items : most;
+		}
+		/* Unmapped: the address space of the reservation again. */
+		CHECK(mmap(p, page_size, PROT_NONE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == p,
+		      "unmap %ld", i);
+	}
+	fprintf(stderr, "    %d loops: at most %ld items (3 live mappings)\n", PRUNE_LOOPS, most);
+	CHECK(most > 3, "stale items seen: the premise");
+	CHECK(most <= 3 + PRUNE_MIN, "items bounded by the live mappings plus %d: %ld", PRUNE_MIN,
+	      most);
+
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0,
+	      "two NUMA nodes (boot with numa=fake=2)");
+	CHECK(ksm_twins(&ka, &kb, 1, 382) == 0, "ksmd's pair");
+	upm_ns = move_time_ns(a, 21);
+	ksm_ns = move_time_ns(ka, 21);
+	ksm_stop();
+	fprintf(stderr, "    move_pages of the page: UPM's %ld us, ksmd's %ld us (median of 21)\n",
+		upm_ns / 1000, ksm_ns / 1000);
+	CHECK(upm_ns > 0 && ksm_ns > 0, "pages moved");
+	CHECK(upm_ns <= 2 * ksm_ns, "rmap walk within 2x of ksmd's");
+	CHECK(pfn_of(a) == pfn_of(b) && page_intact(a, 0, 381) && page_intact(b, 0, 381),
+	      "UPM's pair still one frame, intact");
+	munmap(area, PRUNE_LOOPS * page_size);
+	return PASS;
+}
+
+#define CAP_PAGES 600
+#define MAX_SHARING 256 /* KSM's max_page_sharing */
+
+static int cmp_frames(const void *x, const void *y)
+{
+	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+
+	return (a > b) - (a < b);
+}
+
+/* How many frames map the CAP_PAGES pages at p, and the most pages one frame maps. */
+static size_t frames_and_most(const char *p, size_t *most)
+{
+	uint64_t f[CAP_PAGES];
+	size_t frames = 0, run = 0;
+
+	for (size_t i = 0; i < CAP_PAGES; i++)
+		f[i] = pfn_of(p + i * page_size);
+	qsort(f, CAP_PAGES, sizeof(f[0]), cmp_frames);
+	*most = 0;
+	for (size_t i = 0; i < CAP_PAGES; i++) {
+		run = i && f[i] == f[i - 1] ? run + 1 : 1;
+		frames += run == 1;
+		*most = run > *most ? run : *most;
+	}
+	return frames;
+}
+
+/*
+ * Many mappings of one contents: no page is shared by more than KSM's max_page_sharing
+ * mappings (it bounds every rmap walk of the page). ksmd starts a new stable node of a chain
+ * beyond it; UPM a new node, in the same call. Both reach ceil(600 / 256) frames.
+ */
+static enum result test_node_sharing_capped(void)
+{
+	size_t upm_frames, upm_most, ksm_frames, ksm_most;
+	long sharing = counter("pages_sharing");
+	char *u = map_anon(CAP_PAGES), *k = map_anon(CAP_PAGES);
+
+	CHECK(u && k, "map");
+	CHECK(read_long(KSM_DIR "max_page_sharing") == MAX_SHARING, "KSM's default cap");
+	fill_pages(u, CAP_PAGES, 391, 0);
+	fill_pages(k, CAP_PAGES, 391, 0);
+	CHECK(advise(u, CAP_PAGES) == 0, "advise");
+	upm_frames = frames_and_most(u, &upm_most);
+	CHECK(madvise(k, CAP_PAGES * page_size, MADV_MERGEABLE) == 0 && ksm_start() == 0 &&
+		      ksm_full_scans(3) == 0,
+	      "ksmd: three full scans");
+	ksm_frames = frames_and_most(k, &ksm_most);
+	ksm_stop();
+	fprintf(stderr, "    %d pages: UPM %zu frames (at most %zu mappings), ksmd %zu (%zu)\n",
+		CAP_PAGES, upm_frames, upm_most, ksm_frames, ksm_most);
+	CHECK(ksm_most == MAX_SHARING && ksm_frames >= 3, "ksmd's premise: a frame at the cap");
+	CHECK(upm_most <= MAX_SHARING, "at most %d mappings per frame: %zu", MAX_SHARING, upm_most);
+	CHECK(upm_frames == 3, "ceil(%d / %d) frames: %zu", CAP_PAGES, MAX_SHARING, upm_frames);
+	CHECK(counter("pages_sharing") - sharing == CAP_PAGES - 3, "pages_sharing +%ld",
+	      counter("pages_sharing") - sharing);
+	CHECK(check_pages(u, CAP_PAGES, 391, 0) < 0, "contents intact");
+	return PASS;
+}
+
 const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
@@ -1453,6 +1617,10 @@ const struct test parity_tests[] = {
 	  "MADV_MERGEABLE after UPM merged: ksmd scans, run=2 unmerges, contents intact" },
 	{ "ksmd_beside_upm", test_ksmd_beside_upm,
 	  "ksmd and UPM merge, unmerge, write and fork over the same frames; reads checked" },
+	{ "stale_items_pruned", test_stale_items_pruned,
+	  "map-advise-unmap loop: items bounded, rmap walk as ksmd's", stale_items_pruned_timeout },
+	{ "node_sharing_capped", test_node_sharing_capped,
+	  "max_page_sharing mappings per frame, as ksmd's chains" },
 };
 
 const size_t parity_test_count = ARRAY_SIZE(parity_tests);

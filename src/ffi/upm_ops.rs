@@ -201,6 +201,9 @@ pub(crate) enum MergeError {
     Batched,
     /// The stable node to merge into is gone (`ENOENT`) or poisoned (`EHWPOISON`).
     NodeGone,
+    /// The stable node to merge into has KSM's `max_page_sharing` mappings: the page needs
+    /// another node of the same contents (`UPM_NODE_FULL`).
+    NodeFull,
     /// No memory for the kernel's bookkeeping (`ENOMEM`).
     NoMemory,
     /// The page is no longer mapped there, or another failure (`EFAULT`, ...).
@@ -212,6 +215,7 @@ fn merge_result(ret: c_int) -> Result<(), MergeError> {
         0 => Ok(()),
         r if r == bindings::UPM_PAGES_DIFFER as c_int => Err(MergeError::Differ),
         r if r == bindings::UPM_PAGE_BATCHED as c_int => Err(MergeError::Batched),
+        r if r == bindings::UPM_NODE_FULL as c_int => Err(MergeError::NodeFull),
         r if r == -(bindings::EAGAIN as c_int) => Err(MergeError::Busy),
         r if r == -(bindings::EBUSY as c_int) => Err(MergeError::Pinned),
         r if r == -(bindings::ENOENT as c_int) || r == -(bindings::EHWPOISON as c_int) => {
