@@ -112,15 +112,18 @@ static enum result test_rmmod_during_madvise(void)
 
 	for (int i = 0; i < 3; i++)
 		pthread_create(&t[i], NULL, advise_loop, &c);
-	/* Until the premise holds: 5 unloads, calls that ran with and without the module. */
-	for (int i = 0; i < 15; i++) {
+	/*
+	 * Until the premise holds: 3 unloads, calls that ran with and without the module. A
+	 * cycle takes about 9 s under KASAN and emulation (the load, mostly).
+	 */
+	for (int i = 0; i < 9; i++) {
 		usleep(50 * 1000);
 		if (module_unload() == 0)
 			cycles++;
 		usleep(20 * 1000);
 		if (!module_loaded())
 			CHECK(module_load() == 0, "insmod");
-		if (cycles >= 5 && __atomic_load_n(&c.ok, __ATOMIC_RELAXED) > 0 &&
+		if (cycles >= 3 && __atomic_load_n(&c.ok, __ATOMIC_RELAXED) > 0 &&
 		    __atomic_load_n(&c.einval, __ATOMIC_RELAXED) > 0)
 			break;
 	}
@@ -131,7 +134,7 @@ static enum result test_rmmod_during_madvise(void)
 		CHECK(module_load() == 0, "insmod");
 	fprintf(stderr, "    %d unload cycles, %ld calls: %ld ok, %ld EINVAL\n", cycles, c.calls,
 		c.ok, c.einval);
-	CHECK(cycles >= 5, "module cycled %d times", cycles);
+	CHECK(cycles >= 3, "module cycled %d times", cycles);
 	CHECK(c.other == 0, "only 0 or EINVAL, contents intact: %ld bad", c.other);
 	CHECK(c.ok > 0 && c.einval > 0, "both outcomes seen");
 	return PASS;
