@@ -216,6 +216,60 @@ static enum result test_domain_default_uid(void)
 	return PASS;
 }
 
+/*
+ * A frame shared by fork across a domain boundary: root fills M and its twin T and forks a
+ * child that switches to uid 1001 and keeps M's frames; then root advises M and T. The
+ * child's mapping must not join the merge (it would share a frame with T, root's page):
+ * the pair merges into a fresh copy, and the child keeps its ordinary frames and has no rmap
+ * items (ksm_merging_pages 0). In one domain, the child's mapping joins (prefork_server).
+ */
+static enum result test_domain_fork_sharer(void)
+{
+	volatile int *step = map_shared(sizeof(*step));
+	char *m = map_anon(DN), *t = map_anon(DN);
+	uint64_t child_pfns[DN];
+	size_t pair = 0, joined = 0;
+	long merging = -1;
+	int advised = -1;
+	char path[64];
+	pid_t child;
+
+	CHECK(step && m && t, "setup");
+	CHECK(policy_is("uid"), "default domain_policy is uid");
+	fill_pages(m, DN, 67, 1);
+	fill_pages(t, DN, 67, 1);
+	child = fork();
+	if (child == 0) {
+		if (setresuid(1001, 1001, 1001))
+			_exit(1);
+		*step = 1;
+		while (*step < 2)
+			usleep(10 * 1000);
+		_exit(check_pages(m, DN, 67, 1) < 0 ? 0 : 2);
+	}
+	while (*step < 1 && waitpid(child, NULL, WNOHANG) == 0)
+		usleep(10 * 1000);
+	if (*step == 1) {
+		advised = advise(m, DN) || advise(t, DN);
+		pair = count_pfn_equal(m, t, DN);
+		if (pfns_in(child, (uintptr_t)m, DN, child_pfns) == 0)
+			for (size_t i = 0; i < DN; i++)
+				joined += child_pfns[i] == pfn_of(m + i * page_size);
+		snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", child);
+		merging = read_long(path);
+	}
+	*step = 2;
+	CHECK(wait_exit(child) == 0 && advised == 0, "uid 1001 child, or the advice, failed");
+	CHECK(pair == DN, "root's pair merged: %zu of %d", pair, DN);
+	CHECK(joined == 0 && merging == 0,
+	      "uid 1001's mapping joined root's merge: %zu of %d frames, ksm_merging_pages %ld",
+	      joined, DN, merging);
+	munmap(m, DN * page_size);
+	munmap(t, DN * page_size);
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return PASS;
+}
+
 /* global: any process with any process, the oracle included. */
 static enum result test_domain_global(void)
 {
@@ -580,6 +634,8 @@ static enum result test_hash_flood(void)
 const struct test domain_tests[] = {
 	{ "domain_default_uid", test_domain_default_uid,
 	  "default uid domains: no sharing, no pagemap/counter oracle across uids" },
+	{ "domain_fork_sharer", test_domain_fork_sharer,
+	  "a fork child in another uid keeps its frame when its parent merges it" },
 	{ "domain_global", test_domain_global, "global: any two processes share" },
 	{ "domain_userns", test_domain_userns, "userns: share within a user namespace only" },
 	{ "domain_cgroup", test_domain_cgroup, "cgroup: siblings share at the parent's depth" },

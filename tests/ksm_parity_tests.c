@@ -1030,6 +1030,230 @@ static enum result test_fork_shared_frames(void)
 	return PASS;
 }
 
+/* ---- a prefork server ---- */
+
+#define PREFORK_WORKERS 8
+#define PREFORK_SEED 503
+
+/*
+ * A prefork server and a second instance of the same function: the master loads its model M
+ * and forks its workers, which share M's frames; the master marks M (UPM: advises it;
+ * ksmd: MADV_MERGEABLE, which the workers inherit) and the second instance marks its copy T.
+ * The outcome is read across all of them: distinct frames, then, once the master has exited,
+ * how many of M's pages move when worker 0 moves them (MPOL_MF_MOVE_ALL: every mapping of
+ * each frame must be found by an rmap walk), and whether the survivors still share.
+ */
+struct prefork {
+	int use_ksmd;
+	volatile int step; /* 1: M marked; 2: T marked; 3: the master may exit; 4: all may exit */
+	volatile int failed;
+	char *volatile m, *volatile t;
+	volatile pid_t workers[PREFORK_WORKERS], instance;
+	long frames, moved, shared_after, worker_merging;
+};
+
+static void prefork_wait(struct prefork *p, int step)
+{
+	while (p->step < step && !p->failed)
+		usleep(10 * 1000);
+}
+
+/* A worker or the instance: waits for the end, then checks its copy. */
+static int prefork_member(struct prefork *p, const char *copy)
+{
+	prefork_wait(p, 4);
+	return check_pages(copy, N, PREFORK_SEED, 1) < 0 ? 0 : 1;
+}
+
+static int prefork_master(void *arg)
+{
+	struct prefork *p = arg;
+
+	p->m = map_anon(N);
+	if (!p->m)
+		return p->failed = 1;
+	fill_pages(p->m, N, PREFORK_SEED, 1);
+	if (p->use_ksmd && madvise(p->m, N * page_size, MADV_MERGEABLE))
+		return p->failed = 2;
+	for (int i = 0; i < PREFORK_WORKERS; i++) {
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(prefork_member(p, p->m));
+		p->workers[i] = pid;
+	}
+	/* UPM: the master advises what its workers already share. */
+	if (!p->use_ksmd && advise(p->m, N))
+		return p->failed = 3;
+	p->step = 1;
+	prefork_wait(p, 3);
+	return 0;
+}
+
+static int prefork_instance(void *arg)
+{
+	struct prefork *p = arg;
+
+	p->t = map_anon(N);
+	if (!p->t)
+		return p->failed = 4;
+	fill_pages(p->t, N, PREFORK_SEED, 1);
+	if (p->use_ksmd ? madvise(p->t, N * page_size, MADV_MERGEABLE) : advise(p->t, N))
+		return p->failed = 5;
+	p->instance = getpid();
+	p->step = 2;
+	return prefork_member(p, p->t);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Distinct frames mapped at M in `pids` (and at T in the instance); -1 if one is not mapped. */
+static long prefork_frames(struct prefork *p, const pid_t *pids, int count)
+{
+	uint64_t *all = calloc((size_t)(count + 1) * N, sizeof(*all));
+	long distinct = 0;
+
+	if (!all)
+		return -1;
+	for (int i = 0; i < count; i++)
+		if (pfns_in(pids[i], (uintptr_t)p->m, N, all + (size_t)i * N))
+			goto out;
+	if (pfns_in(p->instance, (uintptr_t)p->t, N, all + (size_t)count * N))
+		goto out;
+	qsort(all, (size_t)(count + 1) * N, sizeof(*all), cmp_u64);
+	for (size_t i = 0; i < (size_t)(count + 1) * N; i++) {
+		if (!all[i]) {
+			distinct = -1;
+			goto out;
+		}
+		distinct += i == 0 || all[i] != all[i - 1];
+	}
+out:
+	free(all);
+	return distinct;
+}
+
+/* ksmd, unthrottled, until T shares M's frames, then two more full scans, then paused. */
+static int prefork_ksmd(struct prefork *p, pid_t master)
+{
+	uint64_t m[N], t[N];
+	size_t shared = 0;
+
+	if (ksm_start())
+		return -1;
+	for (int i = 0; i < 1200 && shared < N; i++) {
+		usleep(100 * 1000);
+		if (pfns_in(master, (uintptr_t)p->m, N, m) ||
+		    pfns_in(p->instance, (uintptr_t)p->t, N, t))
+			return -1;
+		shared = 0;
+		for (size_t j = 0; j < N; j++)
+			shared += m[j] && m[j] == t[j];
+	}
+	if (shared < N || ksm_full_scans(2))
+		return -1;
+	return write_long(KSM_DIR "run", 0);
+}
+
+/* Worker 0 moves M to the node it is not on: how many of its pages went. */
+static long prefork_move(struct prefork *p)
+{
+	void *addrs[N];
+	int nodes[N], status[N];
+	long moved = 0;
+
+	for (size_t i = 0; i < N; i++)
+		addrs[i] = p->m + i * page_size;
+	if (syscall(SYS_move_pages, p->workers[0], N, addrs, NULL, status, 0))
+		return -1;
+	for (size_t i = 0; i < N; i++)
+		nodes[i] = !status[i];
+	for (int tries = 0; tries < 5 && moved < N; tries++) {
+		syscall(SYS_move_pages, p->workers[0], N, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+		syscall(SYS_move_pages, p->workers[0], N, addrs, NULL, status, 0);
+		moved = 0;
+		for (size_t i = 0; i < N; i++)
+			moved += status[i] == nodes[i];
+		if (moved < N)
+			usleep(100 * 1000);
+	}
+	return moved;
+}
+
+static enum result run_prefork(struct prefork *p)
+{
+	pid_t master, instance, everyone[PREFORK_WORKERS + 1];
+	char path[64];
+	int rc = 0;
+
+	CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+	master = spawn(prefork_master, p);
+	prefork_wait(p, 1);
+	instance = spawn(prefork_instance, p);
+	prefork_wait(p, 2);
+	if (p->failed || p->step < 2 || (p->use_ksmd && prefork_ksmd(p, master))) {
+		p->failed = 1;
+		rc = -1;
+	}
+	everyone[0] = master;
+	for (int i = 0; i < PREFORK_WORKERS; i++)
+		everyone[i + 1] = p->workers[i];
+	p->frames = rc ? -1 : prefork_frames(p, everyone, PREFORK_WORKERS + 1);
+	snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", p->workers[0]);
+	p->worker_merging = read_long(path);
+	p->step = 3;
+	rc |= wait_exit(master);
+	p->moved = rc ? -1 : prefork_move(p);
+	p->shared_after = rc ? -1 : prefork_frames(p, (pid_t *)p->workers, PREFORK_WORKERS);
+	p->step = 4;
+	for (int i = 0; i < PREFORK_WORKERS; i++)
+		rc |= wait_exit(p->workers[i]);
+	rc |= wait_exit(instance);
+	ksm_stop();
+	CHECK(rc == 0, "%s: a member failed or found its copy changed (%d)",
+	      p->use_ksmd ? "ksmd" : "UPM", rc);
+	fprintf(stderr,
+		"    %s: %ld frames for %d pages in %d mappings each, worker 0's "
+		"ksm_merging_pages %ld; master gone: worker 0 moved %ld of %d, %ld frames after\n",
+		p->use_ksmd ? "ksmd" : "UPM ", p->frames, N, PREFORK_WORKERS + 2, p->worker_merging,
+		p->moved, N, p->shared_after);
+	return PASS;
+}
+
+/*
+ * The prefork server, merged by ksmd and by UPM in the same boot: the master advises after
+ * forking its workers, a second instance advises the same contents, the master exits. UPM
+ * must reach ksmd's outcome in the advising call: one frame per page for all ten mappings,
+ * each still found by rmap walks after the master is gone.
+ */
+static enum result test_prefork_server(void)
+{
+	struct prefork *p = map_shared(2 * sizeof(*p));
+
+	CHECK(p, "shared map");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	for (int i = 0; i < 2; i++) {
+		p[i].use_ksmd = i == 0;
+		CHECK(run_prefork(&p[i]) == PASS, "%s history", i ? "UPM" : "ksmd");
+	}
+	CHECK(p[0].frames == N && p[0].moved == N,
+	      "premise: ksmd's outcome is %ld frames, %ld moved", p[0].frames, p[0].moved);
+	CHECK(p[1].frames == p[0].frames, "UPM: %ld frames, ksmd %ld", p[1].frames, p[0].frames);
+	CHECK(p[1].worker_merging == p[0].worker_merging,
+	      "worker 0's ksm_merging_pages: UPM %ld, ksmd %ld", p[1].worker_merging,
+	      p[0].worker_merging);
+	CHECK(p[1].moved == N && p[1].shared_after == N,
+	      "UPM, the master gone: %ld of %d moved, %ld frames (ksmd: %ld moved)", p[1].moved,
+	      N, p[1].shared_after, p[0].moved);
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return PASS;
+}
+
 /* Mappings of pages ksmd merged: its pages_shared plus pages_sharing. */
 static long ksm_pages(void)
 {
@@ -1610,6 +1834,8 @@ const struct test parity_tests[] = {
 	  "O_DIRECT from and into merged pages (zram disk): as on ksmd's, twins untouched" },
 	{ "fork_shared_frames", test_fork_shared_frames,
 	  "fork-shared frames merged: every sharer stays movable, as with ksmd" },
+	{ "prefork_server", test_prefork_server,
+	  "master + 8 workers and a second instance: one frame, movable after the master exits" },
 	{ "vmsplice", test_vmsplice, "a spliced page keeps its contents; a pipe's page never merges" },
 	{ "process_vm_rw", test_process_vm_rw,
 	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },
