@@ -353,6 +353,296 @@ static enum result test_fork_fails_after_merge(void)
 	return r;
 }
 
+/* ---- every allocation of advise, unmerge, mremap and fork failing in turn ---- */
+
+#define FAIL_PAGE_ALLOC "/sys/kernel/debug/fail_page_alloc/"
+#define FI_PAGES 4
+#define FI_SEED 307
+#define FI_MAX_POINTS 4000
+
+/*
+ * /proc/thread-self/fail-nth makes the nth fault-injection point this thread passes fail:
+ * every slab allocation and page allocation, once these settings let sleeping allocations
+ * fail too (and nothing is printed for them).
+ */
+static const char *const fail_nth_files[] = {
+	FAILSLAB "ignore-gfp-wait",	    FAILSLAB "cache-filter",
+	FAILSLAB "verbose",		    FAIL_PAGE_ALLOC "ignore-gfp-wait",
+	FAIL_PAGE_ALLOC "ignore-gfp-highmem", FAIL_PAGE_ALLOC "min-order",
+	FAIL_PAGE_ALLOC "verbose",
+};
+static const char *const fail_nth_values[] = { "N", "N", "0", "N", "N", "0", "0" };
+
+/* Three copies of the same contents; the armed call works on a. */
+struct fi_state {
+	char *a, *b, *c, *spare; /* spare: where mremap moves a */
+	char *left;		 /* what MREMAP_DONTUNMAP left mapped at a */
+	pid_t sharer;		 /* a child sharing every frame by fork */
+	long ret;		 /* the armed call's result: 0 (or a pid) or -errno */
+};
+
+struct fi_op {
+	const char *name;
+	int (*setup)(struct fi_state *s);
+	long (*act)(struct fi_state *s);
+	int (*done)(struct fi_state *s);    /* the call's work is complete */
+	int (*outcome)(struct fi_state *s); /* after the call and a retry without faults: 0 */
+	int hint; /* may succeed with its work undone (advice: a page is left as it was) */
+};
+
+static int fi_candidate(struct fi_state *s)
+{
+	return advise(s->b, FI_PAGES);
+}
+
+static int fi_merged(struct fi_state *s)
+{
+	return advise(s->a, FI_PAGES) || advise(s->b, FI_PAGES) ||
+	       count_pfn_equal(s->a, s->b, FI_PAGES) != FI_PAGES;
+}
+
+static int fi_node(struct fi_state *s)
+{
+	return advise(s->b, FI_PAGES) || advise(s->c, FI_PAGES) ||
+	       count_pfn_equal(s->b, s->c, FI_PAGES) != FI_PAGES;
+}
+
+/* b is a candidate, and a child shares a's and b's frames until it is killed. */
+static int fi_fork_shared(struct fi_state *s)
+{
+	if (advise(s->b, FI_PAGES))
+		return -1;
+	s->sharer = fork();
+	if (s->sharer == 0) {
+		for (;;)
+			pause();
+	}
+	return s->sharer < 0;
+}
+
+static long fi_advise(struct fi_state *s)
+{
+	return advise(s->a, FI_PAGES) ? -errno : 0;
+}
+
+static long fi_unmerge(struct fi_state *s)
+{
+	return unmerge(s->a, FI_PAGES) ? -errno : 0;
+}
+
+static long fi_mremap(struct fi_state *s)
+{
+	void *p = mremap(s->a, FI_PAGES * page_size, FI_PAGES * page_size,
+			 MREMAP_MAYMOVE | MREMAP_FIXED, s->spare);
+
+	return p == MAP_FAILED ? -errno : 0;
+}
+
+static long fi_mremap_dontunmap(struct fi_state *s)
+{
+	void *p = mremap(s->a, FI_PAGES * page_size, FI_PAGES * page_size,
+			 MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, s->spare);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	s->left = s->a;
+	return 0;
+}
+
+static long fi_fork(struct fi_state *s)
+{
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(check_pages(s->a, FI_PAGES, FI_SEED, 1) < 0 &&
+		      count_pfn_equal(s->a, s->b, FI_PAGES) == FI_PAGES ? 0 : 1);
+	return pid < 0 ? -errno : pid;
+}
+
+static int fi_all_shared(struct fi_state *s)
+{
+	return count_pfn_equal(s->a, s->b, FI_PAGES) == FI_PAGES;
+}
+
+static int fi_none_shared(struct fi_state *s)
+{
+	return count_pfn_equal(s->a, s->b, FI_PAGES) == 0;
+}
+
+static int fi_returned(struct fi_state *s)
+{
+	return s->ret >= 0;
+}
+
+/* Merged after advising again. */
+static int fi_shared(struct fi_state *s)
+{
+	return advise(s->a, FI_PAGES) || count_pfn_equal(s->a, s->b, FI_PAGES) != FI_PAGES;
+}
+
+/* Unmerged after unmerging again. */
+static int fi_unshared(struct fi_state *s)
+{
+	return unmerge(s->a, FI_PAGES) || count_pfn_equal(s->a, s->b, FI_PAGES) != 0;
+}
+
+/* Wherever a is now, its pages still share b's frames, and rmap walks find them all. */
+static int fi_moved(struct fi_state *s)
+{
+	if (s->ret == 0) {
+		s->a = s->spare;
+		s->spare = NULL; /* unmapped with a */
+	}
+	return count_pfn_equal(s->a, s->b, FI_PAGES) != FI_PAGES ||
+	       move_set(s->a, s->b, FI_PAGES, !node_of(s->a)) != FI_PAGES;
+}
+
+static int fi_forked(struct fi_state *s)
+{
+	if (s->ret > 0 && wait_exit((pid_t)s->ret))
+		return -1;
+	return count_pfn_equal(s->a, s->b, FI_PAGES) != FI_PAGES ||
+	       move_set(s->a, s->b, FI_PAGES, !node_of(s->a)) != FI_PAGES;
+}
+
+static const struct fi_op fi_ops[] = {
+	{ "advise (pair with a candidate)", fi_candidate, fi_advise, fi_all_shared, fi_shared, 1 },
+	{ "advise (merge into a node)", fi_node, fi_advise, fi_all_shared, fi_shared, 1 },
+	{ "advise (frames a child shares)", fi_fork_shared, fi_advise, fi_all_shared, fi_shared, 1 },
+	{ "unmerge", fi_merged, fi_unmerge, fi_none_shared, fi_unshared },
+	{ "mremap (move)", fi_merged, fi_mremap, fi_returned, fi_moved },
+	{ "mremap (MREMAP_DONTUNMAP)", fi_merged, fi_mremap_dontunmap, fi_returned, fi_moved },
+	{ "fork", fi_merged, fi_fork, fi_returned, fi_forked },
+};
+
+static void fi_unmap(struct fi_state *s)
+{
+	char **maps[] = { &s->a, &s->b, &s->c, &s->spare, &s->left };
+
+	for (size_t i = 0; i < ARRAY_SIZE(maps); i++)
+		if (*maps[i])
+			munmap(*maps[i], FI_PAGES * page_size);
+	if (s->sharer > 0) {
+		kill(s->sharer, SIGKILL);
+		wait_exit(s->sharer);
+	}
+}
+
+/*
+ * One call of @op with its nth injection point failing. Returns 1 if the failure was
+ * injected and everything checked out, 0 if the call passed fewer than n points (the sweep
+ * is over), -1 on a failed check.
+ */
+static int fi_one(const struct fi_op *op, int fd, long nth, long *failed_calls,
+		  long *undone_calls)
+{
+	struct fi_state s = { map_anon(FI_PAGES), map_anon(FI_PAGES), map_anon(FI_PAGES),
+			      map_anon(FI_PAGES) };
+	char arm[24], left[24] = { 0 };
+	int injected, len = snprintf(arm, sizeof(arm), "%ld", nth), r = -1;
+
+	if (!s.a || !s.b || !s.c || !s.spare)
+		goto out;
+	fill_pages(s.a, FI_PAGES, FI_SEED, 1);
+	fill_pages(s.b, FI_PAGES, FI_SEED, 1);
+	fill_pages(s.c, FI_PAGES, FI_SEED, 1);
+	if (op->setup(&s)) {
+		fprintf(stderr, "    %s, point %ld: setup failed\n", op->name, nth);
+		goto out;
+	}
+	/* Nothing but the call between arming and reading back. */
+	if (pwrite(fd, arm, len, 0) != len)
+		goto out;
+	s.ret = op->act(&s);
+	if (pread(fd, left, sizeof(left) - 1, 0) <= 0 || pwrite(fd, "0", 1, 0) != 1)
+		goto out;
+	injected = atol(left) == 0;
+	if (s.ret < 0 && s.ret != -ENOMEM && s.ret != -EAGAIN) {
+		fprintf(stderr, "    %s, point %ld: errno %ld\n", op->name, nth, -s.ret);
+		goto out;
+	}
+	*failed_calls += s.ret < 0;
+	if (s.ret >= 0 && !op->done(&s)) {
+		/* Success with the work undone is silent data loss but for advice. */
+		if (!op->hint) {
+			fprintf(stderr, "    %s, point %ld: succeeded, work undone\n", op->name, nth);
+			goto out;
+		}
+		++*undone_calls;
+	}
+	if (check_pages(s.b, FI_PAGES, FI_SEED, 1) >= 0 ||
+	    check_pages(s.c, FI_PAGES, FI_SEED, 1) >= 0 ||
+	    check_pages(s.ret == 0 && s.spare && op->outcome == fi_moved ? s.spare : s.a,
+			FI_PAGES, FI_SEED, 1) >= 0) {
+		fprintf(stderr, "    %s, point %ld: contents changed\n", op->name, nth);
+		goto out;
+	}
+	if (op->outcome(&s)) {
+		fprintf(stderr, "    %s, point %ld (call returned %ld): wrong outcome after a retry\n",
+			op->name, nth, s.ret);
+		goto out;
+	}
+	r = injected;
+out:
+	fi_unmap(&s);
+	return r;
+}
+
+/*
+ * Each allocation on the path of advise, unmerge, mremap and fork fails in turn (the
+ * kernel's fault injection, fail-nth: slab and page allocations, the module's included),
+ * under KASAN and lockdep: the call fails with ENOMEM or EAGAIN, or succeeds without that
+ * allocation; nothing else changes, a retry reaches the outcome, and the harness finds no
+ * splat and no leak.
+ */
+static enum result test_fault_injection(void)
+{
+	char saved[ARRAY_SIZE(fail_nth_files)][32];
+	enum result r = PASS;
+	int fd;
+
+	SKIP_IF(access(FAIL_PAGE_ALLOC "min-order", F_OK) || access(FAILSLAB "verbose", F_OK),
+		"no failslab or fail_page_alloc");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	fd = open("/proc/thread-self/fail-nth", O_RDWR);
+	CHECK(fd >= 0, "fail-nth");
+	for (size_t i = 0; i < ARRAY_SIZE(fail_nth_files); i++) {
+		FILE *f = fopen(fail_nth_files[i], "r");
+
+		saved[i][0] = 0;
+		if (f && fgets(saved[i], 32, f))
+			saved[i][strcspn(saved[i], "\n")] = 0;
+		if (f)
+			fclose(f);
+		if (write_str(fail_nth_files[i], fail_nth_values[i]))
+			r = FAIL;
+	}
+	for (size_t i = 0; r == PASS && i < ARRAY_SIZE(fi_ops); i++) {
+		long nth, failed_calls = 0, undone_calls = 0;
+		int one = 1;
+
+		for (nth = 1; nth <= FI_MAX_POINTS; nth++) {
+			one = fi_one(&fi_ops[i], fd, nth, &failed_calls, &undone_calls);
+			if (one != 1)
+				break;
+		}
+		fprintf(stderr,
+			"    %s: %ld injection points: %ld calls failed (ENOMEM/EAGAIN), %ld "
+			"succeeded with pages left as they were\n",
+			fi_ops[i].name, nth - 1, failed_calls, undone_calls);
+		/* Premise: the path allocates, and some failures had an effect. */
+		if (one != 0 || nth < 3 || failed_calls + undone_calls == 0)
+			r = FAIL;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(fail_nth_files); i++)
+		if (saved[i][0])
+			write_str(fail_nth_files[i], saved[i]);
+	close(fd);
+	CHECK(r == PASS, "see above");
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return r;
+}
+
 /* ---- cross-process ---- */
 
 static enum result test_partially_identical(void)
@@ -822,6 +1112,8 @@ const struct test lifecycle_tests[] = {
 	{ "fork_exec", test_fork_exec, "fork + exec leaves the parent's pages merged" },
 	{ "fork_fails_after_merge", test_fork_fails_after_merge,
 	  "a fork failing in dup_mmap leaves the parent's merged pages whole" },
+	{ "fault_injection", test_fault_injection,
+	  "each allocation of advise, unmerge, mremap, fork failing in turn: errno, no damage" },
 	{ "partially_identical", test_partially_identical, "half shared; the other exits" },
 	{ "racing_writes", test_racing_writes, "no write lost to a concurrent merge" },
 	{ "started_before_load", test_started_before_load, "memory filled before insmod" },
