@@ -58,6 +58,8 @@ splat_re='BUG:|WARNING:|KASAN|Oops|possible circular locking|possible recursive 
 splat_re+='|Bad rss-counter|Bad page|RCU stall|self-detected stall|general protection'
 splat_re+='|kernel BUG|UBSAN|kmemleak: .* new suspected memory leaks|inconsistent lock state'
 splat_re+='|detected stalls on CPUs|blocked for more than|soft lockup'
+# SLUB's consistency checks ("BUG ksm_rmap_item (Not tainted): Poison overwritten").
+splat_re+='|BUG [[:alnum:]_:-]+ \((Not t|T)ainted'
 
 # The guest's PATH has no pyenv shims: hand it the interpreter that setup.sh provisioned.
 python=$(python3 -c 'import sys; print(sys.executable)')
@@ -70,16 +72,20 @@ python=$(python3 -c 'import sys; print(sys.executable)')
 idle_timeout=${UPM_VM_IDLE_TIMEOUT:-$((900 + ${UPM_STRESS_SECS:-60}))}
 vm_timeout=${UPM_VM_TIMEOUT:-14400}
 
+slub_debug=
+[ "$flavour" = debug ] && slub_debug=slub_debug=FZPU,ksm_rmap_item,ksm_stable_node,ksm_mm_slot,upm_node
 start=$(date +%s.%N)
 set +e
 # The guest's output (its stdout and stderr, both on our stdout) goes through a FIFO: QEMU
 # reopens them by path, which on a plain file (a caller's "> log 2>&1") would write from
 # offset 0 over what came before.
 # Two NUMA nodes of 2 GiB (numa=fake=2) so pages can move between nodes, and 1 GiB of
-# ZONE_MOVABLE (movablecore=) so a memory block can go offline.
+# ZONE_MOVABLE (movablecore=) so a memory block can go offline. SLUB checks the objects of
+# the caches of KSM's and UPM's rmap (consistency, red zones, poisoning, owner tracking):
+# the debug kernel's KASAN finds a use after free; these find a list or free-pointer broken.
 mkfifo "$out/stream"
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
-	--append "numa=fake=2 movablecore=1G ${UPM_VM_APPEND:-}" \
+	--append "numa=fake=2 movablecore=1G $slub_debug ${UPM_VM_APPEND:-}" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} UPM_KMEMLEAK=${UPM_KMEMLEAK:-1} \
 $UPM_ROOT/scripts/vm-guest.sh" \

@@ -1497,7 +1497,7 @@ static enum result test_process_vm_rw(void)
 #define BESIDE_PAGES 256   /* pages per worker's area, all fork-shared at the start */
 #define BESIDE_CONTENTS 16 /* distinct contents in it: each page has 15 twins */
 #define BESIDE_WORKERS 4   /* even: ksmd's (MADV_MERGEABLE), odd: UPM's */
-#define BESIDE_SECS 20
+#define BESIDE_SECS 120
 
 struct beside_report {
 	volatile long ops, bad, forks;
@@ -1586,13 +1586,30 @@ static void beside_worker(char *area, int id, uint64_t seed, struct beside_repor
 	r->done = 1;
 }
 
+/* SLUB checks the objects of these caches (the debug kernel's boot: slub_debug=FZPU,...). */
+static int slub_checked(void)
+{
+	static const char *const caches[] = { "ksm_rmap_item", "ksm_stable_node", "upm_node" };
+	char path[96];
+
+	for (size_t i = 0; i < ARRAY_SIZE(caches); i++) {
+		snprintf(path, sizeof(path), "/sys/kernel/slab/%s/sanity_checks", caches[i]);
+		if (read_long(path) != 1)
+			return 0;
+		snprintf(path, sizeof(path), "/sys/kernel/slab/%s/poison", caches[i]);
+		if (read_long(path) != 1)
+			return 0;
+	}
+	return 1;
+}
+
 /*
  * ksmd and UPM on the same frames: a parent fills an area whose pages have many twins and
  * forks workers that share its frames. ksmd's workers make their copy VM_MERGEABLE and ksmd
  * (unthrottled) merges it, the frames still mapped by everyone else among them; UPM's workers
  * advise, unmerge and write theirs; all fork children. Every read is checked against what
  * the reader last wrote, and the parent, which writes nothing, must read its own contents to
- * the end. Both sides must have merged meanwhile, and everything is freed after.
+ * the end, for two minutes, under KASAN, lockdep and SLUB's checks of the rmap's caches. Both sides must have merged meanwhile, and everything is freed after.
  */
 static enum result test_ksmd_beside_upm(void)
 {
@@ -1606,6 +1623,9 @@ static enum result test_ksmd_beside_upm(void)
 	pid_t pids[BESIDE_WORKERS];
 
 	CHECK(shared && area, "setup");
+	/* Premise, on the debug kernel (lockdep): SLUB checks the rmap's objects throughout. */
+	CHECK(access("/proc/lockdep", F_OK) != 0 || slub_checked(),
+	      "slub_debug is not on for the rmap caches");
 	for (size_t i = 0; i < BESIDE_PAGES; i++)
 		beside_write(area, want, i, 0);
 	CHECK(ksm_start() == 0, "ksmd unthrottled");
@@ -1634,8 +1654,8 @@ static enum result test_ksmd_beside_upm(void)
 	scans = read_long(KSM_DIR "full_scans") - scans;
 	merged = counter("pages_merged") + counter("pages_promoted") - merged;
 	fprintf(stderr, "    seed %llu: %ld operations, %ld forks; ksmd %ld full scans, up to %ld "
-		"pages sharing; UPM merged %ld\n", (unsigned long long)seed, ops, forks, scans,
-		ksm_sharing, merged);
+		"pages sharing; UPM merged %ld; SLUB checks %s\n", (unsigned long long)seed, ops,
+		forks, scans, ksm_sharing, merged, slub_checked() ? "on" : "off");
 	ksm_stop();
 	CHECK(bad == 0, "%ld wrong reads or failed calls", bad);
 	CHECK(beside_check(area, want, 0, BESIDE_PAGES) == 0, "the parent's pages changed");
