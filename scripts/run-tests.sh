@@ -31,8 +31,11 @@ result() { # name status(0=pass)
 	fi
 }
 
+make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 headers_install >/dev/null 2>&1
+# The kernel's KSM selftests, which the ksm_selftests test runs with the module loaded.
+make -s -C tests ksm-selftests KSRC="$UPM_KSRC" KHDR="$kbuild/usr/include" >/dev/null ||
+	upm_log "the kernel's KSM selftests did not build: ksm_selftests will fail"
 if (($# == 0)); then
-	make -s -C "$UPM_KSRC" O="$kbuild" LLVM=1 headers_install >/dev/null 2>&1
 	make -s -C tests abi-check KHDR="$kbuild/usr/include"
 	result abi_check $?
 	# The host runs a kernel without the series: upmctl must say so, not blame the module.

@@ -8,7 +8,7 @@ source "$(dirname "$0")/env.sh"
 DEB_PACKAGES=(
 	bc bison busybox-static clang cpio flex git kmod libclang-dev libelf-dev
 	libssl-dev lld llvm make pahole python3-pip qemu-system-x86 udev xz-utils
-	linux-source-6.12 rsync crun jq
+	linux-source-6.12 rsync crun jq libnuma-dev
 )
 
 missing=()

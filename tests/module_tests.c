@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The module's own lifecycle: the run tunable, madvise without the module, unloading with
- * merged pages, and unloading while other threads advise. Run by upm_tests (runner.c).
+ * merged pages, and unloading while other threads advise; and the kernel's own KSM
+ * selftests with the module loaded. Run by upm_tests (runner.c).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -159,10 +160,72 @@ static enum result test_run_tunable(void)
 	return PASS;
 }
 
+/* ksmd's knobs the kernel's KSM selftests change, saved to be put back as they were. */
+static const char *const ksm_knobs[] = {
+	"run", "use_zero_pages", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
+	"max_page_sharing",
+};
+
+/*
+ * The kernel's own KSM selftests (tools/testing/selftests/mm, built from the patched tree by
+ * run-tests.sh, run as run_vmtests.sh runs them) pass with the module loaded and pages UPM
+ * merged present: the series leaves ksmd's behaviour as it was. UPM's pair stays merged.
+ */
+static enum result test_ksm_selftests(void)
+{
+	static const char *const runs[] = {
+		"tests/build/ksm_functional_tests",  "tests/build/ksm_tests -M -p 10",
+		"tests/build/ksm_tests -U",	     "tests/build/ksm_tests -Z -p 10 -z 0",
+		"tests/build/ksm_tests -Z -p 10 -z 1", "tests/build/ksm_tests -N -m 1",
+		"tests/build/ksm_tests -N -m 0",
+	};
+	char saved[ARRAY_SIZE(ksm_knobs)][32], path[96], *a, *b;
+	enum result r = PASS;
+
+	CHECK(access("tests/build/ksm_functional_tests", X_OK) == 0 &&
+	      access("tests/build/ksm_tests", X_OK) == 0, "the selftests were built");
+	CHECK(map_twins(&a, &b, 16, 83) == 0 && advise(a, 16) == 0 && advise(b, 16) == 0 &&
+	      count_pfn_equal(a, b, 16) == 16, "UPM's pair");
+	for (size_t i = 0; i < ARRAY_SIZE(ksm_knobs); i++) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", ksm_knobs[i]);
+		f = fopen(path, "r");
+		saved[i][0] = 0;
+		if (f && fgets(saved[i], 32, f))
+			saved[i][strcspn(saved[i], "\n")] = 0;
+		if (f)
+			fclose(f);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(runs); i++) {
+		int status = system(runs[i]);
+
+		fprintf(stderr, "    %s: exit %d\n", runs[i],
+			WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			r = FAIL;
+	}
+	/* Everything ksmd merged unmerged, then every knob as it was, run last. */
+	write_long("/sys/kernel/mm/ksm/run", 2);
+	for (size_t i = ARRAY_SIZE(ksm_knobs); i-- > 0;) {
+		snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", ksm_knobs[i]);
+		if (saved[i][0])
+			write_str(path, saved[i]);
+	}
+	CHECK(r == PASS, "a KSM selftest failed with the module loaded");
+	CHECK(count_pfn_equal(a, b, 16) == 16 && check_pages(a, 16, 83, 1) < 0 &&
+	      check_pages(b, 16, 83, 1) < 0, "UPM's pair still merged, intact");
+	munmap(a, 16 * page_size);
+	munmap(b, 16 * page_size);
+	return PASS;
+}
+
 const struct test module_tests[] = {
 	{ "run_tunable", test_run_tunable, "run=0 accepts and merges nothing" },
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
+	{ "ksm_selftests", test_ksm_selftests,
+	  "the kernel's ksm_functional_tests and ksm_tests pass with the module loaded" },
 };
 const size_t module_test_count = ARRAY_SIZE(module_tests);

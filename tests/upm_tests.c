@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -349,6 +350,71 @@ static enum result test_fork_child_writes(void)
 	close(go[1]);
 	CHECK(wait_exit(pid) == 0, "child sees the merged contents after the parent's writes");
 	CHECK(count_pfn_equal(a, b, N) == 0 && check_pages(b, N, 41, 1) < 0, "parent private");
+	return PASS;
+}
+
+/*
+ * A child forked after its parent merged: once the parent has exited, the child's inherited
+ * merged pages are still counted as its own (ksm_merging_pages: an rmap item each, from the
+ * fork) and rmap walks still find them, so they move with move_pages(2), as ksmd's scan
+ * leaves a child of its own.
+ */
+struct outlive {
+	volatile pid_t child;
+	volatile int merged; /* the parent's twins share every frame */
+};
+
+static int outlive_child(char *a, char *b, pid_t parent)
+{
+	char path[64];
+	long merging;
+
+	while (getppid() == parent) /* reparented to the test process when the parent exits */
+		usleep(10 * 1000);
+	snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", getpid());
+	merging = read_long(path);
+	if (merging != 2 * N) {
+		fprintf(stderr, "    child: ksm_merging_pages %ld, %d inherited\n", merging, 2 * N);
+		return 1;
+	}
+	if (move_set(a, b, N, !node_of(a)) != N) {
+		fprintf(stderr, "    child: %zu of %d merged pages moved\n",
+			move_set(a, b, N, !node_of(a)), N);
+		return 2;
+	}
+	return count_pfn_equal(a, b, N) == N && check_pages(a, N, 43, 1) < 0 &&
+			       check_pages(b, N, 43, 1) < 0 ? 0 : 3;
+}
+
+static int outlive_parent(void *arg)
+{
+	struct outlive *o = arg;
+	char *a, *b;
+	pid_t pid;
+
+	if (map_twins(&a, &b, N, 43) || advise(a, N) || advise(b, N))
+		return 1;
+	o->merged = count_pfn_equal(a, b, N) == N;
+	pid = fork();
+	if (pid == 0)
+		_exit(outlive_child(a, b, getppid()));
+	o->child = pid;
+	return pid < 0;
+}
+
+static enum result test_fork_child_outlives_parent(void)
+{
+	struct outlive *o = map_shared(sizeof(*o));
+
+	CHECK(o, "shared map");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0, "subreaper");
+	CHECK(wait_exit(spawn(outlive_parent, o)) == 0 && o->merged && o->child > 0,
+	      "the parent merged its twins and forked");
+	CHECK(wait_exit(o->child) == 0,
+	      "the child's inherited merged pages after the parent's exit (see above)");
+	munmap(o, sizeof(*o));
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
 	return PASS;
 }
 
@@ -847,6 +913,8 @@ const struct test basic_tests[] = {
 	{ "cross_process", test_cross_process, "two processes share; writes stay private" },
 	{ "busy_candidates", test_busy_candidates, "twins in a process busy with its mmap_lock" },
 	{ "fork_child_writes", test_fork_child_writes, "fork inherits merged pages" },
+	{ "fork_child_outlives_parent", test_fork_child_outlives_parent,
+	  "a child's inherited merged pages: its own items, movable after the parent exits" },
 	{ "prot_none_mem_write", test_prot_none_mem_write, "write via /proc/self/mem COWs" },
 	{ "not_merged_shared_untouched", test_not_merged_shared_and_untouched,
 	  "MAP_SHARED skipped; nothing faulted in" },
