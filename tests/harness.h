@@ -60,6 +60,8 @@ int page_intact(const void *base, size_t i, uint64_t seed);
 uint64_t pagemap_entry(const void *addr);
 uint64_t pfn_of(const void *addr);
 uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i);
+#define PM_SWAP (1ull << 62)
+int pagemap_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *entries);
 int pfns_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *frames);
 int join_cgroup(const char *cg);
 uint64_t zero_pfn(void);
@@ -69,6 +71,10 @@ long read_long(const char *path);
 long counter(const char *name);
 int write_str(const char *path, const char *s);
 int write_long(const char *path, long value);
+/* Settings a test changes, saved from and put back into each file of a list. */
+#define SETTING_MAX 32
+void save_settings(const char *const *files, size_t count, char (*saved)[SETTING_MAX]);
+void restore_settings(const char *const *files, size_t count, char (*saved)[SETTING_MAX]);
 int set_tunable(const char *name, long value);
 int wait_tree_empty(void);
 int wait_sweep_passes(long passes);

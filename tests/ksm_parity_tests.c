@@ -27,7 +27,6 @@
 #include "harness.h"
 
 #define N 256 /* pages per set */
-#define PM_SWAP (1ull << 62)
 #define KSM_DIR "/sys/kernel/mm/ksm/"
 #ifndef MADV_SOFT_OFFLINE
 #define MADV_SOFT_OFFLINE 101
@@ -209,22 +208,26 @@ static enum result test_compaction(void)
 	return PASS;
 }
 
-/* Soft-offlines the first @pages of @base; returns how many moved to a new frame. */
+/* Soft-offlines the page at @p: whether it moved to a new frame. */
+static int soft_offline_one(char *p)
+{
+	uint64_t before = pfn_of(p);
+	int tries = 0;
+
+	/* A page that is busy for a moment (EBUSY) is retried, as for any migration. */
+	while (madvise(p, page_size, MADV_SOFT_OFFLINE) && errno == EBUSY && ++tries < 10)
+		usleep(50 * 1000);
+	return pfn_of(p) != before;
+}
+
+/* Soft-offlines the first @pages of @base; returns how many moved, @twin's with them. */
 static size_t soft_offline(char *base, char *twin, size_t pages)
 {
 	size_t moved = 0;
 
-	for (size_t i = 0; i < pages; i++) {
-		char *p = base + i * page_size;
-		uint64_t before = pfn_of(p);
-
-		int tries = 0;
-
-		/* A page that is busy for a moment (EBUSY) is retried, as for any migration. */
-		while (madvise(p, page_size, MADV_SOFT_OFFLINE) && errno == EBUSY && ++tries < 10)
-			usleep(50 * 1000);
-		moved += pfn_of(p) != before && pfn_of(twin + i * page_size) == pfn_of(p);
-	}
+	for (size_t i = 0; i < pages; i++)
+		moved += soft_offline_one(base + i * page_size) &&
+			 pfn_of(twin + i * page_size) == pfn_of(base + i * page_size);
 	return moved;
 }
 
@@ -1034,22 +1037,26 @@ static enum result test_fork_shared_frames(void)
 
 #define PREFORK_WORKERS 8
 #define PREFORK_SEED 503
+#define PREFORK_OFFLINED 8 /* soft-offlined frames are lost to the VM: a few */
+#define PREFORK_CG "/sys/fs/cgroup/upm_prefork_test"
 
 /*
  * A prefork server and a second instance of the same function: the master loads its model M
  * and forks its workers, which share M's frames; the master marks M (UPM: advises it;
  * ksmd: MADV_MERGEABLE, which the workers inherit) and the second instance marks its copy T.
  * The outcome is read across all of them: distinct frames, then, once the master has exited,
- * how many of M's pages move when worker 0 moves them (MPOL_MF_MOVE_ALL: every mapping of
- * each frame must be found by an rmap walk), and whether the survivors still share.
+ * what needs an rmap walk to find every mapping of a frame: worker 0 moves M's pages
+ * (move_pages(2), MPOL_MF_MOVE_ALL), worker 1 soft-offlines a few, the cgroup is reclaimed
+ * until every mapping is a swap entry; and whether the survivors still share.
  */
 struct prefork {
 	int use_ksmd;
-	volatile int step; /* 1: M marked; 2: T marked; 3: the master may exit; 4: all may exit */
-	volatile int failed;
+	/* 1: M marked; 2: T marked; 3: the master may exit; 4: soft offline; 5: all may exit */
+	volatile int step;
+	volatile int failed, offline_done;
 	char *volatile m, *volatile t;
 	volatile pid_t workers[PREFORK_WORKERS], instance;
-	long frames, moved, shared_after, worker_merging;
+	long frames, moved, shared_after, worker_merging, offlined, swapped;
 };
 
 static void prefork_wait(struct prefork *p, int step)
@@ -1058,11 +1065,26 @@ static void prefork_wait(struct prefork *p, int step)
 		usleep(10 * 1000);
 }
 
-/* A worker or the instance: waits for the end, then checks its copy. */
+/* A worker or the instance: waits for the end, then checks its copy (swapped in again). */
 static int prefork_member(struct prefork *p, const char *copy)
 {
-	prefork_wait(p, 4);
+	prefork_wait(p, 5);
 	return check_pages(copy, N, PREFORK_SEED, 1) < 0 ? 0 : 1;
+}
+
+/* Worker 1 soft-offlines M's first pages: how many moved with worker 2's mapping. */
+static int prefork_worker(struct prefork *p, int index)
+{
+	if (index == 1) {
+		prefork_wait(p, 4);
+		p->offlined = 0;
+		for (size_t i = 0; i < PREFORK_OFFLINED; i++)
+			p->offlined += soft_offline_one(p->m + i * page_size) &&
+				       pfn_in(p->workers[2], (uintptr_t)p->m, i) ==
+					       pfn_of(p->m + i * page_size);
+		p->offline_done = 1;
+	}
+	return prefork_member(p, p->m);
 }
 
 static int prefork_master(void *arg)
@@ -1079,7 +1101,7 @@ static int prefork_master(void *arg)
 		pid_t pid = fork();
 
 		if (pid == 0)
-			_exit(prefork_member(p, p->m));
+			_exit(prefork_worker(p, i));
 		p->workers[i] = pid;
 	}
 	/* UPM: the master advises what its workers already share. */
@@ -1105,11 +1127,11 @@ static int prefork_instance(void *arg)
 	return prefork_member(p, p->t);
 }
 
-static int cmp_u64(const void *a, const void *b)
+static int cmp_frames(const void *x, const void *y)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
 
-	return x < y ? -1 : x > y;
+	return (a > b) - (a < b);
 }
 
 /* Distinct frames mapped at M in `pids` (and at T in the instance); -1 if one is not mapped. */
@@ -1125,7 +1147,7 @@ static long prefork_frames(struct prefork *p, const pid_t *pids, int count)
 			goto out;
 	if (pfns_in(p->instance, (uintptr_t)p->t, N, all + (size_t)count * N))
 		goto out;
-	qsort(all, (size_t)(count + 1) * N, sizeof(*all), cmp_u64);
+	qsort(all, (size_t)(count + 1) * N, sizeof(*all), cmp_frames);
 	for (size_t i = 0; i < (size_t)(count + 1) * N; i++) {
 		if (!all[i]) {
 			distinct = -1;
@@ -1185,6 +1207,36 @@ static long prefork_move(struct prefork *p)
 	return moved;
 }
 
+/*
+ * Reclaims the history's cgroup (a merged page is young in ten mappings and is activated
+ * first: keep up the pressure) until every mapping of M and T is a swap entry: returns the
+ * pages swapped out of all of them, which needs every mapping found by an rmap walk.
+ */
+static long prefork_reclaim(struct prefork *p)
+{
+	uint64_t entries[N];
+	unsigned char all[N];
+	long swapped = 0;
+
+	for (int round = 0; round < 300 && swapped < N; round++) {
+		write_str(PREFORK_CG "/memory.reclaim", "64M");
+		memset(all, 1, sizeof(all));
+		for (int w = 0; w <= PREFORK_WORKERS; w++) {
+			int instance = w == PREFORK_WORKERS;
+
+			if (pagemap_in(instance ? p->instance : p->workers[w],
+				       (uintptr_t)(instance ? p->t : p->m), N, entries))
+				return -1;
+			for (size_t i = 0; i < N; i++)
+				all[i] &= !!(entries[i] & PM_SWAP);
+		}
+		swapped = 0;
+		for (size_t i = 0; i < N; i++)
+			swapped += all[i];
+	}
+	return swapped;
+}
+
 static enum result run_prefork(struct prefork *p)
 {
 	pid_t master, instance, everyone[PREFORK_WORKERS + 1];
@@ -1210,7 +1262,12 @@ static enum result run_prefork(struct prefork *p)
 	rc |= wait_exit(master);
 	p->moved = rc ? -1 : prefork_move(p);
 	p->shared_after = rc ? -1 : prefork_frames(p, (pid_t *)p->workers, PREFORK_WORKERS);
+	p->offlined = -1;
 	p->step = 4;
+	for (int i = 0; i < 600 && !p->offline_done; i++)
+		usleep(100 * 1000);
+	p->swapped = rc ? -1 : prefork_reclaim(p);
+	p->step = 5;
 	for (int i = 0; i < PREFORK_WORKERS; i++)
 		rc |= wait_exit(p->workers[i]);
 	rc |= wait_exit(instance);
@@ -1219,9 +1276,10 @@ static enum result run_prefork(struct prefork *p)
 	      p->use_ksmd ? "ksmd" : "UPM", rc);
 	fprintf(stderr,
 		"    %s: %ld frames for %d pages in %d mappings each, worker 0's "
-		"ksm_merging_pages %ld; master gone: worker 0 moved %ld of %d, %ld frames after\n",
+		"ksm_merging_pages %ld; master gone: worker 0 moved %ld of %d, %ld frames after; "
+		"worker 1 soft-offlined %ld of %d; swapped out of every mapping: %ld of %d\n",
 		p->use_ksmd ? "ksmd" : "UPM ", p->frames, N, PREFORK_WORKERS + 2, p->worker_merging,
-		p->moved, N, p->shared_after);
+		p->moved, N, p->shared_after, p->offlined, PREFORK_OFFLINED, p->swapped, N);
 	return PASS;
 }
 
@@ -1229,7 +1287,7 @@ static enum result run_prefork(struct prefork *p)
  * The prefork server, merged by ksmd and by UPM in the same boot: the master advises after
  * forking its workers, a second instance advises the same contents, the master exits. UPM
  * must reach ksmd's outcome in the advising call: one frame per page for all ten mappings,
- * each still found by rmap walks after the master is gone.
+ * each still found by rmap walks after the master is gone (moved, soft-offlined, swapped).
  */
 static enum result test_prefork_server(void)
 {
@@ -1237,12 +1295,25 @@ static enum result test_prefork_server(void)
 
 	CHECK(p, "shared map");
 	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	CHECK(proc_kb("/proc/meminfo", "SwapTotal") > 0, "swap configured (zram)");
+	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0, "memory controller");
+	rmdir(PREFORK_CG);
+	CHECK(mkdir(PREFORK_CG, 0755) == 0, "cgroup");
+	/* Each history in a child in the cgroup, so that reclaiming it reaches every frame. */
 	for (int i = 0; i < 2; i++) {
+		pid_t child = fork();
+
 		p[i].use_ksmd = i == 0;
-		CHECK(run_prefork(&p[i]) == PASS, "%s history", i ? "UPM" : "ksmd");
+		if (child == 0)
+			_exit(join_cgroup("upm_prefork_test") || run_prefork(&p[i]) != PASS);
+		CHECK(wait_exit(child) == 0, "%s history", i ? "UPM" : "ksmd");
 	}
+	rmdir(PREFORK_CG);
 	CHECK(p[0].frames == N && p[0].moved == N,
 	      "premise: ksmd's outcome is %ld frames, %ld moved", p[0].frames, p[0].moved);
+	CHECK(p[0].offlined == PREFORK_OFFLINED && p[0].swapped >= N / 2,
+	      "premise: ksmd's frames soft-offlined %ld, swapped out of every mapping %ld",
+	      p[0].offlined, p[0].swapped);
 	CHECK(p[1].frames == p[0].frames, "UPM: %ld frames, ksmd %ld", p[1].frames, p[0].frames);
 	CHECK(p[1].worker_merging == p[0].worker_merging,
 	      "worker 0's ksm_merging_pages: UPM %ld, ksmd %ld", p[1].worker_merging,
@@ -1250,6 +1321,10 @@ static enum result test_prefork_server(void)
 	CHECK(p[1].moved == N && p[1].shared_after == N,
 	      "UPM, the master gone: %ld of %d moved, %ld frames (ksmd: %ld moved)", p[1].moved,
 	      N, p[1].shared_after, p[0].moved);
+	CHECK(p[1].offlined == p[0].offlined, "UPM: soft-offlined %ld of %d (ksmd: %ld)",
+	      p[1].offlined, PREFORK_OFFLINED, p[0].offlined);
+	CHECK(p[1].swapped >= N / 2, "UPM: swapped out of every mapping %ld of %d (ksmd: %ld)",
+	      p[1].swapped, N, p[0].swapped);
 	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
 	return PASS;
 }
@@ -1810,13 +1885,6 @@ static enum result test_stale_items_pruned(void)
 
 #define CAP_PAGES 600
 #define MAX_SHARING 256 /* KSM's max_page_sharing */
-
-static int cmp_frames(const void *x, const void *y)
-{
-	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
-
-	return (a > b) - (a < b);
-}
 
 /* How many frames map the CAP_PAGES pages at p, and the most pages one frame maps. */
 static size_t frames_and_most(const char *p, size_t *most)

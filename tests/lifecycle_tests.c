@@ -209,26 +209,11 @@ static const char *const failslab_files[] = {
 	FAILSLAB "cache-filter", FAILSLAB "ignore-gfp-wait", VMA_CACHE "failslab",
 };
 
-static void failslab_save(char saved[][32])
-{
-	for (size_t i = 0; i < ARRAY_SIZE(failslab_files); i++) {
-		FILE *f = fopen(failslab_files[i], "r");
-
-		saved[i][0] = 0;
-		if (f && fgets(saved[i], 32, f))
-			saved[i][strcspn(saved[i], "\n")] = 0;
-		if (f)
-			fclose(f);
-	}
-}
-
 /* Probability first, so that nothing fails while the others go back. */
-static void failslab_restore(char saved[][32])
+static void failslab_restore(char saved[][SETTING_MAX])
 {
 	write_long("/proc/self/make-it-fail", 0);
-	for (size_t i = 0; i < ARRAY_SIZE(failslab_files); i++)
-		if (saved[i][0])
-			write_str(failslab_files[i], saved[i]);
+	restore_settings(failslab_files, ARRAY_SIZE(failslab_files), saved);
 }
 
 /* Index (from 1) of the VMA holding addr among this process's VMAs, and how many there are. */
@@ -339,7 +324,7 @@ static enum result fork_fails_body(char *a, char *b)
 
 static enum result test_fork_fails_after_merge(void)
 {
-	char saved[ARRAY_SIZE(failslab_files)][32];
+	char saved[ARRAY_SIZE(failslab_files)][SETTING_MAX];
 	char *a, *b;
 	enum result r;
 
@@ -347,7 +332,7 @@ static enum result test_fork_fails_after_merge(void)
 		"no failslab with a cache filter");
 	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
 	CHECK(merged_twins(&a, &b, N, 281) == 0, "setup");
-	failslab_save(saved);
+	save_settings(failslab_files, ARRAY_SIZE(failslab_files), saved);
 	r = fork_fails_body(a, b);
 	failslab_restore(saved);
 	return r;
@@ -597,7 +582,7 @@ out:
  */
 static enum result test_fault_injection(void)
 {
-	char saved[ARRAY_SIZE(fail_nth_files)][32];
+	char saved[ARRAY_SIZE(fail_nth_files)][SETTING_MAX];
 	enum result r = PASS;
 	int fd;
 
@@ -606,17 +591,10 @@ static enum result test_fault_injection(void)
 	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
 	fd = open("/proc/thread-self/fail-nth", O_RDWR);
 	CHECK(fd >= 0, "fail-nth");
-	for (size_t i = 0; i < ARRAY_SIZE(fail_nth_files); i++) {
-		FILE *f = fopen(fail_nth_files[i], "r");
-
-		saved[i][0] = 0;
-		if (f && fgets(saved[i], 32, f))
-			saved[i][strcspn(saved[i], "\n")] = 0;
-		if (f)
-			fclose(f);
+	save_settings(fail_nth_files, ARRAY_SIZE(fail_nth_files), saved);
+	for (size_t i = 0; i < ARRAY_SIZE(fail_nth_files); i++)
 		if (write_str(fail_nth_files[i], fail_nth_values[i]))
 			r = FAIL;
-	}
 	for (size_t i = 0; r == PASS && i < ARRAY_SIZE(fi_ops); i++) {
 		long nth, failed_calls = 0, undone_calls = 0;
 		int one = 1;
@@ -634,9 +612,7 @@ static enum result test_fault_injection(void)
 		if (one != 0 || nth < 3 || failed_calls + undone_calls == 0)
 			r = FAIL;
 	}
-	for (size_t i = 0; i < ARRAY_SIZE(fail_nth_files); i++)
-		if (saved[i][0])
-			write_str(fail_nth_files[i], saved[i]);
+	restore_settings(fail_nth_files, ARRAY_SIZE(fail_nth_files), saved);
 	close(fd);
 	CHECK(r == PASS, "see above");
 	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));

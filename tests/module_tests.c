@@ -165,10 +165,14 @@ static enum result test_run_tunable(void)
 	return PASS;
 }
 
-/* ksmd's knobs the kernel's KSM selftests change, saved to be put back as they were. */
+/*
+ * ksmd's knobs the kernel's KSM selftests change, saved to be put back as they were; run last
+ * (merge_across_nodes and max_page_sharing change only while nothing is merged).
+ */
 static const char *const ksm_knobs[] = {
-	"run", "use_zero_pages", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
-	"max_page_sharing",
+	"/sys/kernel/mm/ksm/use_zero_pages",	 "/sys/kernel/mm/ksm/pages_to_scan",
+	"/sys/kernel/mm/ksm/sleep_millisecs",	 "/sys/kernel/mm/ksm/merge_across_nodes",
+	"/sys/kernel/mm/ksm/max_page_sharing", "/sys/kernel/mm/ksm/run",
 };
 
 /*
@@ -184,24 +188,14 @@ static enum result test_ksm_selftests(void)
 		"tests/build/ksm_tests -Z -p 10 -z 1", "tests/build/ksm_tests -N -m 1",
 		"tests/build/ksm_tests -N -m 0",
 	};
-	char saved[ARRAY_SIZE(ksm_knobs)][32], path[96], *a, *b;
+	char saved[ARRAY_SIZE(ksm_knobs)][SETTING_MAX], *a, *b;
 	enum result r = PASS;
 
 	CHECK(access("tests/build/ksm_functional_tests", X_OK) == 0 &&
 	      access("tests/build/ksm_tests", X_OK) == 0, "the selftests were built");
 	CHECK(map_twins(&a, &b, 16, 83) == 0 && advise(a, 16) == 0 && advise(b, 16) == 0 &&
 	      count_pfn_equal(a, b, 16) == 16, "UPM's pair");
-	for (size_t i = 0; i < ARRAY_SIZE(ksm_knobs); i++) {
-		FILE *f;
-
-		snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", ksm_knobs[i]);
-		f = fopen(path, "r");
-		saved[i][0] = 0;
-		if (f && fgets(saved[i], 32, f))
-			saved[i][strcspn(saved[i], "\n")] = 0;
-		if (f)
-			fclose(f);
-	}
+	save_settings(ksm_knobs, ARRAY_SIZE(ksm_knobs), saved);
 	for (size_t i = 0; i < ARRAY_SIZE(runs); i++) {
 		int status = system(runs[i]);
 
@@ -210,13 +204,9 @@ static enum result test_ksm_selftests(void)
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			r = FAIL;
 	}
-	/* Everything ksmd merged unmerged, then every knob as it was, run last. */
+	/* Everything ksmd merged unmerged, then every knob as it was. */
 	write_long("/sys/kernel/mm/ksm/run", 2);
-	for (size_t i = ARRAY_SIZE(ksm_knobs); i-- > 0;) {
-		snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", ksm_knobs[i]);
-		if (saved[i][0])
-			write_str(path, saved[i]);
-	}
+	restore_settings(ksm_knobs, ARRAY_SIZE(ksm_knobs), saved);
 	CHECK(r == PASS, "a KSM selftest failed with the module loaded");
 	CHECK(count_pfn_equal(a, b, 16) == 16 && check_pages(a, 16, 83, 1) < 0 &&
 	      check_pages(b, 16, 83, 1) < 0, "UPM's pair still merged, intact");

@@ -144,19 +144,25 @@ uint64_t pfn_in(pid_t pid, uintptr_t addr, size_t i)
 }
 
 /* The frames of `pages` pages at `addr` in process `pid` (0: not present), in one read. */
-int pfns_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *frames)
+/* Raw pagemap entries of @pages pages of another process from @addr. */
+int pagemap_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *entries)
 {
 	char path[64];
-	ssize_t want = pages * sizeof(*frames), got;
+	ssize_t want = pages * sizeof(*entries), got;
 	int fd;
 
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
 	fd = open(path, O_RDONLY);
 	if (fd < 0)
 		return -1;
-	got = pread(fd, frames, want, (off_t)(addr / page_size * sizeof(*frames)));
+	got = pread(fd, entries, want, (off_t)(addr / page_size * sizeof(*entries)));
 	close(fd);
-	if (got != want)
+	return got == want ? 0 : -1;
+}
+
+int pfns_in(pid_t pid, uintptr_t addr, size_t pages, uint64_t *frames)
+{
+	if (pagemap_in(pid, addr, pages, frames))
 		return -1;
 	for (size_t i = 0; i < pages; i++)
 		frames[i] = frames[i] & PM_PRESENT ? frames[i] & PM_PFN_MASK : 0;
@@ -252,6 +258,28 @@ int write_long(const char *path, long value)
 
 	snprintf(buf, sizeof(buf), "%ld\n", value);
 	return write_str(path, buf);
+}
+
+/* First line of each file, "" where it cannot be read (and is then left alone). */
+void save_settings(const char *const *files, size_t count, char (*saved)[SETTING_MAX])
+{
+	for (size_t i = 0; i < count; i++) {
+		FILE *f = fopen(files[i], "r");
+
+		saved[i][0] = 0;
+		if (f && fgets(saved[i], SETTING_MAX, f))
+			saved[i][strcspn(saved[i], "\n")] = 0;
+		if (f)
+			fclose(f);
+	}
+}
+
+/* Writes each saved setting back, in the list's order. */
+void restore_settings(const char *const *files, size_t count, char (*saved)[SETTING_MAX])
+{
+	for (size_t i = 0; i < count; i++)
+		if (saved[i][0])
+			write_str(files[i], saved[i]);
 }
 
 int set_tunable(const char *name, long value)
