@@ -140,8 +140,9 @@ clippy:
 # 6.12's `make M=... rust-analyzer` looks for rust/Makefile in the module tree, so call the
 # kernel's generator directly, as rust/Makefile does (core edition 2024 for rustc >= 1.87).
 # What an operator installs on a host that runs our kernel: the module (then depmod), upmctl,
-# the preload shim, the systemd unit that applies /etc/upm/upm.conf (kept if it exists) and
-# the modules-load.d entry that loads the module at boot.
+# the preload shim, the modules-load.d entry that loads the module at boot with the options
+# of /etc/modprobe.d/upm.conf (kept if it exists), and the unit that orders the container
+# runtimes and the kubelet after it.
 install: module
 	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
 	$(MAKE) -C userspace/preload
@@ -154,8 +155,8 @@ install: module
 		$(DESTDIR)/usr/lib/modules-load.d/upm.conf
 	install -D -m 644 userspace/oci/upm-hook.json \
 		$(DESTDIR)/usr/share/containers/oci/hooks.d/upm.json
-	test -e $(DESTDIR)/etc/upm/upm.conf || \
-		install -D -m 644 userspace/systemd/upm.conf $(DESTDIR)/etc/upm/upm.conf
+	test -e $(DESTDIR)/etc/modprobe.d/upm.conf || \
+		install -D -m 644 userspace/systemd/modprobe.conf $(DESTDIR)/etc/modprobe.d/upm.conf
 
 rust-analyzer:
 	sysroot=$$(rustc --print sysroot); \

@@ -63,7 +63,7 @@ if (($# == 0)); then
 	root=$(mktemp -d) install_failed=0
 	make -s install DESTDIR="$root" FLAVOUR="$flavour" >"$root.log" 2>&1 ||
 		{ cat "$root.log"; install_failed=1; }
-	for f in usr/bin/upmctl usr/lib/upm/libupm_preload.so etc/upm/upm.conf \
+	for f in usr/bin/upmctl usr/lib/upm/libupm_preload.so etc/modprobe.d/upm.conf \
 		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf \
 		usr/share/containers/oci/hooks.d/upm.json; do
 		[ -s "$root/$f" ] || { echo "    make install: no $f"; install_failed=1; }

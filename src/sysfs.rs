@@ -156,44 +156,59 @@ impl SysfsHandler for Upm {
     }
 
     fn store(&self, index: usize, input: &str) -> Result {
-        match *ALL.get(index).ok_or(EINVAL)? {
-            File::run => store_bool(&TUNABLES.run, input),
-            File::use_zero_pages => store_bool(&TUNABLES.use_zero_pages, input),
-            File::split_thp => store_bool(&TUNABLES.split_thp, input),
-            File::fresh_frame => store_bool(&TUNABLES.fresh_frame, input),
-            File::sweep_millisecs => {
-                let ms: u32 = input.parse().map_err(|_| EINVAL)?;
-                // The sweep re-arms itself with this period: keep it sane.
-                if !(10..=60_000).contains(&ms) {
-                    return Err(EINVAL);
-                }
-                TUNABLES.sweep_millisecs.store(ms, Ordering::Relaxed);
-                Ok(())
+        store_tunable(*ALL.get(index).ok_or(EINVAL)?, input)
+    }
+}
+
+/// Sets the tunable `name` (a file that root writes) from its text: a module parameter given
+/// at load time, checked as a write to its file is.
+pub(crate) fn set_tunable(name: &str, input: &str) -> Result {
+    let index = FILES
+        .iter()
+        .position(|f| f.access == Access::ReadWrite && f.name.to_str() == Ok(name))
+        .ok_or(EINVAL)?;
+    store_tunable(ALL[index], input)
+}
+
+/// Stores a tunable from the text written to its file; counters cannot be written.
+fn store_tunable(file: File, input: &str) -> Result {
+    match file {
+        File::run => store_bool(&TUNABLES.run, input),
+        File::use_zero_pages => store_bool(&TUNABLES.use_zero_pages, input),
+        File::split_thp => store_bool(&TUNABLES.split_thp, input),
+        File::fresh_frame => store_bool(&TUNABLES.fresh_frame, input),
+        File::sweep_millisecs => {
+            let ms: u32 = input.parse().map_err(|_| EINVAL)?;
+            // The sweep re-arms itself with this period: keep it sane.
+            if !(10..=60_000).contains(&ms) {
+                return Err(EINVAL);
             }
-            // Takes effect for the next advice. Entries and merged pages of the old policy keep
-            // their domain tags, which no tag of the new policy equals: nothing merges across
-            // the old boundaries, and they age out as their pages change or go.
-            File::domain_policy => {
-                let policy = DOMAIN_POLICIES
-                    .iter()
-                    .position(|(name, _)| *name == input)
-                    .ok_or(EINVAL)?;
-                TUNABLES
-                    .domain_policy
-                    .store(policy as u32, Ordering::Relaxed);
-                Ok(())
-            }
-            File::domain_cgroup_level => {
-                let level: u32 = input.parse().map_err(|_| EINVAL)?;
-                // cgroup v2 nests at most a few hundred levels deep in practice.
-                if level > 255 {
-                    return Err(EINVAL);
-                }
-                TUNABLES.domain_cgroup_level.store(level, Ordering::Relaxed);
-                Ok(())
-            }
-            _ => Err(EPERM),
+            TUNABLES.sweep_millisecs.store(ms, Ordering::Relaxed);
+            Ok(())
         }
+        // Takes effect for the next advice. Entries and merged pages of the old policy keep
+        // their domain tags, which no tag of the new policy equals: nothing merges across
+        // the old boundaries, and they age out as their pages change or go.
+        File::domain_policy => {
+            let policy = DOMAIN_POLICIES
+                .iter()
+                .position(|(name, _)| *name == input)
+                .ok_or(EINVAL)?;
+            TUNABLES
+                .domain_policy
+                .store(policy as u32, Ordering::Relaxed);
+            Ok(())
+        }
+        File::domain_cgroup_level => {
+            let level: u32 = input.parse().map_err(|_| EINVAL)?;
+            // cgroup v2 nests at most a few hundred levels deep in practice.
+            if level > 255 {
+                return Err(EINVAL);
+            }
+            TUNABLES.domain_cgroup_level.store(level, Ordering::Relaxed);
+            Ok(())
+        }
+        _ => Err(EPERM),
     }
 }
 

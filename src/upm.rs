@@ -19,6 +19,7 @@ use kernel::{c_str, prelude::*, sync::Arc};
 
 mod ffi;
 mod merge;
+mod params;
 mod stats;
 mod sysfs;
 mod tree;

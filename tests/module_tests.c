@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The module's own lifecycle: the run tunable, madvise without the module, unloading with
- * merged pages, and unloading while other threads advise; and the kernel's own KSM
+ * The module's own lifecycle: the run tunable, parameters at load time, madvise without the
+ * module, unloading with merged pages, and unloading while other threads advise; and the
+ * kernel's own KSM
  * selftests with the module loaded. Run by upm_tests (runner.c).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,6 +38,118 @@ static enum result test_no_module_einval(void)
 	CHECK(advise(a, 2) == 0, "module back: works");
 	CHECK(pfn_of(a) == pfn_of(a + page_size), "merged");
 	return PASS;
+}
+
+/* Loads the module with @args as its parameters: 0, or -1 with errno set. */
+static int load_with(const char *args)
+{
+	const char *path = getenv("UPM_MODULE");
+	int fd, ret, err;
+
+	if (!path)
+		return errno = ENOENT, -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ret = syscall(SYS_finit_module, fd, args, 0);
+	err = errno;
+	close(fd);
+	errno = err;
+	return ret;
+}
+
+/* Whether the domain_policy file marks @policy as the current one. */
+static int policy_is(const char *policy)
+{
+	char line[128], want[32];
+	FILE *f = fopen(UPM_SYSFS_DIR "/domain_policy", "r");
+	int found;
+
+	if (!f)
+		return 0;
+	snprintf(want, sizeof(want), "[%s]", policy);
+	found = fgets(line, sizeof(line), f) && strstr(line, want);
+	fclose(f);
+	return found;
+}
+
+/* Every tunable and its value, as given at load time and read back from sysfs. */
+static const struct {
+	const char *name;
+	long value;
+} load_params[] = {
+	{ "run", 0 },	      { "use_zero_pages", 0 },	    { "split_thp", 0 },
+	{ "fresh_frame", 1 }, { "sweep_millisecs", 500 }, { "domain_cgroup_level", 3 },
+};
+
+/*
+ * The module starts with the tunables given at load time (modprobe.d's options), so that the
+ * first advice already follows them: no window between the load and a write to sysfs. A value
+ * sysfs refuses fails the load with EINVAL and leaves no module behind.
+ */
+static enum result test_module_parameters(void)
+{
+	static const char *const refused[] = {
+		"domain_policy=bogus",	    "sweep_millisecs=5", "run=2",
+		"domain_cgroup_level=256", "run",		 "split_thp=yes",
+	};
+	char args[256] = "domain_policy=cgroup";
+	enum result r = PASS;
+	char *a = NULL, *b = NULL;
+
+	for (size_t i = 0; i < ARRAY_SIZE(load_params); i++)
+		snprintf(args + strlen(args), sizeof(args) - strlen(args), " %s=%ld",
+			 load_params[i].name, load_params[i].value);
+	CHECK(module_unload() == 0, "rmmod");
+	if (load_with(args)) {
+		fprintf(stderr, "    insmod upm.ko %s: %s\n", args, strerror(errno));
+		r = FAIL;
+		goto out;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(load_params); i++) {
+		long v = counter(load_params[i].name);
+
+		if (v != load_params[i].value) {
+			fprintf(stderr, "    %s is %ld after loading with %s=%ld\n",
+				load_params[i].name, v, load_params[i].name, load_params[i].value);
+			r = FAIL;
+		}
+	}
+	if (!policy_is("cgroup")) {
+		fprintf(stderr, "    domain_policy is not cgroup after loading with it\n");
+		r = FAIL;
+	}
+	/* run=0 from the first advice: a pair advised at once stays apart. */
+	if (map_twins(&a, &b, 16, 151) || advise(a, 16) || advise(b, 16) ||
+	    count_pfn_equal(a, b, 16) != 0) {
+		fprintf(stderr, "    a pair advised under run=0 shares %zu frames\n",
+			a && b ? count_pfn_equal(a, b, 16) : 0);
+		r = FAIL;
+	}
+	if (module_unload()) {
+		r = FAIL;
+		goto out;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(refused); i++) {
+		errno = 0;
+		if (load_with(refused[i]) == 0 || errno != EINVAL || module_loaded()) {
+			fprintf(stderr, "    insmod upm.ko %s: %s, module %s\n", refused[i],
+				strerror(errno), module_loaded() ? "loaded" : "not loaded");
+			r = FAIL;
+			if (module_loaded())
+				module_unload();
+		}
+	}
+out:
+	/* As it was: loaded with the defaults. */
+	if (!module_loaded())
+		CHECK(module_load() == 0, "insmod");
+	CHECK(counter("run") == 1 && policy_is("uid"), "defaults after a load without parameters");
+	if (a)
+		munmap(a, 16 * page_size);
+	if (b)
+		munmap(b, 16 * page_size);
+	return r;
 }
 
 static enum result test_rmmod_keeps_contents(void)
@@ -218,6 +334,8 @@ static enum result test_ksm_selftests(void)
 const struct test module_tests[] = {
 	{ "run_tunable", test_run_tunable, "run=0 accepts and merges nothing" },
 	{ "no_module_einval", test_no_module_einval, "EINVAL without the module" },
+	{ "module_parameters", test_module_parameters,
+	  "tunables given at load time apply from the first advice; refused ones fail the load" },
 	{ "rmmod_keeps_contents", test_rmmod_keeps_contents, "rmmod/insmod with merged pages" },
 	{ "rmmod_during_madvise", test_rmmod_during_madvise, "unload races with madvise" },
 	{ "ksm_selftests", test_ksm_selftests,

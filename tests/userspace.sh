@@ -308,6 +308,18 @@ no_module() {
 		grep -Eq '^upm_preload: pid [0-9]+ \(sh\): UPM not available' <<<"$shim"
 }
 check upmctl_module_not_loaded no_module
+modprobe_options() {
+	# The shipped /etc/modprobe.d/upm.conf, its option lines uncommented, loads the module
+	# (modprobe passes them to it as parameters), and upm.service's check says it is loaded.
+	local opts
+	opts=$(sed -n 's/^#options upm //p' userspace/systemd/modprobe.conf | tr '\n' ' ')
+	[ -n "$opts" ] && rmmod upm || return 1
+	# shellcheck disable=SC2086 # one word per option
+	insmod "$UPM_MODULE" $opts || { insmod "$UPM_MODULE"; return 1; }
+	$upmctl status >/dev/null && [ "$(cat /sys/kernel/mm/upm/sweep_millisecs)" = 1000 ] &&
+		grep -q '\[uid\]' /sys/kernel/mm/upm/domain_policy
+}
+check modprobe_options modprobe_options
 check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py
 
 # The module's cumulative counters, one "name=value" per line.

@@ -12,6 +12,7 @@
 //! | [`mm`] | `rust/kernel/mm.rs` (6.16) | [`mm::Mm`], [`mm::MmWithUser`], [`mm::MmWithUserAsync`], [`mm::MmapReadGuard`] |
 //! | [`mm::virt`] | `rust/kernel/mm/virt.rs` (6.16) | [`mm::virt::VmaRef`] |
 //! | [`page`] | none (`Page` owns an allocation) | [`page::UserPage`], a referenced page of a user mapping |
+//! | [`param`] | `rust/kernel/module_param.rs` (6.17) | [`param::module_params!`], load-time parameters handled by one [`param::ParamHandler`]; `modinfo` strings |
 //! | [`task`] | `rust/kernel/task.rs` | `cond_resched()`, `fatal_signal_pending()` |
 //! | [`workqueue`] | `DelayedWork` (6.17) | [`workqueue::Periodic`], a self-rearming delayed work |
 //! | [`sysfs`] | none | [`sysfs::SysfsDir`], a directory of attributes under `/sys/kernel/mm/` |
@@ -21,6 +22,7 @@
 
 pub(crate) mod mm;
 pub(crate) mod page;
+pub(crate) mod param;
 pub(crate) mod sysfs;
 pub(crate) mod task;
 pub(crate) mod upm_ops;
