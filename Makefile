@@ -139,15 +139,19 @@ clippy:
 
 # 6.12's `make M=... rust-analyzer` looks for rust/Makefile in the module tree, so call the
 # kernel's generator directly, as rust/Makefile does (core edition 2024 for rustc >= 1.87).
-# What an operator installs on a host that runs our kernel: the module (then depmod), upmctl,
-# the preload shim, the modules-load.d entry that loads the module at boot with the options
-# of /etc/modprobe.d/upm.conf (kept if it exists), and the unit that orders the container
-# runtimes and the kubelet after it.
+# What an operator installs on a host that runs our kernel: the module (then depmod), upmctl
+# (with its manual page and bash completion), the preload shim, the modules-load.d entry
+# that loads the module at boot with the options of /etc/modprobe.d/upm.conf (kept if it
+# exists), and the unit that orders the container runtimes and the kubelet after it.
 install: module
 	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
 	$(MAKE) -C userspace/preload
 	$(KMAKE) INSTALL_MOD_PATH=$(abspath $(DESTDIR)/) INSTALL_MOD_DIR=extra modules_install
 	install -D -m 755 userspace/upm/target/release/upmctl $(DESTDIR)/usr/bin/upmctl
+	install -d $(DESTDIR)/usr/share/man/man1 $(DESTDIR)/usr/share/bash-completion/completions
+	userspace/upm/target/release/upmctl manpage >$(DESTDIR)/usr/share/man/man1/upmctl.1
+	userspace/upm/target/release/upmctl completions bash \
+		>$(DESTDIR)/usr/share/bash-completion/completions/upmctl
 	install -D -m 644 userspace/preload/build/libupm_preload.so \
 		$(DESTDIR)/usr/lib/upm/libupm_preload.so
 	install -D -m 644 userspace/systemd/upm.service $(DESTDIR)/usr/lib/systemd/system/upm.service

@@ -65,7 +65,8 @@ if (($# == 0)); then
 		{ cat "$root.log"; install_failed=1; }
 	for f in usr/bin/upmctl usr/lib/upm/libupm_preload.so etc/modprobe.d/upm.conf \
 		usr/lib/systemd/system/upm.service usr/lib/modules-load.d/upm.conf \
-		usr/share/containers/oci/hooks.d/upm.json; do
+		usr/share/containers/oci/hooks.d/upm.json usr/share/man/man1/upmctl.1 \
+		usr/share/bash-completion/completions/upmctl; do
 		[ -s "$root/$f" ] || { echo "    make install: no $f"; install_failed=1; }
 	done
 	find "$root/lib/modules" -path '*/extra/*' -name upm.ko | grep -q . ||

@@ -103,6 +103,9 @@ enum Command {
         /// Wait this many seconds first (a function's cold start).
         #[arg(long, default_value_t = 0)]
         delay: u64,
+        /// The container this advice is for (set by `hook`): the outcome also goes to syslog.
+        #[arg(long, hide = true)]
+        container: Option<String>,
     },
     /// Give a process's merged pages private copies again.
     Unmerge {
@@ -120,8 +123,8 @@ enum Command {
         #[arg(value_parser = parse_setting)]
         setting: (String, String),
     },
-    /// Set the tunables a file lists, one KEY=VALUE per line, # comments (the systemd unit
-    /// runs this with /etc/upm/upm.conf once the module is loaded).
+    /// Set the tunables a file lists, one KEY=VALUE per line, # comments (the values the
+    /// module starts with are its parameters: /etc/modprobe.d/upm.conf).
     ApplyConfig {
         /// The tunables file.
         file: PathBuf,
@@ -136,11 +139,20 @@ enum Command {
     /// OCI poststart hook (runc, crun; CRI-O and Podman through hooks.d): reads the container
     /// state on stdin and, if the container is annotated io.upm.merge=true, advises every
     /// process of its cgroup. With a delay it returns at once and a detached upmctl advises
-    /// once the delay has passed.
+    /// once the delay has passed. Every decision and outcome goes to syslog (the journal),
+    /// with the container's id.
     Hook {
         /// Seconds to wait before advising; the annotation io.upm.delay overrides it.
         #[arg(long, default_value_t = 0)]
         delay: u64,
+        /// The longest delay an annotation may ask for: more is cut to this.
+        #[arg(long, default_value_t = 300)]
+        max_delay: u64,
+        /// Advise only pods of these Kubernetes namespaces (comma-separated; the pod's
+        /// io.kubernetes.pod.namespace or io.kubernetes.cri.sandbox-namespace annotation).
+        /// The host's hooks.d file sets it, so a tenant's annotation alone is not enough.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Option<Vec<String>>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -296,6 +308,16 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// `advise --container ID`: advises as `advise` does and reports the outcome to syslog too.
+fn advise_container(id: &str, target: Target, delay: u64) -> Result<(), Error> {
+    let outcome = advise(target, None, delay, Advice::Merge);
+    match &outcome {
+        Ok(()) => syslog(libc::LOG_INFO, &format!("container {id}: advised")),
+        Err(e) => syslog(libc::LOG_ERR, &format!("container {id}: not advised: {e}")),
+    }
+    outcome
+}
+
 fn advise(
     target: Target,
     range: Option<Range<usize>>,
@@ -385,14 +407,48 @@ fn domains(json: bool) -> Result<(), Error> {
 const MERGE_ANNOTATION: &str = "io.upm.merge";
 /// The annotation that sets the hook's delay, in seconds.
 const DELAY_ANNOTATION: &str = "io.upm.delay";
+/// The annotations that name a container's Kubernetes namespace (CRI-O's, containerd's).
+const NAMESPACE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.cri.sandbox-namespace",
+];
+
+/// What the host allows the hook to do (its hooks.d arguments), whatever a container asks.
+struct HookPolicy {
+    default_delay: u64,
+    max_delay: u64,
+    namespaces: Option<Vec<String>>,
+}
+
+/// What the hook does with one container.
+#[derive(Debug, PartialEq)]
+enum HookPlan {
+    /// Not annotated io.upm.merge=true: left alone.
+    NotAnnotated,
+    /// Annotated, in a namespace the host does not allow (None: the container has none).
+    NamespaceNotAllowed(Option<String>),
+    /// Advise the container's processes after `delay` seconds; `asked` is the annotation's
+    /// delay when it was cut to the maximum.
+    Advise {
+        pid: i32,
+        delay: u64,
+        asked: Option<u64>,
+    },
+}
 
 /// What the hook needs from the OCI container state: whether to advise, which cgroup, when.
-fn hook_plan(state: &str, default_delay: u64) -> Result<Option<(i32, u64)>, Error> {
-    let state: serde_json::Value = serde_json::from_str(state)
-        .map_err(|e| Error::InvalidInput(format!("container state: {e}")))?;
+fn hook_plan(state: &serde_json::Value, policy: &HookPolicy) -> Result<HookPlan, Error> {
     let annotations = &state["annotations"];
     if annotations[MERGE_ANNOTATION].as_str() != Some("true") {
-        return Ok(None);
+        return Ok(HookPlan::NotAnnotated);
+    }
+    if let Some(allowed) = &policy.namespaces {
+        let namespace = NAMESPACE_ANNOTATIONS
+            .iter()
+            .find_map(|a| annotations[*a].as_str());
+        if !namespace.is_some_and(|ns| allowed.iter().any(|a| a == ns)) {
+            return Ok(HookPlan::NamespaceNotAllowed(namespace.map(String::from)));
+        }
     }
     let pid = state["pid"]
         .as_i64()
@@ -403,18 +459,62 @@ fn hook_plan(state: &str, default_delay: u64) -> Result<Option<(i32, u64)>, Erro
         Some(delay) => delay
             .parse()
             .map_err(|_| Error::InvalidInput(format!("{DELAY_ANNOTATION}={delay}")))?,
-        None => default_delay,
+        None => policy.default_delay,
     };
-    Ok(Some((pid, delay)))
+    Ok(HookPlan::Advise {
+        pid,
+        delay: delay.min(policy.max_delay),
+        asked: (delay > policy.max_delay).then_some(delay),
+    })
 }
 
-fn hook(default_delay: u64) -> Result<(), Error> {
+/// A line in syslog (the journal where systemd runs), as `upmctl[PID]`.
+fn syslog(priority: libc::c_int, message: &str) {
+    let Ok(message) = std::ffi::CString::new(message) else {
+        return;
+    };
+    // SAFETY: Both strings are NUL-terminated and outlive the calls; "%s" takes one string.
+    unsafe {
+        libc::openlog(c"upmctl".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        libc::syslog(priority, c"%s".as_ptr(), message.as_ptr());
+    }
+}
+
+fn hook(policy: &HookPolicy) -> Result<(), Error> {
     let mut state = String::new();
     std::io::stdin()
         .read_to_string(&mut state)
         .map_err(Error::Os)?;
-    let Some((pid, delay)) = hook_plan(&state, default_delay)? else {
-        return Ok(());
+    let state: serde_json::Value = serde_json::from_str(&state)
+        .map_err(|e| Error::InvalidInput(format!("container state: {e}")))?;
+    let id = state["id"].as_str().unwrap_or("(no id)").to_string();
+    let outcome = hook_container(&id, &state, policy);
+    if let Err(e) = &outcome {
+        syslog(libc::LOG_ERR, &format!("container {id}: not advised: {e}"));
+    }
+    outcome
+}
+
+fn hook_container(id: &str, state: &serde_json::Value, policy: &HookPolicy) -> Result<(), Error> {
+    let (pid, delay) = match hook_plan(state, policy)? {
+        HookPlan::NotAnnotated => return Ok(()),
+        HookPlan::NamespaceNotAllowed(namespace) => {
+            let namespace = namespace.as_deref().unwrap_or("(none)");
+            syslog(
+                libc::LOG_NOTICE,
+                &format!("container {id}: not advised: namespace {namespace} not allowed"),
+            );
+            return Ok(());
+        }
+        HookPlan::Advise { pid, delay, asked } => {
+            if let Some(asked) = asked {
+                syslog(
+                    libc::LOG_NOTICE,
+                    &format!("container {id}: {DELAY_ANNOTATION}={asked} cut to {delay} s"),
+                );
+            }
+            (pid, delay)
+        }
     };
     let cgroup = upm::cgroup_of(pid)?;
     if cgroup == upm::cgroup_root()? {
@@ -424,21 +524,31 @@ fn hook(default_delay: u64) -> Result<(), Error> {
         )));
     }
     if delay == 0 {
-        return advise(Target::cgroup(cgroup), None, 0, Advice::Merge);
+        return advise_container(id, Target::cgroup(cgroup), 0);
     }
-    // The runtime waits for its hooks (and for their output pipes): detach, silent.
+    // The runtime waits for its hooks (and for their output pipes): detach; the detached
+    // upmctl reports to syslog, and lives at most the delay plus the advice.
     std::process::Command::new(std::env::current_exe().map_err(Error::Os)?)
         .arg("advise")
         .arg("--cgroup")
         .arg(&cgroup)
         .arg("--delay")
         .arg(delay.to_string())
+        .arg("--container")
+        .arg(id)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .map_err(Error::Os)?;
+    syslog(
+        libc::LOG_INFO,
+        &format!(
+            "container {id}: advising cgroup {} in {delay} s",
+            cgroup.display()
+        ),
+    );
     Ok(())
 }
 
@@ -451,15 +561,30 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Watch { interval, count } => watch(interval, count),
         Command::Advise {
             target,
+            range: _,
+            delay,
+            container: Some(id),
+        } => advise_container(&id, target, delay),
+        Command::Advise {
+            target,
             range,
             delay,
+            container: None,
         } => advise(target, range, delay, Advice::Merge),
         Command::Unmerge {
             target,
             range,
             delay,
         } => advise(target, range, delay, Advice::Unmerge),
-        Command::Hook { delay } => hook(delay),
+        Command::Hook {
+            delay,
+            max_delay,
+            namespaces,
+        } => hook(&HookPolicy {
+            default_delay: delay,
+            max_delay,
+            namespaces,
+        }),
         Command::Show { pid, json } => show(pid, json),
         Command::Domains { json } => domains(json),
         Command::Set {
@@ -537,32 +662,88 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    fn plan(state: &str, policy: &HookPolicy) -> Result<HookPlan, Error> {
+        hook_plan(&serde_json::from_str(state).unwrap(), policy)
+    }
+
+    const POLICY: HookPolicy = HookPolicy {
+        default_delay: 5,
+        max_delay: 300,
+        namespaces: None,
+    };
+
     #[test]
     fn hook_leaves_containers_without_the_annotation_alone() {
         let state = r#"{"ociVersion": "1.0.2", "id": "c", "status": "running", "pid": 42}"#;
-        assert!(matches!(hook_plan(state, 5), Ok(None)));
+        assert_eq!(plan(state, &POLICY).unwrap(), HookPlan::NotAnnotated);
         let off = r#"{"pid": 42, "annotations": {"io.upm.merge": "false"}}"#;
-        assert!(matches!(hook_plan(off, 5), Ok(None)));
+        assert_eq!(plan(off, &POLICY).unwrap(), HookPlan::NotAnnotated);
     }
 
     #[test]
     fn hook_takes_pid_and_delay() {
         let on = r#"{"pid": 42, "annotations": {"io.upm.merge": "true"}}"#;
-        assert!(matches!(hook_plan(on, 5), Ok(Some((42, 5)))));
+        let advise = |delay, asked| HookPlan::Advise {
+            pid: 42,
+            delay,
+            asked,
+        };
+        assert_eq!(plan(on, &POLICY).unwrap(), advise(5, None));
         let delayed =
             r#"{"pid": 42, "annotations": {"io.upm.merge": "true", "io.upm.delay": "9"}}"#;
-        assert!(matches!(hook_plan(delayed, 5), Ok(Some((42, 9)))));
+        assert_eq!(plan(delayed, &POLICY).unwrap(), advise(9, None));
+    }
+
+    #[test]
+    fn hook_cuts_a_tenant_delay_to_the_host_maximum() {
+        let long = r#"{"pid": 42, "annotations": {"io.upm.merge": "true",
+            "io.upm.delay": "99999999999"}}"#;
+        assert_eq!(
+            plan(long, &POLICY).unwrap(),
+            HookPlan::Advise {
+                pid: 42,
+                delay: 300,
+                asked: Some(99999999999)
+            }
+        );
+    }
+
+    #[test]
+    fn hook_advises_only_namespaces_the_host_allows() {
+        let policy = HookPolicy {
+            namespaces: Some(vec!["fn-a".into(), "fn-b".into()]),
+            ..POLICY
+        };
+        let pod = |annotation: &str, ns: &str| {
+            format!(
+                r#"{{"pid": 42, "annotations": {{"io.upm.merge": "true", "{annotation}": "{ns}"}}}}"#
+            )
+        };
+        for annotation in NAMESPACE_ANNOTATIONS {
+            assert!(matches!(
+                plan(&pod(annotation, "fn-b"), &policy).unwrap(),
+                HookPlan::Advise { pid: 42, .. }
+            ));
+            assert_eq!(
+                plan(&pod(annotation, "tenant-x"), &policy).unwrap(),
+                HookPlan::NamespaceNotAllowed(Some("tenant-x".into()))
+            );
+        }
+        let no_namespace = r#"{"pid": 42, "annotations": {"io.upm.merge": "true"}}"#;
+        assert_eq!(
+            plan(no_namespace, &policy).unwrap(),
+            HookPlan::NamespaceNotAllowed(None)
+        );
     }
 
     #[test]
     fn hook_refuses_bad_state() {
         for state in [
-            "not json",
             r#"{"annotations": {"io.upm.merge": "true"}}"#,
             r#"{"pid": 0, "annotations": {"io.upm.merge": "true"}}"#,
             r#"{"pid": 42, "annotations": {"io.upm.merge": "true", "io.upm.delay": "soon"}}"#,
         ] {
-            let plan = hook_plan(state, 0);
+            let plan = plan(state, &POLICY);
             assert!(matches!(plan, Err(Error::InvalidInput(_))), "{state}");
         }
     }
