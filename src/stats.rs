@@ -49,8 +49,13 @@ pub(crate) enum Skip {
     Pinned,
     /// Page lock contended.
     Busy,
-    /// Unmapped or changed under us, or not an anonymous page.
+    /// Unmapped or changed under us, or not an anonymous page. Keep it last.
     Other,
+}
+
+impl Skip {
+    /// How many reasons there are, one counter each in [`Stats`]: `Other` stays the last.
+    const COUNT: usize = Skip::Other as usize + 1;
 }
 
 /// Cumulative counters, all monotonic.
@@ -66,7 +71,7 @@ pub(crate) struct Stats {
     /// Pages that were a KSM page or the zero page already.
     pub(crate) pages_already_merged: Counter,
     /// Pages skipped, by reason (indexed by `Skip`).
-    skipped: [Counter; 6],
+    skipped: [Counter; Skip::COUNT],
     /// Candidates whose hash matched but whose contents differed.
     pub(crate) hash_collisions: Counter,
     /// MADV_UPM_MERGEABLE calls.
@@ -87,7 +92,7 @@ impl Stats {
             pages_promoted: Counter::new(),
             pages_zero_merged: Counter::new(),
             pages_already_merged: Counter::new(),
-            skipped: [const { Counter::new() }; 6],
+            skipped: [const { Counter::new() }; Skip::COUNT],
             hash_collisions: Counter::new(),
             madvise_calls: Counter::new(),
             unmerge_calls: Counter::new(),

@@ -10,7 +10,9 @@
 
 use super::page::PAGE_SIZE;
 use core::ptr::{self, NonNull};
-use kernel::{bindings, ffi::c_char, prelude::*, str::CStr, sync::Arc, types::Opaque};
+use kernel::{
+    bindings, error::to_result, ffi::c_char, prelude::*, str::CStr, sync::Arc, types::Opaque,
+};
 
 /// The handler of a sysfs directory's files.
 pub(crate) trait SysfsHandler: Send + Sync {
@@ -148,12 +150,12 @@ impl<T: SysfsHandler> SysfsDir<T> {
         let kobj = NonNull::new(kobj).ok_or(ENOMEM)?;
         // SAFETY: `kobj` is live; `group` and the attributes it points to live until `drop`,
         // which removes the files before freeing them.
-        let ret = unsafe { bindings::sysfs_create_group(kobj.as_ptr(), &*group) };
-        if ret != 0 {
+        let created = to_result(unsafe { bindings::sysfs_create_group(kobj.as_ptr(), &*group) });
+        if created.is_err() {
             // SAFETY: Drops the reference `kobject_create_and_add()` returned.
             unsafe { bindings::kobject_put(kobj.as_ptr()) };
-            return Err(Error::from_errno(ret));
         }
+        created?;
         // INVARIANT: Created above with the files of `attrs`.
         Ok(Self {
             kobj,

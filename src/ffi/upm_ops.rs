@@ -16,6 +16,7 @@ use super::{
 use core::{mem::offset_of, ptr::NonNull};
 use kernel::{
     bindings,
+    error::to_result,
     ffi::{c_int, c_ulong},
     prelude::*,
     sync::Arc,
@@ -47,12 +48,8 @@ pub(crate) fn mm_domain(mm: &MmWithUser, policy: DomainPolicy, cgroup_level: u32
     let mut id = 0;
     let level = c_int::try_from(cgroup_level).unwrap_or(c_int::MAX);
     // SAFETY: `mm` has users by its type; `id` is a valid place for the result.
-    let ret = unsafe { bindings::upm_mm_domain(mm.as_raw(), policy as u32, level, &mut id) };
-    if ret == 0 {
-        Ok(id)
-    } else {
-        Err(Error::from_errno(ret))
-    }
+    to_result(unsafe { bindings::upm_mm_domain(mm.as_raw(), policy as u32, level, &mut id) })?;
+    Ok(id)
 }
 
 /// Flushes the LRU batches of every CPU (`upm_drain_lru()`): only after a primitive said
@@ -226,14 +223,6 @@ fn merge_result(ret: c_int) -> Result<(), MergeError> {
     }
 }
 
-fn errno_result(ret: c_int) -> Result {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(Error::from_errno(ret))
-    }
-}
-
 /// Whether `addr` is a page-aligned address inside `vma`.
 pub(crate) fn vma_contains(vma: &VmaRef, addr: usize) -> bool {
     addr % PAGE_SIZE == 0 && vma.start() <= addr && addr < vma.end()
@@ -244,7 +233,7 @@ pub(crate) fn vma_contains(vma: &VmaRef, addr: usize) -> bool {
 pub(crate) fn unmerge_range(vma: &VmaRef, start: usize, end: usize) -> Result {
     // SAFETY: The VMA is valid and its mm's `mmap_lock` held by `VmaRef`'s invariants; the C
     // function checks that `start..end` lies inside the VMA.
-    errno_result(unsafe {
+    to_result(unsafe {
         bindings::upm_unmerge_range(vma.as_ptr(), start as c_ulong, end as c_ulong)
     })
 }
@@ -318,7 +307,7 @@ impl MergeableVma {
             return Err(EINVAL);
         }
         // SAFETY: The VMA is valid, locked and mergeable; `addr` is inside it (checked above).
-        errno_result(unsafe { bindings::upm_split_large_page(self.as_ptr(), addr as c_ulong) })
+        to_result(unsafe { bindings::upm_split_large_page(self.as_ptr(), addr as c_ulong) })
     }
 
     /// Write-protects `page` (mapped here) and `twin` (mapped in `twin_vma`, of this mm or of
@@ -423,10 +412,7 @@ impl<T: AdviseHandler> Provider<T> {
             GFP_KERNEL,
         )?;
         // SAFETY: `ops` is pinned and lives until `drop`, which unregisters it first.
-        let ret = unsafe { bindings::upm_register_ops(&ops.ops) };
-        if ret != 0 {
-            return Err(Error::from_errno(ret));
-        }
+        to_result(unsafe { bindings::upm_register_ops(&ops.ops) })?;
         // INVARIANT: Registered above.
         Ok(Self { ops })
     }
