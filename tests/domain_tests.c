@@ -39,6 +39,10 @@ struct spec {
 	const char *cgroup;	/* below CG_ROOT, or NULL */
 	uint64_t seed;		/* contents */
 	int no_advise;		/* only map and fill: someone else advises */
+	/* Once advised, the member leaves its domain this way (its candidates stay behind). */
+	uid_t uid_after;
+	int userns_after;
+	const char *cgroup_after;
 };
 
 struct member {
@@ -75,6 +79,13 @@ static void member_main(const struct spec *s, int report_fd)
 		if (!s->no_advise && advise(p, DN))
 			r.err = 14;
 	}
+	if (!r.err && s->uid_after && setresuid(s->uid_after, s->uid_after, s->uid_after))
+		r.err = 15;
+	if (!r.err && s->userns_after && unshare(CLONE_NEWUSER))
+		r.err = 16;
+	if (!r.err && s->cgroup_after && join_cgroup(s->cgroup_after))
+		r.err = 17;
+	prctl(PR_SET_DUMPABLE, 1);
 	r.addr = (uintptr_t)p;
 	for (size_t i = 0; !r.err && i < DN; i++)
 		r.exclusive += !!(pagemap_entry(p + i * page_size) & PM_EXCLUSIVE);
@@ -383,6 +394,154 @@ out:
 }
 
 /*
+ * A process that leaves its domain after advising (setuid, a move to another cgroup, a new
+ * user namespace) leaves its candidates behind in the old domain's index: a twin advised
+ * there must not pair with them, the process belongs to another domain now. A second twin
+ * in the old domain still pairs with the first: the contents merge, only not across.
+ */
+static enum result test_domain_change_after_advise(void)
+{
+	const struct {
+		const char *policy;
+		struct spec leaver, twin;
+	} cases[] = {
+		{ "uid", { .seed = 66, .uid_after = 1001 }, { .seed = 66 } },
+		{ "cgroup",
+		  { .cgroup = "upm_pool/a", .cgroup_after = "upm_other", .seed = 67 },
+		  { .cgroup = "upm_pool/b", .seed = 67 } },
+		{ "userns", { .seed = 68, .userns_after = 1 }, { .seed = 68 } },
+	};
+	enum result r = PASS;
+
+	SKIP_IF(access(CG_ROOT "/cgroup.procs", F_OK), "no cgroup v2 hierarchy");
+	CHECK(make_cgroups() == 0, "mkdir cgroups");
+	CHECK(write_long(LEVEL_FILE, 1) == 0, "cgroup level 1");
+	for (size_t i = 0; r == PASS && i < ARRAY_SIZE(cases); i++) {
+		struct member m[3] = { 0 };
+		size_t across, within;
+
+		if (set_policy(cases[i].policy) || start(&m[0], &cases[i].leaver) ||
+		    start(&m[1], &cases[i].twin) || start(&m[2], &cases[i].twin)) {
+			fprintf(stderr, "    %s: members failed: %d %d %d\n", cases[i].policy,
+				m[0].err, m[1].err, m[2].err);
+			r = FAIL;
+		} else {
+			across = shared(&m[0], &m[1]) + shared(&m[0], &m[2]);
+			within = shared(&m[1], &m[2]);
+			fprintf(stderr, "    %s: the leaver shares %zu frames, the twins %zu of %d\n",
+				cases[i].policy, across, within, DN);
+			if (across || within != DN)
+				r = FAIL;
+		}
+		stop_all(m, 3);
+	}
+	set_policy("uid");
+	remove_cgroups();
+	return r;
+}
+
+/* The owner of uid 1001's pages and its uid-1002 child, stepped through shared memory. */
+struct adopt {
+	volatile uintptr_t pages;
+	volatile pid_t child;
+	volatile int step; /* 1: owner advised; 2: fork!; 3: child is uid 1002; 4: advise!; 5: done */
+	volatile int failed;
+};
+
+static void adopt_wait(struct adopt *a, int step)
+{
+	for (int i = 0; i < 3000 && a->step < step && !a->failed; i++)
+		usleep(10 * 1000);
+}
+
+/* Effective uid 1001 (saved uid 0, so that the child can become 1002). */
+static int adopt_owner(void *arg)
+{
+	struct adopt *a = arg;
+	char *m = map_anon(DN);
+	pid_t child;
+
+	if (!m || setresuid(-1, 1001, 0))
+		return a->failed = 1;
+	fill_pages(m, DN, 69, 1);
+	if (advise(m, DN))
+		return a->failed = 2;
+	a->pages = (uintptr_t)m;
+	a->step = 1;
+	adopt_wait(a, 2);
+	child = fork();
+	if (child == 0) {
+		if (setresuid(1002, 1002, 1002))
+			_exit(a->failed = 3);
+		a->step = 3;
+		adopt_wait(a, 4);
+		if (advise(m, DN))
+			_exit(a->failed = 4);
+		a->step = 5;
+		pause();
+		_exit(0);
+	}
+	a->child = child;
+	pause();
+	return 0;
+}
+
+/*
+ * A reloaded module indexes a merged page again (adopts its node) only when the adviser is in
+ * the node's domain. uid 1001's pages merge; their owner forks a child that becomes uid 1002
+ * and still maps them; after a reload the child advises them: uid 1002's domain must not
+ * adopt the node, or uid 1002's next twin would land on uid 1001's frames.
+ */
+static enum result test_domain_adopt_after_reload(void)
+{
+	struct adopt *a = map_shared(sizeof(*a));
+	struct member twin = { 0 }, other = { 0 };
+	pid_t owner;
+	enum result r = FAIL;
+
+	CHECK(a && policy_is("uid"), "uid policy");
+	owner = spawn(adopt_owner, a);
+	adopt_wait(a, 1);
+	if (a->step < 1 || start(&twin, &(struct spec){ .uid = 1001, .seed = 69 })) {
+		fprintf(stderr, "    the uid-1001 owner or its twin failed: %d\n", a->failed);
+		goto out;
+	}
+	a->step = 2;
+	adopt_wait(a, 3);
+	/* premise: uid 1001's pages merged, and the uid-1002 child maps the same frames */
+	if (a->step < 3 ||
+	    shared(&twin, &(struct member){ .pid = a->child, .addr = a->pages }) != DN) {
+		fprintf(stderr, "    the child does not map uid 1001's merged pages: %d\n",
+			a->failed);
+		goto out;
+	}
+	if (module_unload() || module_load()) {
+		fprintf(stderr, "    reload failed\n");
+		goto out;
+	}
+	a->step = 4;
+	adopt_wait(a, 5);
+	if (a->step < 5 || start(&other, &(struct spec){ .uid = 1002, .seed = 69 })) {
+		fprintf(stderr, "    uid 1002's advice failed: %d\n", a->failed);
+		goto out;
+	}
+	fprintf(stderr, "    after the reload: uid 1002's twin shares %zu of %d frames with uid 1001\n",
+		shared(&other, &twin), DN);
+	if (shared(&other, &twin) == 0)
+		r = PASS;
+out:
+	stop(&twin);
+	stop(&other);
+	if (a->child > 0)
+		kill(a->child, SIGKILL);
+	kill(owner, SIGKILL);
+	waitpid(owner, NULL, 0);
+	if (!module_loaded())
+		CHECK(module_load() == 0, "insmod");
+	return r;
+}
+
+/*
  * A policy change takes effect for the next advice and never merges across the old
  * boundaries: a page merged under uid is no twin for a page advised under global.
  */
@@ -641,6 +800,10 @@ const struct test domain_tests[] = {
 	{ "domain_cgroup", test_domain_cgroup, "cgroup: siblings share at the parent's depth" },
 	{ "domain_process_madvise", test_domain_process_madvise,
 	  "process_madvise advises the target in the target's domain" },
+	{ "domain_change_after_advise", test_domain_change_after_advise,
+	  "a process that leaves its domain after advising never pairs across" },
+	{ "domain_adopt_after_reload", test_domain_adopt_after_reload,
+	  "a reloaded module adopts a merged page only in its node's domain" },
 	{ "domain_policy_change", test_domain_policy_change,
 	  "a policy change never merges across the old domains" },
 	{ "fresh_frame", test_fresh_frame, "fresh_frame=1: merged pages live on a new frame" },
