@@ -57,7 +57,8 @@ check upmctl_apply_config apply_config_ok
 metrics_ok() {
 	# Prometheus text: upm_up 1, cumulative counters typed counter with _total, the skip
 	# counters as one family with a reason label, gauges typed gauge, values as in sysfs,
-	# every sample of a family that has a TYPE line. With --textfile, the same text in the
+	# every sample of a family that has a TYPE line, one per-domain series for each line of
+	# the domains file (root reads it). With --textfile, the same text in the
 	# file (but for the sweep's count, which moves by itself) and no temporary file beside it.
 	local out dir rc moving='^upm_sweep_passes_total '
 	dir=$(mktemp -d)
@@ -71,6 +72,8 @@ metrics_ok() {
 			"$(find /sys/kernel/mm/upm -name 'pages_skipped_*' | wc -l)" ] &&
 		grep -qx "upm_saved_bytes $(($(cat /sys/kernel/mm/upm/pages_sharing) * $(getconf PAGESIZE)))" <<<"$out" &&
 		grep -qx "upm_domain_policy_info{policy=\"$(policy)\"} 1" <<<"$out" &&
+		[ "$(grep -c '^upm_domain_pages_sharing{' <<<"$out")" = \
+			"$(($(wc -l </sys/kernel/mm/upm/domains) - 1))" ] &&
 		[ -z "$(comm -13 <(sed -n 's/^# TYPE \([a-z_]*\) .*/\1/p' <<<"$out" | sort -u) \
 			<(grep -v '^#' <<<"$out" | sed 's/[{ ].*//' | sort -u))" ] &&
 		[ "$(grep -v "$moving" "$dir/upm.prom")" = "$(grep -v "$moving" <<<"$out")" ] &&

@@ -685,6 +685,52 @@ pub fn prometheus_policy(policy: &str) -> String {
     )
 }
 
+/// Per merge domain (root reads them: they name other tenants), to follow
+/// [`prometheus_text()`]: what each domain shares and saves, labelled with the module's name
+/// of the domain and what it resolves to (a cgroup directory, a user name).
+pub fn prometheus_domains(domains: &[Domain]) -> String {
+    // Label values escape backslash, double quote and newline (the text format's rule).
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    type Family = (&'static str, &'static str, fn(&Domain) -> u64);
+    let families: [Family; 3] = [
+        (
+            "upm_domain_pages_sharing",
+            "Mappings that share a merged page, per merge domain",
+            |d| d.pages_sharing,
+        ),
+        (
+            "upm_domain_saved_bytes",
+            "Memory merging saves per merge domain: its pages_sharing times the page size",
+            |d| d.pages_sharing * page_size() as u64,
+        ),
+        (
+            "upm_domain_candidates",
+            "Advised pages waiting for a twin, per merge domain",
+            |d| d.candidates,
+        ),
+    ];
+    let mut out = String::new();
+    if domains.is_empty() {
+        return out;
+    }
+    for (metric, help, value) in families {
+        out += &format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n");
+        for d in domains {
+            out += &format!(
+                "{metric}{{domain=\"{}\",name=\"{}\"}} {}\n",
+                escape(&d.name),
+                escape(d.resolved.as_deref().unwrap_or("")),
+                value(d)
+            );
+        }
+    }
+    out
+}
+
 /// Writes `text` to `path` as node_exporter's textfile collector needs it: whole or not at
 /// all. The text goes to a hidden temporary file in the same directory (the collector reads
 /// only `*.prom`), is synced, then renamed over `path`.
@@ -857,6 +903,33 @@ pub fn scan_pages(pid: i32) -> Result<PageScan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_domains_labels_and_escapes() {
+        let domain = |name: &str, resolved: Option<&str>, sharing| Domain {
+            name: name.into(),
+            resolved: resolved.map(String::from),
+            pages_shared: 1,
+            pages_sharing: sharing,
+            pages_unshared: 0,
+            stable_nodes: 1,
+            candidates: 3,
+        };
+        assert_eq!(prometheus_domains(&[]), "");
+        let text = prometheus_domains(&[
+            domain("cgroup:2:77", Some("/kubepods/a\"b"), 5),
+            domain("uid:0", None, 0),
+        ]);
+        assert!(text.contains("# TYPE upm_domain_pages_sharing gauge\n"));
+        assert!(text.contains(
+            "upm_domain_pages_sharing{domain=\"cgroup:2:77\",name=\"/kubepods/a\\\"b\"} 5\n"
+        ));
+        assert!(text.contains(&format!(
+            "upm_domain_saved_bytes{{domain=\"cgroup:2:77\",name=\"/kubepods/a\\\"b\"}} {}\n",
+            5 * page_size()
+        )));
+        assert!(text.contains("upm_domain_candidates{domain=\"uid:0\",name=\"\"} 3\n"));
+    }
 
     #[test]
     fn config_lines_comments_and_errors() {

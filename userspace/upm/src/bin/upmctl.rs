@@ -605,7 +605,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             // Without the module the text still says so (upm_up 0), and the exit status too.
             let (text, outcome) = match upm::stats().and_then(|s| Ok((s, upm::domain_policy()?))) {
                 Ok((stats, policy)) => (
-                    upm::prometheus_text(&stats) + &upm::prometheus_policy(&policy),
+                    upm::prometheus_text(&stats)
+                        + &upm::prometheus_policy(&policy)
+                        // Per domain only for root, which may read them: nothing otherwise.
+                        + &upm::domains()
+                            .map(|d| upm::prometheus_domains(&d))
+                            .unwrap_or_default(),
                     Ok(()),
                 ),
                 Err(e) => (upm::prometheus_up(false), Err(e)),
