@@ -471,7 +471,8 @@ static int adopt_owner(void *arg)
 	adopt_wait(a, 2);
 	child = fork();
 	if (child == 0) {
-		if (setresuid(1002, 1002, 1002))
+		/* Root again for a moment (the saved uid), then uid 1002 for good. */
+		if (setresuid(-1, 0, -1) || setresuid(1002, 1002, 1002))
 			_exit(a->failed = 3);
 		a->step = 3;
 		adopt_wait(a, 4);
@@ -508,6 +509,8 @@ static enum result test_domain_adopt_after_reload(void)
 	}
 	a->step = 2;
 	adopt_wait(a, 3);
+	for (int i = 0; i < 100 && a->child <= 0; i++)
+		usleep(10 * 1000);
 	/* premise: uid 1001's pages merged, and the uid-1002 child maps the same frames */
 	if (a->step < 3 ||
 	    shared(&twin, &(struct member){ .pid = a->child, .addr = a->pages }) != DN) {
@@ -536,6 +539,9 @@ out:
 		kill(a->child, SIGKILL);
 	kill(owner, SIGKILL);
 	waitpid(owner, NULL, 0);
+	/* Reaped here if it was handed to this process (a subreaper); else init reaps it. */
+	if (a->child > 0)
+		waitpid(a->child, NULL, 0);
 	if (!module_loaded())
 		CHECK(module_load() == 0, "insmod");
 	return r;
