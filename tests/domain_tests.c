@@ -405,11 +405,11 @@ static enum result test_domain_change_after_advise(void)
 		const char *policy;
 		struct spec leaver, twin;
 	} cases[] = {
-		{ "uid", { .seed = 66, .uid_after = 1001 }, { .seed = 66 } },
+		{ "uid", { .seed = 70, .uid_after = 1001 }, { .seed = 70 } },
 		{ "cgroup",
-		  { .cgroup = "upm_pool/a", .cgroup_after = "upm_other", .seed = 67 },
-		  { .cgroup = "upm_pool/b", .seed = 67 } },
-		{ "userns", { .seed = 68, .userns_after = 1 }, { .seed = 68 } },
+		  { .cgroup = "upm_pool/a", .cgroup_after = "upm_other", .seed = 71 },
+		  { .cgroup = "upm_pool/b", .seed = 71 } },
+		{ "userns", { .seed = 72, .userns_after = 1 }, { .seed = 72 } },
 	};
 	enum result r = PASS;
 
@@ -463,7 +463,7 @@ static int adopt_owner(void *arg)
 
 	if (!m || setresuid(-1, 1001, 0))
 		return a->failed = 1;
-	fill_pages(m, DN, 69, 1);
+	fill_pages(m, DN, 73, 1);
 	if (advise(m, DN))
 		return a->failed = 2;
 	a->pages = (uintptr_t)m;
@@ -503,7 +503,7 @@ static enum result test_domain_adopt_after_reload(void)
 	CHECK(a && policy_is("uid"), "uid policy");
 	owner = spawn(adopt_owner, a);
 	adopt_wait(a, 1);
-	if (a->step < 1 || start(&twin, &(struct spec){ .uid = 1001, .seed = 69 })) {
+	if (a->step < 1 || start(&twin, &(struct spec){ .uid = 1001, .seed = 73 })) {
 		fprintf(stderr, "    the uid-1001 owner or its twin failed: %d\n", a->failed);
 		goto out;
 	}
@@ -524,7 +524,7 @@ static enum result test_domain_adopt_after_reload(void)
 	}
 	a->step = 4;
 	adopt_wait(a, 5);
-	if (a->step < 5 || start(&other, &(struct spec){ .uid = 1002, .seed = 69 })) {
+	if (a->step < 5 || start(&other, &(struct spec){ .uid = 1002, .seed = 73 })) {
 		fprintf(stderr, "    uid 1002's advice failed: %d\n", a->failed);
 		goto out;
 	}
