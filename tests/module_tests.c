@@ -2,8 +2,7 @@
 /*
  * The module's own lifecycle: the run tunable, parameters at load time, madvise without the
  * module, unloading with merged pages, and unloading while other threads advise; and the
- * kernel's own KSM
- * selftests with the module loaded. Run by upm_tests (runner.c).
+ * kernel's own KSM selftests with the module loaded. Run by upm_tests (runner.c).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
