@@ -29,7 +29,7 @@ use crate::{
         workqueue::PeriodicHandler,
     },
     stats::{enabled, Skip, STATS, TUNABLES},
-    tree::{mm_id, ContentIndex, Index, Key, Probe},
+    tree::{mm_id, ContentIndex, Index, Key, Probe, MAX_PROBES},
 };
 use core::cell::Cell;
 use kernel::{prelude::*, types::ARef};
@@ -133,6 +133,28 @@ enum TwinAttempt {
     Busy,
     /// The candidate's page is not present (migrating or swapped out).
     NotPresent,
+}
+
+/// What trying one twin from the index came to.
+enum Tried {
+    /// The advised page is merged, into this node.
+    Merged(ARef<UpmNode>),
+    /// The twin was stale and left the index: it cost no try.
+    Dropped,
+    /// Not merged with this twin (it differs, is full, or is the page itself).
+    Kept,
+    /// The twin's mm was busy: it is paired from its side later.
+    TwinBusy,
+    /// The twin's mm was busy: it was handed to the call, which pairs it from its side.
+    HandedToTwin,
+}
+
+/// The page being advised: where it is mapped, and the hash of its contents.
+struct Advised<'a> {
+    vma: &'a MergeableVma,
+    page: &'a UserPage,
+    addr: usize,
+    hash: u64,
 }
 
 /// Why a candidate could not be paired with.
@@ -449,7 +471,7 @@ impl Upm {
         // index may be pairing with one of its pages, and a reference makes its split fail.
         let page = (!large).then_some(page);
         let mut index = self.index.lock();
-        let probes = index.probe(domain, hash);
+        let mut probes = index.probe(domain, hash, 0, MAX_PROBES);
         let page = if large && (hash == self.zero_hash || !probes.is_empty()) {
             // KSM's rule: split a huge page only when one of its pages has a twin.
             vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
@@ -477,85 +499,40 @@ impl Upm {
                 Err(e) => return Err(e),
             }
         }
-        let mut twin_busy = false;
-        let mut handed_to_twin = false;
-        for (i, (key, probe)) in probes.iter().enumerate() {
-            let node = match probe {
-                Probe::Merged(node) => match vma.merge_into(&page, node) {
-                    Ok(()) => node.clone(),
-                    Err(MergeError::Differ) => {
-                        STATS.hash_collisions.inc();
-                        continue;
+        let advised = Advised {
+            vma,
+            page: &page,
+            addr,
+            hash,
+        };
+        let (mut twin_busy, mut handed_to_twin) = (false, false);
+        // Tries left: an entry found stale is dropped and costs none (each is dropped once).
+        let (mut tries, mut wanted) = (MAX_PROBES, MAX_PROBES);
+        loop {
+            for (i, (key, probe)) in probes.iter().enumerate() {
+                match self.try_twin(call, guard, &mut index, &advised, key, probe)? {
+                    Tried::Merged(node) => {
+                        index.forget_candidate(mm, addr);
+                        STATS.pages_merged.inc();
+                        self.absorb(&mut index, call, guard, &probes[i + 1..], &node, addr);
+                        return Ok(());
                     }
-                    Err(MergeError::NodeGone) => {
-                        drop(index.remove(key));
-                        STATS.stable_pages_freed.inc();
-                        continue;
-                    }
-                    // Kept for its sharers' counts, but probed last from now on: this page
-                    // becomes a candidate and the next twin starts a new node with it, as KSM's
-                    // chains do.
-                    Err(MergeError::NodeFull) => {
-                        index.move_to_back(key);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-                Probe::Candidate(twin_mm, twin_addr) => {
-                    if mm_id(twin_mm) == mm_id(mm) && *twin_addr == addr {
-                        // This very page, advised again.
-                        continue;
-                    }
-                    let pair =
-                        self.with_candidate(call, guard, twin_mm, *twin_addr, |twin_vma, twin| {
-                            // The candidate, advised first, keeps its frame: the new page is the
-                            // one replaced.
-                            twin_vma.merge_pair(
-                                twin,
-                                vma,
-                                &page,
-                                domain,
-                                enabled(&TUNABLES.fresh_frame),
-                            )
-                        });
-                    match pair {
-                        Ok(node) => {
-                            // The pair is merged whether or not the index can keep the node.
-                            if let Err(node) = index.promote(key, node.clone()) {
-                                let _ = index.insert_merged(domain, hash, node);
-                            }
-                            STATS.pages_promoted.inc();
-                            node
-                        }
-                        Err(PairError::Busy) => {
-                            if call.stage.get() == Stage::Retry
-                                && call.hand_to_candidate(twin_mm, *twin_addr)
-                            {
-                                handed_to_twin = true;
-                            } else {
-                                twin_busy = true;
-                                call.busy_twin.set(Some(twin_mm.clone()));
-                            }
-                            continue;
-                        }
-                        Err(PairError::Stale) => {
-                            drop(index.remove(key));
-                            continue;
-                        }
-                        Err(PairError::Page(MergeError::Differ)) => {
-                            // One of the two changed since it was hashed.
-                            STATS.hash_collisions.inc();
-                            drop(index.remove(key));
-                            continue;
-                        }
-                        Err(PairError::Page(e)) => return Err(e),
-                    }
+                    Tried::Dropped => continue,
+                    Tried::Kept => {}
+                    Tried::TwinBusy => twin_busy = true,
+                    Tried::HandedToTwin => handed_to_twin = true,
                 }
-            };
-            index.forget_candidate(mm, addr);
-            STATS.pages_merged.inc();
-            self.absorb(&mut index, call, guard, &probes[i + 1..], &node, addr);
-            return Ok(());
+                tries -= 1;
+            }
+            // Entries dropped on the way gave their tries back: look further, behind the last.
+            match probes.last() {
+                Some((last, _)) if tries > 0 && probes.len() == wanted => {
+                    let from = last.2 + 1;
+                    wanted = tries;
+                    probes = index.probe(domain, hash, from, wanted);
+                }
+                _ => break,
+            }
         }
         index
             .insert_candidate(domain, hash, mm, addr)
@@ -566,6 +543,87 @@ impl Upm {
         }
         // Merged or counted when the twin is paired from its side.
         Ok(())
+    }
+
+    /// Tries to merge the advised page with the twin `probe`, found in the index at `key`.
+    fn try_twin(
+        &self,
+        call: &Call<'_>,
+        guard: &MmapReadGuard<'_>,
+        index: &mut Index,
+        advised: &Advised<'_>,
+        key: &Key,
+        probe: &Probe,
+    ) -> Result<Tried, MergeError> {
+        let Advised {
+            vma,
+            page,
+            addr,
+            hash,
+        } = *advised;
+        let (twin_mm, twin_addr) = match probe {
+            Probe::Merged(node) => {
+                return match vma.merge_into(page, node) {
+                    Ok(()) => Ok(Tried::Merged(node.clone())),
+                    Err(MergeError::Differ) => {
+                        STATS.hash_collisions.inc();
+                        Ok(Tried::Kept)
+                    }
+                    Err(MergeError::NodeGone) => {
+                        drop(index.remove(key));
+                        STATS.stable_pages_freed.inc();
+                        Ok(Tried::Dropped)
+                    }
+                    // Kept for its sharers' counts, but probed last from now on: this page
+                    // becomes a candidate and the next twin starts a new node with it, as KSM's
+                    // chains do.
+                    Err(MergeError::NodeFull) => {
+                        index.move_to_back(key);
+                        Ok(Tried::Kept)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            Probe::Candidate(twin_mm, twin_addr) => (twin_mm, *twin_addr),
+        };
+        if mm_id(twin_mm) == mm_id(call.mm) && twin_addr == addr {
+            // This very page, advised again.
+            return Ok(Tried::Kept);
+        }
+        let pair = self.with_candidate(call, guard, twin_mm, twin_addr, |twin_vma, twin| {
+            // The candidate, advised first, keeps its frame: the new page is the one replaced.
+            let fresh_frame = enabled(&TUNABLES.fresh_frame);
+            twin_vma.merge_pair(twin, vma, page, call.domain, fresh_frame)
+        });
+        match pair {
+            Ok(node) => {
+                // The pair is merged whether or not the index can keep the node.
+                if let Err(node) = index.promote(key, node.clone()) {
+                    let _ = index.insert_merged(call.domain, hash, node);
+                }
+                STATS.pages_promoted.inc();
+                Ok(Tried::Merged(node))
+            }
+            Err(PairError::Busy) => {
+                if call.stage.get() == Stage::Retry && call.hand_to_candidate(twin_mm, twin_addr) {
+                    Ok(Tried::HandedToTwin)
+                } else {
+                    call.busy_twin.set(Some(twin_mm.clone()));
+                    Ok(Tried::TwinBusy)
+                }
+            }
+            Err(PairError::Stale) => {
+                drop(index.remove(key));
+                Ok(Tried::Dropped)
+            }
+            Err(PairError::Page(MergeError::Differ)) => {
+                // One of the two changed since it was hashed.
+                STATS.hash_collisions.inc();
+                drop(index.remove(key));
+                Ok(Tried::Dropped)
+            }
+            Err(PairError::Page(e)) => Err(e),
+        }
     }
 
     /// Merges the other candidates of the same contents into `node`, the page just merged: a

@@ -16,8 +16,13 @@
 //! A hash match only makes an entry a twin to try: merging always write-protects and compares
 //! the full pages in the kernel, so a collision costs a compare and never corrupts memory. At
 //! most [`MAX_PROBES`] entries are tried per page, so pages crafted to share a hash cost bounded
-//! work. Each (mm, address) has at most one candidate: advising the same range again replaces
-//! it, so candidates are bounded by the memory advised and their nodes are charged to the
+//! work; entries found stale on the way are dropped and cost no try (each is dropped once).
+//! Merged pages that take new mappings sort before candidates, and candidates before merged
+//! pages that are full: a page joins a live merged page of its contents however many
+//! candidates share its hash, as ksmd looks in its stable tree before its unstable one.
+//!
+//! Each (mm, address) has at most one candidate: advising the same range again replaces it,
+//! so candidates are bounded by the memory advised and their nodes are charged to the
 //! adviser's memory cgroup.
 //!
 //! Entries go stale: a candidate's page changes or goes away (its area is unmapped), its
@@ -63,10 +68,26 @@ const SWEEP_BATCH: usize = 64;
 /// Entries examined per run of the sweep: bounded work, whatever the size of the index.
 const SWEEP_PER_RUN: usize = 4096;
 
-/// Merge domain, content hash, then a sequence number that tells entries apart.
+/// Merge domain, content hash, then the entry's [`Rank`] and a sequence number that tells
+/// entries apart.
 ///
 /// The domain comes first: a page is only ever looked up among the entries of its own domain.
 pub(crate) type Key = (u64, u64, u64);
+
+/// The order in which the entries of one domain and hash are tried, in the top bits of the
+/// last field of their [`Key`].
+#[derive(Clone, Copy)]
+enum Rank {
+    /// A merged page that takes new mappings.
+    Merged = 0,
+    /// A candidate.
+    Candidate = 1,
+    /// A merged page with KSM's `max_page_sharing` mappings: kept for its sharers' counts.
+    Full = 2,
+}
+
+/// Where [`Rank`] sits in a key's last field.
+const RANK_SHIFT: u32 = 62;
 
 /// One entry of the index.
 pub(crate) enum Entry {
@@ -335,18 +356,24 @@ fn candidate_mapped(mm: &Mm, addr: usize) -> bool {
 }
 
 impl Index {
-    /// Up to [`MAX_PROBES`] entries of `domain` with `hash`, merged pages first, with new
-    /// references.
-    pub(crate) fn probe(&mut self, domain: u64, hash: u64) -> KVec<(Key, Probe)> {
+    /// Up to `max` entries of `domain` with `hash`, in the order they are to be tried (see
+    /// [`Rank`]), from the one whose key ends in `from` or the next, with new references.
+    pub(crate) fn probe(
+        &mut self,
+        domain: u64,
+        hash: u64,
+        from: u64,
+        max: usize,
+    ) -> KVec<(Key, Probe)> {
         let mut probes = KVec::new();
-        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, 0));
+        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, from));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (domain, hash) || probes.len() == MAX_PROBES {
+            if (key.0, key.1) != (domain, hash) || probes.len() == max {
                 break;
             }
-            // One allocation per page at most; a failed one only shortens the list of twins.
-            if probes.is_empty() && probes.reserve(MAX_PROBES, GFP_KERNEL).is_err() {
+            // One allocation per look at most; a failed one only shortens the list of twins.
+            if probes.is_empty() && probes.reserve(max, GFP_KERNEL).is_err() {
                 break;
             }
             let probe = match entry {
@@ -355,14 +382,6 @@ impl Index {
             };
             let _ = probes.push((*key, probe), GFP_KERNEL);
             cursor = c.move_next();
-        }
-        // Merged pages first, each group in index order: a stable partition, in place.
-        let mut candidates_from = 0;
-        for i in 0..probes.len() {
-            if matches!(probes[i].1, Probe::Merged(_)) {
-                probes[candidates_from..=i].rotate_right(1);
-                candidates_from += 1;
-            }
         }
         probes
     }
@@ -396,48 +415,50 @@ impl Index {
         Some(entry)
     }
 
-    /// Moves the merged page at `key` behind every other entry of its domain and hash, in the
-    /// same tree node: a page that takes no more mappings is probed after the entries that still
-    /// can, however many full ones there are.
+    /// Moves the merged page at `key`, which takes no more mappings, behind every other entry
+    /// of its domain and hash: probed after the entries that still can, however many full ones
+    /// there are.
     pub(crate) fn move_to_back(&mut self, key: &Key) {
         let Some(Entry::Merged(node)) = self.entries.get(key) else {
             return;
         };
         let node = node.clone();
-        let Some(old) = self.entries.remove_node(key) else {
-            return;
-        };
-        let back = self.next_key(key.0, key.1);
-        self.entries
-            .insert(old.into_reservation().into_node(back, Entry::Merged(node)));
+        self.replace(key, Rank::Full, Entry::Merged(node));
     }
 
-    fn next_key(&mut self, domain: u64, hash: u64) -> Key {
-        self.next_seq += 1;
-        (domain, hash, self.next_seq)
-    }
-
-    /// Turns the candidate at `key` into the merged page `node` in place (same domain and hash:
-    /// the pair just merged), without freeing and allocating a tree node; gives `node` back if
-    /// `key` has no candidate.
+    /// Turns the candidate at `key` into the merged page `node` (same domain and hash: the pair
+    /// just merged), ranked with the merged pages; gives `node` back if `key` has no candidate.
     pub(crate) fn promote(&mut self, key: &Key, node: ARef<UpmNode>) -> Result<(), ARef<UpmNode>> {
-        let Some(entry) = self.entries.get_mut(key) else {
-            return Err(node);
-        };
-        let Entry::Candidate { mm, addr } = entry else {
+        let Some(Entry::Candidate { mm, addr }) = self.entries.get(key) else {
             return Err(node);
         };
         let place = (mm_id(mm), *addr);
-        *entry = Entry::Merged(node);
         self.candidate_keys.remove(&place);
         self.candidates -= 1;
         self.nodes += 1;
+        self.replace(key, Rank::Merged, Entry::Merged(node));
         Ok(())
+    }
+
+    /// Replaces the entry at `key` by `entry` under a new key of `rank`, behind the others of
+    /// that rank, reusing its tree node: nothing to allocate, nothing that can fail.
+    fn replace(&mut self, key: &Key, rank: Rank, entry: Entry) {
+        let Some(old) = self.entries.remove_node(key) else {
+            return;
+        };
+        let new_key = self.next_key(key.0, key.1, rank);
+        self.entries
+            .insert(old.into_reservation().into_node(new_key, entry));
+    }
+
+    fn next_key(&mut self, domain: u64, hash: u64, rank: Rank) -> Key {
+        self.next_seq += 1;
+        (domain, hash, (rank as u64) << RANK_SHIFT | self.next_seq)
     }
 
     /// Adds a merged page of `domain` under `hash`.
     pub(crate) fn insert_merged(&mut self, domain: u64, hash: u64, node: ARef<UpmNode>) -> Result {
-        let key = self.next_key(domain, hash);
+        let key = self.next_key(domain, hash, Rank::Merged);
         self.entries
             .try_create_and_insert(key, Entry::Merged(node), GFP_KERNEL_ACCOUNT)?;
         self.nodes += 1;
@@ -460,7 +481,7 @@ impl Index {
             }
             drop(self.remove(&old));
         }
-        let key = self.next_key(domain, hash);
+        let key = self.next_key(domain, hash, Rank::Candidate);
         self.candidate_keys
             .try_create_and_insert((mm_id, addr), key, GFP_KERNEL_ACCOUNT)?;
         let entry = Entry::Candidate {

@@ -1042,7 +1042,8 @@ static enum result test_fork_shared_frames(void)
 #define PREFORK_WORKERS 8
 #define PREFORK_SEED 503
 #define PREFORK_OFFLINED 8 /* soft-offlined frames are lost to the VM: a few */
-#define PREFORK_CG "/sys/fs/cgroup/upm_prefork_test"
+#define PREFORK_CG_NAME "upm_prefork_test"
+#define PREFORK_CG "/sys/fs/cgroup/" PREFORK_CG_NAME
 
 /*
  * A prefork server and a second instance of the same function: the master loads its model M
@@ -1186,22 +1187,25 @@ static int prefork_ksmd(struct prefork *p, pid_t master)
 	return write_long(KSM_DIR "run", 0);
 }
 
-/* Worker 0 moves M to the node it is not on: how many of its pages went. */
-static long prefork_move(struct prefork *p)
+/*
+ * Moves each of the N pages of `pid` at `base` to the node it is not on (MPOL_MF_MOVE_ALL:
+ * every mapping of each page must be found by an rmap walk): how many went.
+ */
+static long move_all_in(pid_t pid, char *base)
 {
 	void *addrs[N];
 	int nodes[N], status[N];
 	long moved = 0;
 
 	for (size_t i = 0; i < N; i++)
-		addrs[i] = p->m + i * page_size;
-	if (syscall(SYS_move_pages, p->workers[0], N, addrs, NULL, status, 0))
+		addrs[i] = base + i * page_size;
+	if (syscall(SYS_move_pages, pid, N, addrs, NULL, status, 0))
 		return -1;
 	for (size_t i = 0; i < N; i++)
 		nodes[i] = !status[i];
 	for (int tries = 0; tries < 5 && moved < N; tries++) {
-		syscall(SYS_move_pages, p->workers[0], N, addrs, nodes, status, MPOL_MF_MOVE_ALL);
-		syscall(SYS_move_pages, p->workers[0], N, addrs, NULL, status, 0);
+		syscall(SYS_move_pages, pid, N, addrs, nodes, status, MPOL_MF_MOVE_ALL);
+		syscall(SYS_move_pages, pid, N, addrs, NULL, status, 0);
 		moved = 0;
 		for (size_t i = 0; i < N; i++)
 			moved += status[i] == nodes[i];
@@ -1212,24 +1216,23 @@ static long prefork_move(struct prefork *p)
 }
 
 /*
- * Reclaims the history's cgroup (a merged page is young in ten mappings and is activated
- * first: keep up the pressure) until every mapping of M and T is a swap entry: returns the
- * pages swapped out of all of them, which needs every mapping found by an rmap walk.
+ * Reclaims cgroup `cg` (a merged page is young in every mapping and is activated first: keep
+ * up the pressure) until the N pages at bases[k] of pids[k] are swap entries in every one:
+ * returns how many pages are, which needs every mapping found by an rmap walk.
  */
-static long prefork_reclaim(struct prefork *p)
+static long reclaim_all(const char *cg, const pid_t *pids, char *const *bases, int count)
 {
+	char path[128];
 	uint64_t entries[N];
 	unsigned char all[N];
 	long swapped = 0;
 
+	snprintf(path, sizeof(path), "/sys/fs/cgroup/%s/memory.reclaim", cg);
 	for (int round = 0; round < 300 && swapped < N; round++) {
-		write_str(PREFORK_CG "/memory.reclaim", "64M");
+		write_str(path, "64M");
 		memset(all, 1, sizeof(all));
-		for (int w = 0; w <= PREFORK_WORKERS; w++) {
-			int instance = w == PREFORK_WORKERS;
-
-			if (pagemap_in(instance ? p->instance : p->workers[w],
-				       (uintptr_t)(instance ? p->t : p->m), N, entries))
+		for (int k = 0; k < count; k++) {
+			if (pagemap_in(pids[k], (uintptr_t)bases[k], N, entries))
 				return -1;
 			for (size_t i = 0; i < N; i++)
 				all[i] &= !!(entries[i] & PM_SWAP);
@@ -1264,13 +1267,22 @@ static enum result run_prefork(struct prefork *p)
 	p->worker_merging = read_long(path);
 	p->step = 3;
 	rc |= wait_exit(master);
-	p->moved = rc ? -1 : prefork_move(p);
+	p->moved = rc ? -1 : move_all_in(p->workers[0], p->m);
 	p->shared_after = rc ? -1 : prefork_frames(p, (pid_t *)p->workers, PREFORK_WORKERS);
 	p->offlined = -1;
+	p->swapped = -1;
 	p->step = 4;
 	for (int i = 0; i < 600 && !p->offline_done; i++)
 		usleep(100 * 1000);
-	p->swapped = rc ? -1 : prefork_reclaim(p);
+	if (!rc) {
+		pid_t members[PREFORK_WORKERS + 1];
+		char *bases[PREFORK_WORKERS + 1];
+
+		for (int i = 0; i < PREFORK_WORKERS; i++)
+			members[i] = p->workers[i], bases[i] = p->m;
+		members[PREFORK_WORKERS] = p->instance, bases[PREFORK_WORKERS] = p->t;
+		p->swapped = reclaim_all(PREFORK_CG_NAME, members, bases, PREFORK_WORKERS + 1);
+	}
 	p->step = 5;
 	for (int i = 0; i < PREFORK_WORKERS; i++)
 		rc |= wait_exit(p->workers[i]);
@@ -1309,7 +1321,7 @@ static enum result test_prefork_server(void)
 
 		p[i].use_ksmd = i == 0;
 		if (child == 0)
-			_exit(join_cgroup("upm_prefork_test") || run_prefork(&p[i]) != PASS);
+			_exit(join_cgroup(PREFORK_CG_NAME) || run_prefork(&p[i]) != PASS);
 		CHECK(wait_exit(child) == 0, "%s history", i ? "UPM" : "ksmd");
 	}
 	rmdir(PREFORK_CG);
@@ -1329,6 +1341,240 @@ static enum result test_prefork_server(void)
 	      p[1].offlined, PREFORK_OFFLINED, p[0].offlined);
 	CHECK(p[1].swapped >= N / 2, "UPM: swapped out of every mapping %ld of %d (ksmd: %ld)",
 	      p[1].swapped, N, p[0].swapped);
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return PASS;
+}
+
+/* ---- unmerging pages that are swapped out ---- */
+
+#define SWAPPED_SEED 509
+#define SWAPPED_CG_NAME "upm_swapped_test"
+#define SWAPPED_CG "/sys/fs/cgroup/" SWAPPED_CG_NAME
+
+/*
+ * A marks its pages and forks C, which shares their frames; B's twin pages are merged with
+ * A's; reclaim swaps the pages out of all three mappings, and A unmerges them while they are
+ * swap entries (UPM: MADV_UPM_UNMERGEABLE; ksmd: MADV_UNMERGEABLE). Swapped in again, every mapping must hold its contents, be found by rmap
+ * walks (each moved with MPOL_MF_MOVE_ALL) and be private to writes.
+ */
+struct swapped_history {
+	int use_ksmd;
+	volatile int step; /* 1: A marked and C forked; 2: B marked; 3: unmerge; 4: unmerged; 5: end */
+	volatile int failed;
+	char *volatile a, *volatile b;
+	volatile pid_t c;
+	long merged, swapped, moved[3], frames_ab, frames_ac, ksm_in_a;
+};
+
+static void swapped_wait(struct swapped_history *h, int step)
+{
+	while (h->step < step && !h->failed)
+		usleep(10 * 1000);
+}
+
+static int swapped_mark(const struct swapped_history *h, char *p)
+{
+	return h->use_ksmd ? madvise(p, N * page_size, MADV_MERGEABLE) : advise(p, N);
+}
+
+/* A: marks its pages, forks C (which shares them), unmerges when told; C checks its copy. */
+static int swapped_a(void *arg)
+{
+	struct swapped_history *h = arg;
+	pid_t c;
+
+	h->a = map_anon(N);
+	if (!h->a)
+		return h->failed = 1;
+	fill_pages(h->a, N, SWAPPED_SEED, 1);
+	if (swapped_mark(h, h->a))
+		return h->failed = 2;
+	c = fork();
+	if (c == 0) {
+		swapped_wait(h, 5);
+		_exit(check_pages(h->a, N, SWAPPED_SEED, 1) >= 0);
+	}
+	h->c = c;
+	h->step = 1;
+	swapped_wait(h, 3);
+	if (h->use_ksmd ? madvise(h->a, N * page_size, MADV_UNMERGEABLE) : unmerge(h->a, N))
+		return h->failed = 3;
+	h->step = 4;
+	swapped_wait(h, 5);
+	return wait_exit(c) ? 4 : 0;
+}
+
+static int swapped_b(void *arg)
+{
+	struct swapped_history *h = arg;
+
+	h->b = map_anon(N);
+	if (!h->b)
+		return h->failed = 5;
+	fill_pages(h->b, N, SWAPPED_SEED, 1);
+	if (swapped_mark(h, h->b))
+		return h->failed = 6;
+	h->step = 2;
+	swapped_wait(h, 5);
+	return check_pages(h->b, N, SWAPPED_SEED, 1) >= 0;
+}
+
+/* Reads (so swaps in) the N pages of `pid` at `base` through its mm: 0 if they hold the seed's. */
+static int read_in(pid_t pid, char *base)
+{
+	char *copy = malloc(N * page_size);
+	struct iovec local = { copy, N * page_size }, remote = { base, N * page_size };
+	int bad;
+
+	if (!copy)
+		return -1;
+	bad = process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)(N * page_size) ||
+	      check_pages(copy, N, SWAPPED_SEED, 1) >= 0;
+	free(copy);
+	return bad ? -1 : 0;
+}
+
+/* Pages whose frames the mappings of pids x and y at a and b share. */
+static long frames_shared(pid_t x, char *a, pid_t y, char *b)
+{
+	uint64_t fx[N], fy[N];
+	long n = 0;
+
+	if (pfns_in(x, (uintptr_t)a, N, fx) || pfns_in(y, (uintptr_t)b, N, fy))
+		return -1;
+	for (size_t i = 0; i < N; i++)
+		n += fx[i] && fx[i] == fy[i];
+	return n;
+}
+
+/* ksmd, unthrottled, until B shares A's frames, then two more full scans, then paused. */
+static int swapped_ksmd(struct swapped_history *h, pid_t a, pid_t b)
+{
+	long shared = 0;
+
+	if (ksm_start())
+		return -1;
+	for (int i = 0; i < 1200 && shared < N; i++) {
+		usleep(100 * 1000);
+		shared = frames_shared(a, h->a, b, h->b);
+	}
+	if (shared < N || ksm_full_scans(2))
+		return -1;
+	return write_long(KSM_DIR "run", 0);
+}
+
+/* KSM pages mapped by `pid` at `base`. */
+static long ksm_pages_in(pid_t pid, char *base)
+{
+	uint64_t frames[N];
+	long n = 0;
+	int fd = open("/proc/kpageflags", O_RDONLY);
+
+	if (fd < 0 || pfns_in(pid, (uintptr_t)base, N, frames)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	for (size_t i = 0; i < N; i++) {
+		uint64_t flags = 0;
+
+		if (frames[i] && pread(fd, &flags, sizeof(flags), frames[i] * 8) == sizeof(flags))
+			n += !!(flags & (1ULL << 21)); /* KPF_KSM */
+	}
+	close(fd);
+	return n;
+}
+
+/* One history, in the cgroup: the figures land in h. */
+static int run_swapped(struct swapped_history *h)
+{
+	pid_t a, b, pids[3];
+	char *bases[3];
+	char flip = 1;
+	struct iovec local = { &flip, 1 }, remote;
+	int rc = 0;
+
+	a = spawn(swapped_a, h);
+	swapped_wait(h, 1);
+	b = spawn(swapped_b, h);
+	swapped_wait(h, 2);
+	if (h->failed || (h->use_ksmd && swapped_ksmd(h, a, b)))
+		h->failed = h->failed ?: 7;
+	pids[0] = a, pids[1] = b, pids[2] = h->c;
+	bases[0] = h->a, bases[1] = h->b, bases[2] = h->a;
+	if (!h->failed) {
+		h->merged = frames_shared(a, h->a, b, h->b);
+		h->swapped = reclaim_all(SWAPPED_CG_NAME, pids, bases, 3);
+		h->step = 3;
+		swapped_wait(h, 4);
+	}
+	/* Swapped in by the fork child first, then by A, then by B. */
+	if (!h->failed && (read_in(h->c, h->a) || read_in(a, h->a) || read_in(b, h->b)))
+		h->failed = 8;
+	if (!h->failed) {
+		h->frames_ab = frames_shared(a, h->a, b, h->b);
+		h->frames_ac = frames_shared(a, h->a, h->c, h->a);
+		h->ksm_in_a = ksm_pages_in(a, h->a);
+		for (int k = 0; k < 3; k++)
+			h->moved[k] = move_all_in(pids[k], bases[k]);
+		/* A write through A's mapping: B and C must not see it (they check at the end). */
+		remote = (struct iovec){ h->a, 1 };
+		if (process_vm_writev(a, &local, 1, &remote, 1, 0) != 1)
+			h->failed = 9;
+	}
+	h->step = 5;
+	rc |= wait_exit(a) | wait_exit(b);
+	ksm_stop();
+	fprintf(stderr,
+		"    %s: %ld of %d pairs merged, swapped out of A, B and C: %ld; A unmerged, all "
+		"swapped in: A shares %ld frames with B, %ld with C, maps %ld KSM pages; moved: "
+		"A %ld, B %ld, C %ld\n",
+		h->use_ksmd ? "ksmd" : "UPM ", h->merged, N, h->swapped, h->frames_ab, h->frames_ac,
+		h->ksm_in_a, h->moved[0], h->moved[1], h->moved[2]);
+	return h->failed ? 10 + h->failed : rc;
+}
+
+/*
+ * Unmerging pages that are swapped out, by ksmd's and by UPM's rules in the same boot: each
+ * mapping swapped in again is intact, private and found by rmap walks, as with ksmd.
+ */
+static enum result test_unmerge_swapped(void)
+{
+	struct swapped_history *h = map_shared(2 * sizeof(*h));
+
+	CHECK(h, "shared map");
+	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0, "two NUMA nodes");
+	CHECK(proc_kb("/proc/meminfo", "SwapTotal") > 0, "swap configured (zram)");
+	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0, "memory controller");
+	rmdir(SWAPPED_CG);
+	CHECK(mkdir(SWAPPED_CG, 0755) == 0, "cgroup");
+	for (int i = 0; i < 2; i++) {
+		pid_t child = fork();
+		int rc;
+
+		h[i].use_ksmd = i == 0;
+		if (child == 0)
+			_exit(join_cgroup(SWAPPED_CG_NAME) ? 1 : run_swapped(&h[i]));
+		rc = wait_exit(child);
+		if (rc) {
+			rmdir(SWAPPED_CG);
+			CHECK(rc == 0, "%s history: %d (a copy changed, or step %d failed)",
+			      i ? "UPM" : "ksmd", rc, h[i].failed);
+		}
+	}
+	rmdir(SWAPPED_CG);
+	CHECK(h[0].merged == N && h[0].swapped >= N / 2,
+	      "premise: ksmd merged %ld, swapped out of every mapping %ld", h[0].merged,
+	      h[0].swapped);
+	CHECK(h[1].merged == N && h[1].swapped >= N / 2,
+	      "UPM merged %ld, swapped out of every mapping %ld (ksmd: %ld)", h[1].merged,
+	      h[1].swapped, h[0].swapped);
+	for (int k = 0; k < 3; k++)
+		CHECK(h[0].moved[k] == N && h[1].moved[k] == N,
+		      "%c's pages moved: UPM %ld, ksmd %ld of %d", "ABC"[k], h[1].moved[k],
+		      h[0].moved[k], N);
+	CHECK(h[1].ksm_in_a <= h[0].ksm_in_a, "A maps %ld KSM pages after unmerging (ksmd: %ld)",
+	      h[1].ksm_in_a, h[0].ksm_in_a);
 	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
 	return PASS;
 }
@@ -1966,6 +2212,8 @@ const struct test parity_tests[] = {
 	  "fork-shared frames merged: every sharer stays movable, as with ksmd" },
 	{ "prefork_server", test_prefork_server,
 	  "master + 8 workers and a second instance: one frame, movable after the master exits" },
+	{ "unmerge_swapped", test_unmerge_swapped,
+	  "unmerged while swapped out, swapped in: intact, private, movable, as with ksmd" },
 	{ "vmsplice", test_vmsplice, "a spliced page keeps its contents; a pipe's page never merges" },
 	{ "process_vm_rw", test_process_vm_rw,
 	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },
