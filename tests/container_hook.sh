@@ -6,7 +6,10 @@
 # same frames, the delay (io.upm.delay, over the hook's --delay) must be honoured, and a
 # delayed hook must not hold up the start.
 # The third has no annotation and must be left alone: no merged page, not even its two
-# identical copies with each other. Exits 0 when all of that holds.
+# identical copies with each other. Each outcome is counted for `upmctl metrics`
+# (upm_hook_containers_total{outcome,reason}), failures too: a hook without CAP_SYS_NICE,
+# a container process in no cgroup of its own, no module loaded. Exits 0 when all of that
+# holds.
 #
 #   tests/container_hook.sh UPMCTL
 set -u
@@ -22,19 +25,39 @@ cgroup=/sys/fs/cgroup/upm-hook-test
 mkdir -p "$dir/rootfs/proc" "$dir/rootfs/dev" "$dir/rootfs/out" "$state" "$cgroup"
 cp "$holder" "$dir/rootfs/holder"
 
+# The hook's counts belong to the host: put back as they were.
+outcomes=/run/upm/hook-outcomes
+saved_outcomes=$(cat "$outcomes" 2>/dev/null) had_outcomes=$([ -e "$outcomes" ] && echo 1)
+
 cleanup() {
 	local id
-	for id in c1 c2 c3; do
+	for id in c1 c2 c3 c4 c5; do
 		crun --root "$state" kill "$id" KILL 2>/dev/null
 		crun --root "$state" delete -f "$id" 2>/dev/null
 	done
 	rmdir "$cgroup"/* "$cgroup" 2>/dev/null
 	rm -rf "$dir"
+	if [ -n "$had_outcomes" ]; then
+		printf '%s\n' "$saved_outcomes" >"$outcomes"
+	else
+		rm -f "$outcomes" "$outcomes.lock"
+	fi
 }
 trap cleanup EXIT
 
-# bundle ID ANNOTATIONS: a bundle whose process holds two identical 1 MiB copies.
+# hooked OUTCOME REASON: how many containers the hook counted so, as upmctl metrics says.
+hooked() {
+	local n
+	n=$("$upmctl" metrics 2>/dev/null |
+		sed -n "s/^upm_hook_containers_total{outcome=\"$1\",reason=\"$2\"} //p")
+	echo "${n:-0}"
+}
+
+# bundle ID ANNOTATIONS [HOOK]: a bundle whose process holds two identical 1 MiB copies;
+# HOOK is its poststart hook's "path" and "args" (upmctl hook --delay 8 by default).
 bundle() {
+	local hook=${3:-"\"path\": \"$upmctl\", \"args\": [\"upmctl\", \"hook\", \"--delay\", \"8\"]"}
+
 	mkdir -p "$dir/$1/out"
 	cat >"$dir/$1/config.json" <<EOF
 {
@@ -54,7 +77,7 @@ bundle() {
   ],
   "annotations": { $2 },
   "hooks": {
-    "poststart": [ { "path": "$upmctl", "args": ["upmctl", "hook", "--delay", "8"] } ]
+    "poststart": [ { $hook } ]
   },
   "linux": {
     "namespaces": [ { "type": "pid" }, { "type": "mount" }, { "type": "ipc" }, { "type": "uts" } ],
@@ -68,6 +91,7 @@ EOF
 bundle c1 '"io.upm.merge": "true", "io.upm.delay": "20"'
 bundle c2 '"io.upm.merge": "true", "io.upm.delay": "20"'
 bundle c3 '"io.example.other": "true"'
+advised_before=$(hooked advised ok) left_before=$(hooked left_alone not_annotated)
 times=""
 merged_before=$(cat /sys/kernel/mm/upm/pages_merged)
 declare -A started pid addr_a addr_b pages
@@ -129,6 +153,15 @@ echo "    crun run:$times; annotated: $across of ${pages[c1]} pages shared acros
 	[ "$left_c3" = 0 ] && [ "$with_c3" = 0 ] && [ "$ksm_c3" = 0 ] &&
 	[ "$merged" -ge $((3 * ${pages[c1]})) ] || exit 1
 
+# Counted: c1 and c2 advised (by the detached upmctl, once its advice returned), c3 left alone.
+for _ in $(seq 300); do
+	[ "$(hooked advised ok)" = $((advised_before + 2)) ] && break
+	sleep 0.1
+done
+advised=$(($(hooked advised ok) - advised_before)) left=$(($(hooked left_alone not_annotated) - left_before))
+echo "    counted: advised +$advised, left alone (not annotated) +$left"
+[ "$advised" = 2 ] && [ "$left" = 1 ] || exit 1
+
 # Stopped and deleted, the containers leave nothing merged behind once swept.
 for id in c1 c2 c3; do
 	kill -TERM "${pid[$id]}"
@@ -141,4 +174,35 @@ for id in c1 c2 c3; do
 		sleep 0.1
 	done
 done
-exit 0
+
+# Each failure counted with its reason, the hook called as the runtime calls it.
+# fails ID REASON [HOOK]: container ID (advised at once) must add one "failed" with REASON.
+fails() {
+	local before after
+	before=$(hooked failed "$2")
+	bundle "$1" '"io.upm.merge": "true", "io.upm.delay": "0"' "${3:-}"
+	# A poststart hook that fails is the runtime's warning, not its error: either will do.
+	crun --root "$state" --cgroup-manager=cgroupfs run --detach --bundle "$dir/$1" "$1" \
+		</dev/null >"$dir/$1.log" 2>&1
+	crun --root "$state" kill "$1" KILL 2>/dev/null
+	after=$(hooked failed "$2")
+	echo "    $1: failed ($2) +$((after - before))"
+	[ "$after" = $((before + 1)) ] || { sed 's/^/      /' "$dir/$1.log"; return 1; }
+}
+# Without CAP_SYS_NICE (dropped from the bounding set), process_madvise() is refused.
+fails c4 permission_denied "\"path\": \"/usr/bin/setpriv\", \"args\": [\"setpriv\", \"--bounding-set=-sys_nice\", \"--\", \"$upmctl\", \"hook\"]" ||
+	exit 1
+# A state whose process is in the root cgroup: not a container's.
+before=$(hooked failed invalid_input)
+echo '{"ociVersion": "1.0.2", "id": "c-root", "status": "running", "pid": 1, "bundle": "/",
+	"annotations": {"io.upm.merge": "true", "io.upm.delay": "0"}}' |
+	"$upmctl" hook 2>/dev/null && { echo "    a hook for pid 1 succeeded"; exit 1; }
+after=$(hooked failed invalid_input)
+echo "    pid 1: failed (invalid_input) +$((after - before))"
+[ "$after" = $((before + 1)) ] || exit 1
+# No module: the hook fails, and says why.
+rmmod upm || { echo "    rmmod upm failed"; exit 1; }
+fails c5 module_not_loaded
+rc=$?
+insmod "$UPM_MODULE" || { echo "    insmod $UPM_MODULE failed"; exit 1; }
+exit $rc

@@ -731,6 +731,97 @@ pub fn prometheus_domains(domains: &[Domain]) -> String {
     out
 }
 
+/// Where the OCI hook counts what it did with each container, since boot (`/run` is a tmpfs):
+/// one line per outcome and reason, `OUTCOME REASON COUNT`.
+pub const HOOK_OUTCOMES: &str = "/run/upm/hook-outcomes";
+
+/// The `reason` label of an error: why a container was not advised.
+pub fn error_reason(e: &Error) -> &'static str {
+    match e {
+        Error::ModuleNotLoaded => "module_not_loaded",
+        Error::KernelNotPatched => "kernel_not_patched",
+        Error::InvalidRange | Error::InvalidTunable | Error::InvalidConfig { .. } => "usage",
+        Error::Unmapped => "unmapped",
+        Error::PermissionDenied | Error::NeedsSysAdmin => "permission_denied",
+        Error::NoSuchProcess => "no_such_process",
+        Error::NoSuchCgroup(_) | Error::NoCgroup2 => "no_such_cgroup",
+        Error::OutOfMemory { .. } => "out_of_memory",
+        Error::InvalidInput(_) => "invalid_input",
+        Error::Os(_) => "os_error",
+    }
+}
+
+/// Adds one to the count of `outcome` with `reason` in the file at `path` (see
+/// [`HOOK_OUTCOMES`]), creating it and its directory. Hooks of containers that start
+/// together count under an exclusive `flock(2)` of `PATH.lock`; the file itself is replaced
+/// atomically, so readers never lock.
+pub fn count_outcome(path: &Path, outcome: &str, reason: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(Error::Os)?;
+    }
+    let lock = fs::File::create(path.with_extension("lock")).map_err(Error::Os)?;
+    // SAFETY: `lock` is an open file for the whole call; flock() takes no pointers.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::Os(io::Error::last_os_error()));
+    }
+    let mut counts = outcome_counts(path)?;
+    match counts
+        .iter_mut()
+        .find(|(o, r, _)| o == outcome && r == reason)
+    {
+        Some((_, _, n)) => *n += 1,
+        None => counts.push((outcome.to_string(), reason.to_string(), 1)),
+    }
+    let text: String = counts
+        .iter()
+        .map(|(o, r, n)| format!("{o} {r} {n}\n"))
+        .collect();
+    write_atomically(path, &text)
+    // The lock is released when `lock` is closed.
+}
+
+/// The counts in the file at `path` (see [`HOOK_OUTCOMES`]); none if there is no file.
+/// Lines that are not `OUTCOME REASON COUNT` are left out.
+pub fn outcome_counts(path: &Path) -> Result<Vec<(String, String, u64)>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Os(e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let [outcome, reason, count] = line.split(' ').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            let label =
+                |f: &str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if !label(outcome) || !label(reason) {
+                return None;
+            }
+            Some((outcome.to_string(), reason.to_string(), count.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The hook's counts as `upm_hook_containers_total{outcome="...",reason="..."}`, to follow
+/// [`prometheus_text()`] or [`prometheus_up()`]: nothing when the hook never ran.
+pub fn prometheus_outcomes(counts: &[(String, String, u64)]) -> String {
+    if counts.is_empty() {
+        return String::new();
+    }
+    let mut out = "# HELP upm_hook_containers_total Containers the OCI hook handled since boot, \
+                   by outcome and reason\n\
+                   # TYPE upm_hook_containers_total counter\n"
+        .to_string();
+    for (outcome, reason, count) in counts {
+        out += &format!(
+            "upm_hook_containers_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {count}\n"
+        );
+    }
+    out
+}
+
 /// Writes `text` to `path` as node_exporter's textfile collector needs it: whole or not at
 /// all. The text goes to a hidden temporary file in the same directory (the collector reads
 /// only `*.prom`), is synced, then renamed over `path`.
@@ -999,6 +1090,51 @@ mod tests {
         assert_eq!(left, ["upm.prom"], "no temporary file left behind");
         // A directory that does not exist: an error, and nothing written.
         assert!(write_atomically(&dir.join("none/upm.prom"), "x").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hook_outcomes_counted_by_concurrent_hooks() {
+        let dir = std::env::temp_dir().join(format!("upm-outcomes-{}", std::process::id()));
+        let path = dir.join("run/hook-outcomes");
+        assert_eq!(
+            outcome_counts(&path).unwrap(),
+            [],
+            "no file: nothing counted"
+        );
+        assert_eq!(prometheus_outcomes(&[]), "");
+        // Hooks of containers that start together: 4 threads, 25 counts each.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        count_outcome(&path, "advised", "ok").unwrap();
+                    }
+                });
+            }
+        });
+        let reason = error_reason(&Error::ModuleNotLoaded);
+        count_outcome(&path, "failed", reason).unwrap();
+        let counts = outcome_counts(&path).unwrap();
+        let own = |o: &str, r: &str, n| (o.to_string(), r.to_string(), n);
+        assert_eq!(
+            counts,
+            [
+                own("advised", "ok", 100),
+                own("failed", "module_not_loaded", 1)
+            ]
+        );
+        assert_eq!(
+            prometheus_outcomes(&counts).lines().nth(3),
+            Some("upm_hook_containers_total{outcome=\"failed\",reason=\"module_not_loaded\"} 1")
+        );
+        // A line that is not OUTCOME REASON COUNT is left out, not misread.
+        fs::write(
+            &path,
+            "advised ok 3\nbroken\nfailed Bad\"label 1\nfailed os_error x\n",
+        )
+        .unwrap();
+        assert_eq!(outcome_counts(&path).unwrap(), [own("advised", "ok", 3)]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -19,7 +19,7 @@ use std::{
     io::Read,
     ops::Range,
     os::unix::process::CommandExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     thread,
     time::Duration,
@@ -103,7 +103,8 @@ enum Command {
         /// Wait this many seconds first (a function's cold start).
         #[arg(long, default_value_t = 0)]
         delay: u64,
-        /// The container this advice is for (set by `hook`): the outcome also goes to syslog.
+        /// The container this advice is for (set by `hook`): the outcome also goes to syslog
+        /// and is counted for `metrics`.
         #[arg(long, hide = true)]
         container: Option<String>,
     },
@@ -129,7 +130,8 @@ enum Command {
         /// The tunables file.
         file: PathBuf,
     },
-    /// The counters in Prometheus text format (for node_exporter's textfile collector).
+    /// The counters in Prometheus text format (for node_exporter's textfile collector), and
+    /// what the hook did with containers.
     Metrics {
         /// Write the text to this file atomically (a node_exporter textfile directory's
         /// `upm.prom`), not to stdout.
@@ -140,7 +142,8 @@ enum Command {
     /// state on stdin and, if the container is annotated io.upm.merge=true, advises every
     /// process of its cgroup. With a delay it returns at once and a detached upmctl advises
     /// once the delay has passed. Every decision and outcome goes to syslog (the journal),
-    /// with the container's id.
+    /// with the container's id, and each outcome is counted in /run/upm/hook-outcomes, which
+    /// `metrics` exports as upm_hook_containers_total{outcome,reason}.
     Hook {
         /// Seconds to wait before advising; the annotation io.upm.delay overrides it.
         #[arg(long, default_value_t = 0)]
@@ -308,14 +311,11 @@ fn show(pid: i32, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// `advise --container ID`: advises as `advise` does and reports the outcome to syslog too.
+/// `advise --container ID`: advises as `advise` does, and records the outcome (see [`record`]).
 fn advise_container(id: &str, target: Target, delay: u64) -> Result<(), Error> {
-    let outcome = advise(target, None, delay, Advice::Merge);
-    match &outcome {
-        Ok(()) => syslog(libc::LOG_INFO, &format!("container {id}: advised")),
-        Err(e) => syslog(libc::LOG_ERR, &format!("container {id}: not advised: {e}")),
-    }
-    outcome
+    let outcome = advise(target, None, delay, Advice::Merge).map(|()| Handled::Advised);
+    record(id, &outcome);
+    outcome.map(drop)
 }
 
 fn advise(
@@ -436,6 +436,16 @@ enum HookPlan {
     },
 }
 
+/// What became of one container.
+enum Handled {
+    /// Its processes were advised.
+    Advised,
+    /// A detached upmctl advises it later, and records what became of it.
+    Detached,
+    /// Left alone, for this reason (the `reason` label of its count).
+    LeftAlone(&'static str),
+}
+
 /// What the hook needs from the OCI container state: whether to advise, which cgroup, when.
 fn hook_plan(state: &serde_json::Value, policy: &HookPolicy) -> Result<HookPlan, Error> {
     let annotations = &state["annotations"];
@@ -480,31 +490,60 @@ fn syslog(priority: libc::c_int, message: &str) {
     }
 }
 
+/// Logs what became of container `id` to syslog and counts it in [`upm::HOOK_OUTCOMES`],
+/// which `upmctl metrics` exports.
+fn record(id: &str, outcome: &Result<Handled, Error>) {
+    let (label, reason) = match outcome {
+        Ok(Handled::Advised) => {
+            syslog(libc::LOG_INFO, &format!("container {id}: advised"));
+            ("advised", "ok")
+        }
+        Ok(Handled::Detached) => return,
+        Ok(Handled::LeftAlone(reason)) => ("left_alone", *reason),
+        Err(e) => {
+            syslog(libc::LOG_ERR, &format!("container {id}: not advised: {e}"));
+            ("failed", upm::error_reason(e))
+        }
+    };
+    if let Err(e) = upm::count_outcome(Path::new(upm::HOOK_OUTCOMES), label, reason) {
+        let path = upm::HOOK_OUTCOMES;
+        syslog(
+            libc::LOG_WARNING,
+            &format!("container {id}: not counted in {path}: {e}"),
+        );
+    }
+}
+
 fn hook(policy: &HookPolicy) -> Result<(), Error> {
     let mut state = String::new();
     std::io::stdin()
         .read_to_string(&mut state)
         .map_err(Error::Os)?;
-    let state: serde_json::Value = serde_json::from_str(&state)
-        .map_err(|e| Error::InvalidInput(format!("container state: {e}")))?;
-    let id = state["id"].as_str().unwrap_or("(no id)").to_string();
-    let outcome = hook_container(&id, &state, policy);
-    if let Err(e) = &outcome {
-        syslog(libc::LOG_ERR, &format!("container {id}: not advised: {e}"));
-    }
-    outcome
+    let outcome = serde_json::from_str::<serde_json::Value>(&state)
+        .map_err(|e| Error::InvalidInput(format!("container state: {e}")));
+    let id = match &outcome {
+        Ok(state) => state["id"].as_str().unwrap_or("(no id)").to_string(),
+        Err(_) => "(no state)".to_string(),
+    };
+    let outcome = outcome.and_then(|state| hook_container(&id, &state, policy));
+    record(&id, &outcome);
+    outcome.map(drop)
 }
 
-fn hook_container(id: &str, state: &serde_json::Value, policy: &HookPolicy) -> Result<(), Error> {
+fn hook_container(
+    id: &str,
+    state: &serde_json::Value,
+    policy: &HookPolicy,
+) -> Result<Handled, Error> {
     let (pid, delay) = match hook_plan(state, policy)? {
-        HookPlan::NotAnnotated => return Ok(()),
+        HookPlan::NotAnnotated => return Ok(Handled::LeftAlone("not_annotated")),
         HookPlan::NamespaceNotAllowed(namespace) => {
             let namespace = namespace.as_deref().unwrap_or("(none)");
             syslog(
                 libc::LOG_NOTICE,
                 &format!("container {id}: not advised: namespace {namespace} not allowed"),
             );
-            return Ok(());
+            return Ok(Handled::LeftAlone("namespace_not_allowed"));
         }
         HookPlan::Advise { pid, delay, asked } => {
             if let Some(asked) = asked {
@@ -524,10 +563,10 @@ fn hook_container(id: &str, state: &serde_json::Value, policy: &HookPolicy) -> R
         )));
     }
     if delay == 0 {
-        return advise_container(id, Target::cgroup(cgroup), 0);
+        return advise(Target::cgroup(cgroup), None, 0, Advice::Merge).map(|()| Handled::Advised);
     }
     // The runtime waits for its hooks (and for their output pipes): detach; the detached
-    // upmctl reports to syslog, and lives at most the delay plus the advice.
+    // upmctl records the outcome, and lives at most the delay plus the advice.
     std::process::Command::new(std::env::current_exe().map_err(Error::Os)?)
         .arg("advise")
         .arg("--cgroup")
@@ -549,7 +588,7 @@ fn hook_container(id: &str, state: &serde_json::Value, policy: &HookPolicy) -> R
             cgroup.display()
         ),
     );
-    Ok(())
+    Ok(Handled::Detached)
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
@@ -615,6 +654,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ),
                 Err(e) => (upm::prometheus_up(false), Err(e)),
             };
+            // What the hook did, module or not: "no module" is one of its reasons.
+            let hooked = upm::outcome_counts(Path::new(upm::HOOK_OUTCOMES)).unwrap_or_default();
+            let text = text + &upm::prometheus_outcomes(&hooked);
             match textfile {
                 Some(path) => upm::write_atomically(&path, &text)?,
                 None => print!("{text}"),
