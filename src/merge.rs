@@ -28,6 +28,7 @@ use crate::{
         upm_ops::{self, AdviseHandler, Mapped, MergeError, MergeableVma, UpmNode},
         workqueue::PeriodicHandler,
     },
+    groups::Groups,
     stats::{enabled, Skip, STATS, TUNABLES},
     tree::{mm_id, ContentIndex, Index, Key, Probe, MAX_PROBES},
 };
@@ -51,6 +52,9 @@ const SWEEP_CONTINUE_MS: u32 = 10;
 pub(crate) struct Upm {
     #[pin]
     pub(crate) index: ContentIndex,
+    /// The groups root assigned to cgroups, for `domain_policy=group`.
+    #[pin]
+    pub(crate) groups: Groups,
     /// Secret seed of the content hash, chosen at load: nobody can craft pages that collide.
     seed: u64,
     /// Hash of an all-zero page with `seed`.
@@ -72,7 +76,7 @@ enum Stage {
 struct Call<'a> {
     /// The advised address space.
     mm: &'a MmWithUser,
-    /// Its merge domain (see [`crate::stats::domain_of`]).
+    /// Its merge domain (see [`Upm::domain_of`]).
     domain: u64,
     stage: Cell<Stage>,
     /// Whether this call flushed every CPU's LRU batches already.
@@ -175,9 +179,15 @@ impl Upm {
         let zero_hash = ffi::xxh64(&zeroes, seed);
         Ok(pin_init!(Self {
             index <- ContentIndex::new(),
+            groups <- Groups::new(),
             seed,
             zero_hash,
         }))
+    }
+
+    /// The merge domain of `mm` under the current policy (see [`crate::stats::domain_of`]).
+    pub(crate) fn domain_of(&self, mm: &MmWithUser) -> Result<u64> {
+        crate::stats::domain_of(mm, &self.groups)
     }
 
     /// Calls `visit` on each part of `start..end` covered by a VMA, with `mmap_lock` held.
@@ -227,7 +237,7 @@ impl Upm {
         if !enabled(&TUNABLES.run) {
             return Ok(());
         }
-        let call = Call::new(mm, crate::stats::domain_of(mm)?, Stage::Walk, false);
+        let call = Call::new(mm, self.domain_of(mm)?, Stage::Walk, false);
         let walked = self.walk(mm, start, end, |guard, vma, from, to| {
             let pages = ((to - from) / PAGE_SIZE) as u64;
             let Some(vma) = MergeableVma::from_vma(vma) else {
@@ -312,7 +322,7 @@ impl Upm {
             return Ok(());
         };
         let user = MmWithUser::into_mmput_async(user);
-        if crate::stats::domain_of(&user) != Ok(call.domain) {
+        if self.domain_of(&user) != Ok(call.domain) {
             return Ok(());
         }
         for attempt in 1..=TWIN_ATTEMPTS {
@@ -686,7 +696,7 @@ impl Upm {
         let user = MmWithUser::into_mmput_async(twin_mm.mmget_not_zero().ok_or(PairError::Stale)?);
         // The candidate's process may have changed domain (setuid, a cgroup move) since it
         // advised the page: pair only if it still shares the caller's.
-        if crate::stats::domain_of(&user) != Ok(call.domain) {
+        if self.domain_of(&user) != Ok(call.domain) {
             return Err(PairError::Stale);
         }
         // Never wait for another process's mmap_lock while holding ours: trylock it.

@@ -28,7 +28,7 @@ module_params! {
     split_thp: "split a huge page whose pages have twins (0 or 1, default 1)",
     sweep_millisecs: "period of the orphan sweep, 10 to 60000 ms (default 1000)",
     fresh_frame: "a new merged page is a fresh copy, not the adviser's frame (0 or 1, default 0)",
-    domain_policy: "what merge domains are named after: global, uid (default), userns, cgroup",
+    domain_policy: "what merge domains are named after: global, uid (default), userns, cgroup, group",
     domain_cgroup_level: "for domain_policy=cgroup, the depth of the naming ancestor (default 1)",
 }
 

@@ -5,9 +5,12 @@
 //! Counters of the current state (pages shared, sharing...) are not kept here: they are
 //! computed from the stable tree when read, so they cannot drift from the truth.
 
-use crate::ffi::{
-    mm::MmWithUser,
-    upm_ops::{mm_domain, DomainPolicy},
+use crate::{
+    ffi::{
+        mm::MmWithUser,
+        upm_ops::{mm_domain, DomainPolicy},
+    },
+    groups::Groups,
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
@@ -149,12 +152,24 @@ pub(crate) static TUNABLES: Tunables = Tunables {
     domain_cgroup_level: AtomicU32::new(1),
 };
 
-/// The domain policies by sysfs name, in `enum upm_domain_policy` order.
-pub(crate) const DOMAIN_POLICIES: [(&str, DomainPolicy); 4] = [
-    ("global", DomainPolicy::Global),
-    ("uid", DomainPolicy::Uid),
-    ("userns", DomainPolicy::Userns),
-    ("cgroup", DomainPolicy::Cgroup),
+/// What merge domains are named after: one of the kernel's policies, or the groups root
+/// assigns to cgroups (see [`crate::groups`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// `upm_mm_domain()` names the domain.
+    Kernel(DomainPolicy),
+    /// The group of the deepest cgroup ancestor that has one, else the own cgroup.
+    Group,
+}
+
+/// The domain policies by sysfs name: the kernel's in `enum upm_domain_policy` order (an
+/// index is the enum's value), then `group`.
+pub(crate) const DOMAIN_POLICIES: [(&str, Policy); 5] = [
+    ("global", Policy::Kernel(DomainPolicy::Global)),
+    ("uid", Policy::Kernel(DomainPolicy::Uid)),
+    ("userns", Policy::Kernel(DomainPolicy::Userns)),
+    ("cgroup", Policy::Kernel(DomainPolicy::Cgroup)),
+    ("group", Policy::Group),
 ];
 
 /// Bits of a domain tag that hold the domain's number; above them, the cgroup level and the
@@ -171,21 +186,30 @@ pub(crate) fn domain_parts(tag: u64) -> (usize, u64, u64) {
 }
 
 /// The merge domain of `mm` under the current policy, as the tag the index and the kernel's
-/// stable nodes carry: the policy, the cgroup level for `cgroup`, and the domain's number
-/// (cut to 52 bits: uids, namespace inode numbers and cgroup ids of this boot fit).
-pub(crate) fn domain_of(mm: &MmWithUser) -> Result<u64> {
-    let policy = DOMAIN_POLICIES
-        .get(TUNABLES.domain_policy.load(Ordering::Relaxed) as usize)
-        .map_or(DomainPolicy::Uid, |p| p.1);
-    let level = match policy {
-        DomainPolicy::Cgroup => TUNABLES
-            .domain_cgroup_level
-            .load(Ordering::Relaxed)
-            .min(255),
-        _ => 0,
+/// stable nodes carry: the policy, a level (the cgroup level for `cgroup`; for `group`, 0
+/// for a group and [`crate::groups::UNGROUPED`] for an own cgroup) and the domain's number (cut to 52 bits:
+/// uids, namespace inode numbers, cgroup ids of this boot and group numbers fit).
+pub(crate) fn domain_of(mm: &MmWithUser, groups: &Groups) -> Result<u64> {
+    let index = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
+    let (index, policy) = match DOMAIN_POLICIES.get(index) {
+        Some((_, policy)) => (index, *policy),
+        None => (
+            DomainPolicy::Uid as usize,
+            Policy::Kernel(DomainPolicy::Uid),
+        ),
     };
-    let id = mm_domain(mm, policy, level)?;
-    Ok(((policy as u64) << 60)
+    let (level, id) = match policy {
+        Policy::Kernel(DomainPolicy::Cgroup) => {
+            let level = TUNABLES
+                .domain_cgroup_level
+                .load(Ordering::Relaxed)
+                .min(255);
+            (level, mm_domain(mm, DomainPolicy::Cgroup, level)?)
+        }
+        Policy::Kernel(kernel_policy) => (0, mm_domain(mm, kernel_policy, 0)?),
+        Policy::Group => groups.domain_of(mm)?,
+    };
+    Ok(((index as u64) << 60)
         | (u64::from(level) << DOMAIN_ID_BITS)
         | (id & ((1 << DOMAIN_ID_BITS) - 1)))
 }

@@ -13,8 +13,9 @@ use crate::{
         task,
         upm_ops::{self, DomainPolicy},
     },
+    groups::UNGROUPED,
     merge::Upm,
-    stats::{domain_parts, Skip, DOMAIN_POLICIES, STATS, TUNABLES},
+    stats::{domain_parts, Policy, Skip, DOMAIN_POLICIES, STATS, TUNABLES},
 };
 use core::{
     fmt::Write,
@@ -72,6 +73,7 @@ files! {
     fresh_frame = ReadWrite,
     domain_policy = ReadWrite,
     domain_cgroup_level = ReadWrite,
+    domain_groups = RootReadWrite,
 }
 
 fn parse_bool(input: &str) -> Result<bool> {
@@ -94,6 +96,9 @@ impl SysfsHandler for Upm {
         let file = *ALL.get(index).ok_or(EINVAL)?;
         if let File::domains = file {
             return self.show_domains(out);
+        }
+        if let File::domain_groups = file {
+            return self.groups.show(out);
         }
         if let File::domain_policy = file {
             // All policies, the current one in brackets, as /sys/kernel/mm/transparent_hugepage.
@@ -150,13 +155,16 @@ impl SysfsHandler for Upm {
             File::domain_cgroup_level => {
                 TUNABLES.domain_cgroup_level.load(Ordering::Relaxed).into()
             }
-            File::domain_policy | File::domains => return Err(EINVAL),
+            File::domain_policy | File::domains | File::domain_groups => return Err(EINVAL),
         };
         writeln!(out, "{value}").map_err(|_| EINVAL)
     }
 
     fn store(&self, index: usize, input: &str) -> Result {
-        store_tunable(*ALL.get(index).ok_or(EINVAL)?, input)
+        match *ALL.get(index).ok_or(EINVAL)? {
+            File::domain_groups => self.groups.store(input),
+            file => store_tunable(file, input),
+        }
     }
 }
 
@@ -228,10 +236,13 @@ impl Upm {
             }
             let (policy, level, id) = domain_parts(tag);
             let name = DOMAIN_POLICIES.get(policy).map_or("?", |p| p.0);
-            let _ = if policy == DomainPolicy::Cgroup as usize {
-                write!(out, "{name}:{level}:{id}")
-            } else {
-                write!(out, "{name}:{id}")
+            let _ = match DOMAIN_POLICIES.get(policy).map(|p| p.1) {
+                Some(Policy::Kernel(DomainPolicy::Cgroup)) => write!(out, "{name}:{level}:{id}"),
+                // A process in no group: its own cgroup is its domain.
+                Some(Policy::Group) if level == u64::from(UNGROUPED) => {
+                    write!(out, "{name}:cgroup:{id}")
+                }
+                _ => write!(out, "{name}:{id}"),
             };
             let _ = writeln!(
                 out,

@@ -18,6 +18,7 @@
 use kernel::{c_str, prelude::*, sync::Arc};
 
 mod ffi;
+mod groups;
 mod merge;
 mod params;
 mod stats;

@@ -25,18 +25,24 @@ cgroup=/sys/fs/cgroup/upm-hook-test
 mkdir -p "$dir/rootfs/proc" "$dir/rootfs/dev" "$dir/rootfs/out" "$state" "$cgroup"
 cp "$holder" "$dir/rootfs/holder"
 
+# Under domain_policy=group, as the DaemonSet sets it: the hook puts each annotated
+# container in the group of its namespace and function; c1 and c2 are instances of one.
+policy_before=$(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/upm/domain_policy)
+echo group >/sys/kernel/mm/upm/domain_policy || { echo "    domain_policy=group refused"; exit 1; }
+
 # The hook's counts belong to the host: put back as they were.
 outcomes=/run/upm/hook-outcomes
 saved_outcomes=$(cat "$outcomes" 2>/dev/null) had_outcomes=$([ -e "$outcomes" ] && echo 1)
 
 cleanup() {
 	local id
-	for id in c1 c2 c3 c4 c5; do
+	for id in c1 c2 c3 c4 c5 c6; do
 		crun --root "$state" kill "$id" KILL 2>/dev/null
 		crun --root "$state" delete -f "$id" 2>/dev/null
 	done
 	rmdir "$cgroup"/* "$cgroup" 2>/dev/null
 	rm -rf "$dir"
+	echo "$policy_before" >/sys/kernel/mm/upm/domain_policy 2>/dev/null
 	if [ -n "$had_outcomes" ]; then
 		printf '%s\n' "$saved_outcomes" >"$outcomes"
 	else
@@ -88,8 +94,9 @@ EOF
 }
 
 # The hook's own --delay is 8 s; the annotation's 20 s must win.
-bundle c1 '"io.upm.merge": "true", "io.upm.delay": "20"'
-bundle c2 '"io.upm.merge": "true", "io.upm.delay": "20"'
+pod='"io.kubernetes.pod.namespace": "ns1", "io.upm.group": "resnet"'
+bundle c1 '"io.upm.merge": "true", "io.upm.delay": "20", '"$pod"
+bundle c2 '"io.upm.merge": "true", "io.upm.delay": "20", '"$pod"
 bundle c3 '"io.example.other": "true"'
 advised_before=$(hooked advised ok) left_before=$(hooked left_alone not_annotated)
 times=""
@@ -161,6 +168,30 @@ done
 advised=$(($(hooked advised ok) - advised_before)) left=$(($(hooked left_alone not_annotated) - left_before))
 echo "    counted: advised +$advised, left alone (not annotated) +$left"
 [ "$advised" = 2 ] && [ "$left" = 1 ] || exit 1
+
+# The same function in another namespace: a group of its own, sharing nothing with c1,
+# while its two copies share within it. The hook wrote c1's group for c1's cgroup.
+bundle c6 '"io.upm.merge": "true", "io.upm.delay": "0", "io.kubernetes.pod.namespace": "ns2",
+	"io.upm.group": "resnet"'
+crun --root "$state" --cgroup-manager=cgroupfs run --detach --bundle "$dir/c6" c6 \
+	</dev/null >"$dir/c6.log" 2>&1 || { sed 's/^/      /' "$dir/c6.log"; exit 1; }
+for _ in $(seq 600); do
+	[ -s "$dir/c6/out/ready" ] && break
+	sleep 0.1
+done
+pid[c6]=$(crun --root "$state" state c6 | jq -r .pid)
+read -r _ addr_a[c6] addr_b[c6] pages[c6] <"$dir/c6/out/ready" || { echo "    c6 never got ready"; exit 1; }
+# Its hook ran before it was ready, but advised the cgroup then: advise again, as its own
+# runtime would once loaded, to compare with c1 now.
+"$upmctl" advise --pid "${pid[c6]}" >/dev/null || exit 1
+within_c6=$($pfn_pairs "${pid[c6]}" "${addr_a[c6]}" "${addr_b[c6]}" "${pages[c6]}")
+with_c6=$(shared c1 c6)
+c1_group=$(awk -v id="$(stat -c %i "$cgroup/c1")" '$1 == id { print $2 }' \
+	/sys/kernel/mm/upm/domain_groups)
+echo "    group policy: c1 in group ${c1_group:-none}; c6 (another namespace) shares $with_c6" \
+	"with c1, $within_c6 of ${pages[c6]} within"
+[ -n "$c1_group" ] && [ "$with_c6" = 0 ] && [ "$within_c6" = "${pages[c6]}" ] || exit 1
+crun --root "$state" kill c6 KILL 2>/dev/null
 
 # Stopped and deleted, the containers leave nothing merged behind once swept.
 for id in c1 c2 c3; do

@@ -39,6 +39,7 @@ struct spec {
 	const char *cgroup;	/* below CG_ROOT, or NULL */
 	uint64_t seed;		/* contents */
 	int no_advise;		/* only map and fill: someone else advises */
+	volatile int *gate;	/* if set, advise only once it is non-zero */
 	/* Once advised, the member leaves its domain this way (its candidates stay behind). */
 	uid_t uid_after;
 	int userns_after;
@@ -76,6 +77,8 @@ static void member_main(const struct spec *s, int report_fd)
 		r.err = 13;
 	if (!r.err) {
 		fill_pages(p, DN, s->seed, 1);
+		while (s->gate && !*s->gate)
+			usleep(1000);
 		if (!s->no_advise && advise(p, DN))
 			r.err = 14;
 	}
@@ -95,11 +98,10 @@ static void member_main(const struct spec *s, int report_fd)
 	_exit(0);
 }
 
-/* Starts a member and waits until it has advised its pages. */
-static int start(struct member *m, const struct spec *s)
+/* Starts a member; its report (once it has advised) comes through *report_fd. */
+static int launch(struct member *m, const struct spec *s, int *report_fd)
 {
 	int report[2];
-	struct report r;
 
 	if (pipe(report))
 		return -1;
@@ -112,13 +114,30 @@ static int start(struct member *m, const struct spec *s)
 		member_main(s, report[1]);
 	}
 	close(report[1]);
-	if (read(report[0], &r, sizeof(r)) != sizeof(r))
+	*report_fd = report[0];
+	return 0;
+}
+
+/* Reads a launched member's report. */
+static int collect(struct member *m, int report_fd)
+{
+	struct report r;
+
+	if (read(report_fd, &r, sizeof(r)) != sizeof(r))
 		r.err = 20;
-	close(report[0]);
+	close(report_fd);
 	m->addr = r.addr;
 	m->exclusive = r.exclusive;
 	m->err = r.err;
 	return r.err ? -1 : 0;
+}
+
+/* Starts a member and waits until it has advised its pages. */
+static int start(struct member *m, const struct spec *s)
+{
+	int report_fd;
+
+	return launch(m, s, &report_fd) ? -1 : collect(m, report_fd);
 }
 
 static void stop(struct member *m)
@@ -632,6 +651,155 @@ out:
 	return r;
 }
 
+/* ---- group: the node agent names the cgroups that may share ---- */
+
+#define GROUPS_FILE UPM_SYSFS_DIR "/domain_groups"
+#define KUBE "upm_kubepods"
+
+/*
+ * Pods as the kubelet lays them out (cgroupfs driver): Guaranteed pods right below the root,
+ * Burstable and BestEffort ones a level deeper, each container a cgroup in its pod. Two
+ * namespaces with two functions each: a function's instances are pods of any QoS class, put
+ * in one group through their pod's cgroup; one pod is in no group.
+ */
+static const struct {
+	const char *pod;
+	long group; /* 0: none */
+} kube_pods[] = {
+	{ KUBE "/podg1", 101 },		       { KUBE "/burstable/podb1", 101 }, /* ns1, f1 */
+	{ KUBE "/besteffort/pode1", 102 },     { KUBE "/burstable/podb3", 102 }, /* ns1, f2 */
+	{ KUBE "/podg2", 201 },		       { KUBE "/besteffort/pode2", 201 }, /* ns2, f1 */
+	{ KUBE "/burstable/podb2", 202 },      { KUBE "/besteffort/pode3", 202 }, /* ns2, f2 */
+	{ KUBE "/burstable/podu", 0 },
+};
+#define KUBE_PODS ARRAY_SIZE(kube_pods)
+
+/* The cgroup id of a cgroup v2 directory below CG_ROOT: its inode number; 0 if none. */
+static uint64_t cgroup_id_of(const char *cg)
+{
+	char path[256];
+	struct stat st;
+
+	snprintf(path, sizeof(path), CG_ROOT "/%s", cg);
+	return stat(path, &st) ? 0 : (uint64_t)st.st_ino;
+}
+
+static int assign_group(const char *cg, long group)
+{
+	char line[64];
+
+	snprintf(line, sizeof(line), "%llu %ld", (unsigned long long)cgroup_id_of(cg), group);
+	return write_str(GROUPS_FILE, line);
+}
+
+static void kube_teardown(void)
+{
+	static const char *const levels[] = { KUBE "/burstable", KUBE "/besteffort", KUBE };
+	char path[160];
+
+	for (size_t i = 0; i < KUBE_PODS; i++) {
+		if (kube_pods[i].group)
+			assign_group(kube_pods[i].pod, 0);
+		snprintf(path, sizeof(path), CG_ROOT "/%s/ctr", kube_pods[i].pod);
+		rmdir(path);
+		snprintf(path, sizeof(path), CG_ROOT "/%s", kube_pods[i].pod);
+		rmdir(path);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(levels); i++) {
+		snprintf(path, sizeof(path), CG_ROOT "/%s", levels[i]);
+		rmdir(path);
+	}
+}
+
+static int kube_setup(void)
+{
+	static const char *const levels[] = { KUBE, KUBE "/burstable", KUBE "/besteffort" };
+	char path[160];
+
+	for (size_t i = 0; i < ARRAY_SIZE(levels); i++) {
+		snprintf(path, sizeof(path), CG_ROOT "/%s", levels[i]);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			return -1;
+	}
+	for (size_t i = 0; i < KUBE_PODS; i++) {
+		snprintf(path, sizeof(path), CG_ROOT "/%s", kube_pods[i].pod);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			return -1;
+		snprintf(path, sizeof(path), CG_ROOT "/%s/ctr", kube_pods[i].pod);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			return -1;
+		/* The pod's domain is known before its first advice. */
+		if (kube_pods[i].group && assign_group(kube_pods[i].pod, kube_pods[i].group))
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * group: pods in the kubelet's layout, one process per container holding the same pages, all
+ * advising at once. Frames are shared exactly within each function's group, whatever the
+ * pods' depth, never across groups (namespaces, functions) and never with the pod in no
+ * group; domain_groups refuses what it cannot hold.
+ */
+static enum result test_domain_groups_kubelet(void)
+{
+	struct member m[KUBE_PODS] = { 0 };
+	volatile int *gate = map_shared(sizeof(*gate));
+	int fds[KUBE_PODS];
+	char cg[KUBE_PODS][64], line[64];
+	size_t wrong = 0, pairs = 0;
+	enum result r = FAIL;
+
+	SKIP_IF(access(CG_ROOT "/cgroup.procs", F_OK), "no cgroup v2 hierarchy");
+	CHECK(gate, "shared map");
+	/* Refused: cgroup id 0, a group beyond 52 bits, not two numbers. */
+	CHECK(write_str(GROUPS_FILE, "0 5") && errno == EINVAL, "cgroup id 0: %s", strerror(errno));
+	CHECK(write_str(GROUPS_FILE, "1 4503599627370496") && errno == EINVAL,
+	      "group 2^52: %s", strerror(errno));
+	CHECK(write_str(GROUPS_FILE, "1") && errno == EINVAL, "one field: %s", strerror(errno));
+	if (kube_setup() || set_policy("group")) {
+		fprintf(stderr, "    cgroups or groups refused: %s\n", strerror(errno));
+		goto out;
+	}
+	for (size_t i = 0; i < KUBE_PODS; i++) {
+		snprintf(cg[i], sizeof(cg[i]), "%s/ctr", kube_pods[i].pod);
+		if (launch(&m[i], &(struct spec){ .cgroup = cg[i], .seed = 80, .gate = gate },
+			   &fds[i])) {
+			fprintf(stderr, "    member %zu failed\n", i);
+			goto out;
+		}
+	}
+	*gate = 1;
+	for (size_t i = 0; i < KUBE_PODS; i++)
+		if (collect(&m[i], fds[i])) {
+			fprintf(stderr, "    member %zu: error %d\n", i, m[i].err);
+			goto out;
+		}
+	for (size_t i = 0; i < KUBE_PODS; i++)
+		for (size_t j = i + 1; j < KUBE_PODS; j++) {
+			int same = kube_pods[i].group && kube_pods[i].group == kube_pods[j].group;
+			size_t n = shared(&m[i], &m[j]);
+
+			pairs++;
+			if (n != (same ? DN : 0)) {
+				fprintf(stderr, "    %s and %s share %zu of %d frames\n",
+					kube_pods[i].pod, kube_pods[j].pod, n, DN);
+				wrong++;
+			}
+		}
+	fprintf(stderr, "    %zu pairs of pods, %zu as their groups say\n", pairs, pairs - wrong);
+	snprintf(line, sizeof(line), "group:cgroup:%llu ",
+		 (unsigned long long)cgroup_id_of(cg[KUBE_PODS - 1]));
+	if (!wrong && m[KUBE_PODS - 1].exclusive == DN && domains_has("group:101 ") &&
+	    domains_has("group:202 ") && domains_has(line))
+		r = PASS;
+out:
+	stop_all(m, KUBE_PODS);
+	set_policy("uid");
+	kube_teardown();
+	return r;
+}
+
 /*
  * fresh_frame: a new merged page is a fresh copy, so neither adviser chooses the frame the
  * other maps; the copy is a KSM page like any other (contents, copy-on-write, counters).
@@ -812,6 +980,8 @@ const struct test domain_tests[] = {
 	  "a reloaded module adopts a merged page only in its node's domain" },
 	{ "domain_policy_change", test_domain_policy_change,
 	  "a policy change never merges across the old domains" },
+	{ "domain_groups_kubelet", test_domain_groups_kubelet,
+	  "group: pods in the kubelet's layout share exactly within their function's group" },
 	{ "fresh_frame", test_fresh_frame, "fresh_frame=1: merged pages live on a new frame" },
 	{ "hash_flood", test_hash_flood,
 	  "pages colliding under unkeyed xxh64: no merge, no compare, linear cost" },

@@ -41,6 +41,8 @@ pub(crate) enum Access {
     ReadWrite,
     /// Only root reads (0400).
     RootRead,
+    /// Only root reads and writes (0600).
+    RootReadWrite,
 }
 
 /// The page-sized output buffer of a sysfs `show`.
@@ -114,6 +116,7 @@ impl<T: SysfsHandler> SysfsDir<T> {
                 Access::Read => 0o444,
                 Access::ReadWrite => 0o644,
                 Access::RootRead => 0o400,
+                Access::RootReadWrite => 0o600,
             };
             #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
             {
@@ -121,7 +124,7 @@ impl<T: SysfsHandler> SysfsDir<T> {
                 attr.attr.key = SYSFS_ATTR_LOCK_CLASS.0.get();
             }
             attr.show = Some(Self::show_callback);
-            if file.access == Access::ReadWrite {
+            if matches!(file.access, Access::ReadWrite | Access::RootReadWrite) {
                 attr.store = Some(Self::store_callback);
             }
             attrs.push(

@@ -485,7 +485,7 @@ pub fn domains() -> Result<Vec<Domain>> {
     let users = fs::read_to_string("/etc/passwd").unwrap_or_default();
     for d in &mut domains {
         d.resolved = match d.name.split(':').collect::<Vec<_>>()[..] {
-            ["cgroup", _, id] => id
+            ["cgroup", _, id] | ["group", "cgroup", id] => id
                 .parse()
                 .ok()
                 .and_then(|id: u64| cgroups.get(&id))
@@ -729,6 +729,64 @@ pub fn prometheus_domains(domains: &[Domain]) -> String {
         }
     }
     out
+}
+
+/// The largest merge group number the module takes (`domain_groups`: 52 bits).
+pub const MAX_GROUP: u64 = (1 << 52) - 1;
+
+/// The merge group of the instances of `function` in Kubernetes namespace `namespace`, for
+/// `domain_policy=group`: a number from both names (FNV-1a, cut to 52 bits, never 0), so that
+/// one function's pods share and nothing is shared across namespaces or functions.
+pub fn group_number(namespace: &str, function: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    // The NUL keeps ("a", "bc") and ("ab", "c") apart: names never contain one.
+    for byte in namespace.bytes().chain([0]).chain(function.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash & MAX_GROUP).max(1)
+}
+
+/// Puts the cgroup v2 directory `cgroup` (and every cgroup below it without a group of its
+/// own) in merge group `group` (0: in none), through the module's `domain_groups` (root).
+pub fn assign_group(cgroup: &Path, group: u64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = fs::metadata(cgroup)
+        .map_err(|_| Error::NoSuchCgroup(cgroup.to_path_buf()))?
+        .ino();
+    fs::write(
+        Path::new(SYSFS_DIR).join("domain_groups"),
+        format!("{id} {group}\n"),
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied,
+        Some(libc::ENOENT) => why_unsupported(),
+        _ => Error::Os(e),
+    })
+}
+
+/// Takes cgroups that no longer exist out of their groups (the module keeps at most 65536):
+/// returns how many. The node agent calls it before it assigns a group.
+pub fn prune_groups() -> Result<usize> {
+    let text = fs::read_to_string(Path::new(SYSFS_DIR).join("domain_groups"))
+        .map_err(|_| why_unsupported())?;
+    let alive = cgroup_root()
+        .map(|root| cgroup_dirs_by_id(&root))
+        .unwrap_or_default();
+    let mut pruned = 0;
+    for id in text
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse::<u64>().ok())
+    {
+        if !alive.contains_key(&id) {
+            fs::write(
+                Path::new(SYSFS_DIR).join("domain_groups"),
+                format!("{id} 0\n"),
+            )
+            .map_err(Error::Os)?;
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
 }
 
 /// Where the OCI hook counts what it did with each container, since boot (`/run` is a tmpfs):

@@ -413,6 +413,22 @@ const NAMESPACE_ANNOTATIONS: [&str; 2] = [
     "io.kubernetes.cri.sandbox-namespace",
 ];
 
+/// The annotation that names the function a container is an instance of, for
+/// `domain_policy=group`: its instances in one Kubernetes namespace share, nothing else does.
+const GROUP_ANNOTATION: &str = "io.upm.group";
+
+/// The merge group of a container under `domain_policy=group`: its namespace (none outside
+/// Kubernetes) and its function (the group annotation, else "default").
+fn hook_group(state: &serde_json::Value) -> u64 {
+    let annotations = &state["annotations"];
+    let namespace = NAMESPACE_ANNOTATIONS
+        .iter()
+        .find_map(|a| annotations[*a].as_str())
+        .unwrap_or("");
+    let function = annotations[GROUP_ANNOTATION].as_str().unwrap_or("default");
+    upm::group_number(namespace, function)
+}
+
 /// What the host allows the hook to do (its hooks.d arguments), whatever a container asks.
 struct HookPolicy {
     default_delay: u64,
@@ -561,6 +577,16 @@ fn hook_container(
         return Err(Error::InvalidInput(format!(
             "container process {pid} has no cgroup of its own"
         )));
+    }
+    if upm::domain_policy()? == "group" {
+        // The container's domain is known before anything in it advises.
+        let pruned = upm::prune_groups()?;
+        let group = hook_group(state);
+        upm::assign_group(&cgroup, group)?;
+        syslog(
+            libc::LOG_INFO,
+            &format!("container {id}: in merge group {group} ({pruned} stale cgroups pruned)"),
+        );
     }
     if delay == 0 {
         return advise(Target::cgroup(cgroup), None, 0, Advice::Merge).map(|()| Handled::Advised);
@@ -781,6 +807,25 @@ mod tests {
             plan(no_namespace, &policy).unwrap(),
             HookPlan::NamespaceNotAllowed(None)
         );
+    }
+
+    #[test]
+    fn hook_groups_instances_of_one_function_in_one_namespace() {
+        let pod = |ns: &str, function: Option<&str>| {
+            let function =
+                function.map_or(String::new(), |f| format!(r#", "io.upm.group": "{f}""#));
+            serde_json::from_str(&format!(
+                r#"{{"pid": 42, "annotations": {{"io.kubernetes.pod.namespace": "{ns}"{function}}}}}"#
+            ))
+            .unwrap()
+        };
+        let group = |ns, function| hook_group(&pod(ns, function));
+        assert_eq!(group("ns1", Some("resnet")), group("ns1", Some("resnet")));
+        assert_ne!(group("ns1", Some("resnet")), group("ns2", Some("resnet")));
+        assert_ne!(group("ns1", Some("resnet")), group("ns1", Some("bert")));
+        assert_eq!(group("ns1", None), group("ns1", Some("default")));
+        assert_ne!(upm::group_number("a", "bc"), upm::group_number("ab", "c"));
+        assert!((1..=upm::MAX_GROUP).contains(&group("ns1", None)));
     }
 
     #[test]
