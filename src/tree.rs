@@ -41,7 +41,9 @@
 //!    and in the sweep, to check that its area is still mapped). A pairing that fails on it is
 //!    retried at the end of the call from the candidate's side: with none of the caller's
 //!    locks held, the candidate's `mmap_lock` is then taken as the advised mm's of step 1;
-//! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives.
+//! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives;
+//!    the lock of [`crate::groups::Groups`], to find a process's domain, at any point after
+//!    step 1 and with nothing taken inside it.
 
 use crate::ffi::{
     mm::{Mm, MmWithUser},
