@@ -874,28 +874,62 @@ static enum result test_madv_free(void)
 	return PASS;
 }
 
+/*
+ * How a candidate changes after its advise: rewritten everywhere, or one byte flipped in the
+ * last cache line or in the middle of a word half way through, so that a compare of part of
+ * the page (the first cache line, whole words of some lines) would call the pages identical.
+ */
+static const struct {
+	const char *name;
+	long offset; /* of the flipped byte; -1: the whole page rewritten */
+} candidate_changes[] = {
+	{ "everywhere", -1 },
+	{ "in the last cache line", 4096 - 1 },
+	{ "in the middle of a word", 2048 + 64 + 3 },
+};
+
+static void change_candidates(char *a, size_t pages, long offset, uint64_t seed)
+{
+	if (offset < 0) {
+		fill_pages(a, pages, seed, 1);
+		return;
+	}
+	for (size_t i = 0; i < pages; i++)
+		a[i * page_size + offset] ^= 0x10;
+}
+
 /* The central rule: a candidate is compared as it is now, not as it was when advised. */
 static enum result test_candidate_changed(void)
 {
-	char *a, *b;
-	long merged = counter("pages_merged"), differ = counter("hash_collisions");
+	for (size_t c = 0; c < ARRAY_SIZE(candidate_changes); c++) {
+		long offset = candidate_changes[c].offset;
+		long merged = counter("pages_merged"), differ = counter("hash_collisions");
+		uint64_t seed = 391 + 2 * c;
+		char *a, *b;
 
-	CHECK(map_twins(&a, &b, N, 391) == 0, "mmap");
-	CHECK(advise(a, N) == 0, "advise a: candidates");
-	CHECK(proc_kb("/proc/self/smaps_rollup", "KSM") == 0, "a untouched");
-	fill_pages(a, N, 392, 1); /* a changes after it was advised */
-	CHECK(advise(b, N) == 0, "advise b, which holds a's old contents");
-	CHECK(count_pfn_equal(a, b, N) == 0, "%zu pages merged with a changed candidate",
-	      count_pfn_equal(a, b, N));
-	CHECK(check_pages(a, N, 392, 1) < 0 && check_pages(b, N, 391, 1) < 0, "contents");
-	CHECK(counter("pages_merged") == merged, "pages_merged +%ld",
-	      counter("pages_merged") - merged);
-	CHECK(counter("hash_collisions") - differ == N, "compared and refused: %ld",
-	      counter("hash_collisions") - differ);
-	/* Once a holds b's contents again, they merge. */
-	fill_pages(a, N, 391, 1);
-	CHECK(advise(a, N) == 0 && count_pfn_equal(a, b, N) == N, "merged when identical: %zu",
-	      count_pfn_equal(a, b, N));
+		CHECK(offset < (long)page_size, "%ld: a 4 KiB page", offset);
+		CHECK(map_twins(&a, &b, N, seed) == 0, "mmap");
+		CHECK(advise(a, N) == 0, "advise a: candidates");
+		CHECK(proc_kb("/proc/self/smaps_rollup", "KSM") == 0, "a untouched");
+		change_candidates(a, N, offset, seed + 1); /* a changes after it was advised */
+		CHECK(advise(b, N) == 0, "advise b, which holds a's old contents");
+		CHECK(count_pfn_equal(a, b, N) == 0, "changed %s: %zu pages merged",
+		      candidate_changes[c].name, count_pfn_equal(a, b, N));
+		CHECK(check_pages(b, N, seed, 1) < 0, "b's contents");
+		CHECK(counter("pages_merged") == merged, "pages_merged +%ld",
+		      counter("pages_merged") - merged);
+		CHECK(counter("hash_collisions") - differ == N, "changed %s: refused %ld",
+		      candidate_changes[c].name, counter("hash_collisions") - differ);
+		/* Once a holds b's contents again, they merge. */
+		if (offset < 0)
+			fill_pages(a, N, seed, 1);
+		else
+			change_candidates(a, N, offset, 0);
+		CHECK(check_pages(a, N, seed, 1) < 0, "a's contents restored");
+		CHECK(advise(a, N) == 0 && count_pfn_equal(a, b, N) == N,
+		      "merged when identical: %zu", count_pfn_equal(a, b, N));
+		CHECK(munmap(a, N * page_size) == 0 && munmap(b, N * page_size) == 0, "munmap");
+	}
 	return PASS;
 }
 
@@ -2242,7 +2276,7 @@ const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
 	{ "candidate_changed", test_candidate_changed,
-	  "a candidate written after its advise never merges" },
+	  "a candidate written after its advise never merges, even by one byte anywhere" },
 	{ "move_pages", test_move_pages, "move_pages(MOVE_ALL) moves merged pages as ksmd's" },
 	{ "counts_while_moving", test_counts_while_moving,
 	  "counters and the sweep see pages under migration as ksmd's do" },
