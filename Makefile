@@ -116,6 +116,7 @@ mutants-ci: setup
 
 check: setup fmt clippy checkpatch
 	$(MAKE) -s -C tests isolation
+	scripts/test-catalogue.sh --check
 
 # checkpatch.pl must run from the kernel tree to know its files. That tree is Debian's
 # tarball with no history, so checkpatch cannot look up the upstream ids a backport cites
