@@ -33,7 +33,7 @@ help:
 	@echo "make mutants         build deliberately broken modules and kernels; the suite must fail each"
 	@echo "make mutants-module  only the module's mutants, in one boot"
 	@echo "make mutants-ci      the central mutants and those whose code or tests changed (CI)"
-	@echo "make demo            16 ResNet-50 function instances, UPM off and on (DEMO_INSTANCES=16)"
+	@echo "make demo            16 ResNet-50 function instances on ONNX Runtime, UPM off and on (DEMO_INSTANCES=16, DEMO_ARGS=\"--runtime numpy --default-malloc\")"
 	@echo "make bench           UPM against KSM and the floor, release VM (BENCH_MIB=256)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
 	@echo "make install [DESTDIR=...]  module, upmctl, preload shim, systemd unit, config"
@@ -72,12 +72,13 @@ test: setup
 # The demo's figures describe what users run: the release kernel. Writes results/demo.{json,png}.
 DEMO_INSTANCES ?= 16
 DEMO_BUDGET_MIB ?= 1024
+DEMO_ARGS ?=
 demo: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) tests
-	UPM_VM_MEM=6G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
-		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB)
+	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
+		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.

@@ -56,6 +56,12 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 	python3 -m pip install --quiet matplotlib
 fi
 
+# make demo's function runs on ONNX Runtime, its model built with the onnx package.
+if ! python3 -c 'import onnx, onnxruntime' 2>/dev/null; then
+	upm_log "installing onnx and onnxruntime from PyPI"
+	python3 -m pip install --quiet onnx onnxruntime
+fi
+
 # checkpatch.pl runs scripts/spdxcheck.py with the python3 on PATH.
 if ! python3 -c 'import ply, git' 2>/dev/null; then
 	upm_log "installing ply and GitPython from PyPI (checkpatch's SPDX check)"

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0
 """make demo: the reference workload of UPM, N image-recognition function instances.
 
-Each instance is its own Python interpreter, as in a container: it imports its runtime
-(numpy), builds ResNet-50's weights deterministically (fixed seed, float32, the layout of a
-framework's state dict: about 100 MB), answers a few inference requests, then, after its cold
-start, calls UPM once through the Python package (gc.freeze(), upm.advise_all_anonymous())
-and answers the same requests again: the answers must not change.
+Each instance is its own Python interpreter, as in a container: it builds ResNet-50's weights
+deterministically (fixed seed, float32, the layout of a framework's state dict: about 100 MB),
+loads them into its runtime (ONNX Runtime by default: a model built in memory with the onnx
+package and an InferenceSession with one thread; or ResNet-50 written with numpy), answers
+a few inference requests, then, after its cold start, calls UPM once through the Python
+package (gc.freeze(), upm.advise_all_anonymous()) and answers the same requests again: the
+answers must not change, bit for bit.
 
 The driver runs the instances twice in one boot, with UPM off (run=0) and on, starting them
 one by one and measuring after each: the sum of their PSS and the VM's used memory. It prints
@@ -13,7 +15,7 @@ a table, writes results/demo.json and draws results/demo.png (total memory again
 count), counts the saving an oracle merging every identical page would reach (from pagemap
 frames and page contents), and says how many instances fit in a memory budget.
 
-    demo_function.py [--instances N] [--budget-mib M] [--out DIR]
+    demo_function.py [--instances N] [--budget-mib M] [--runtime onnxruntime|numpy] [--out DIR]
 """
 import argparse
 import gc
@@ -113,32 +115,98 @@ def forward(np, w, image):
     return w["fc.weight"] @ x.mean(axis=(1, 2)) + w["fc.bias"]
 
 
-def serve(np, weights):
+def onnx_model(np, w):
+    """The same ResNet-50 as an ONNX graph whose initializers are w: what a model file holds."""
+    from onnx import TensorProto, helper, numpy_helper  # pylint: disable=import-outside-toplevel
+    nodes, inits = [], [numpy_helper.from_array(a, name) for name, a in w.items()]
+
+    def node(op, inputs, **attrs):
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def conv(x, name, stride=1):
+        k = w[name + ".weight"].shape[2]
+        return node("Conv", [x, name + ".weight"], kernel_shape=[k, k], strides=[stride, stride],
+                    pads=[k // 2] * 4)
+
+    def bn(x, name, relu=True):
+        x = node("BatchNormalization", [x] + [name + suffix for suffix in
+                 (".weight", ".bias", ".running_mean", ".running_var")], epsilon=1e-5)
+        return node("Relu", [x]) if relu else x
+
+    x = bn(conv("image", "conv1", 2), "bn1")
+    x = node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    for stage, (blocks, _) in enumerate(STAGES, 1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            stride = 2 if block == 0 and stage > 1 else 1
+            out = bn(conv(x, prefix + ".conv1"), prefix + ".bn1")
+            out = bn(conv(out, prefix + ".conv2", stride), prefix + ".bn2")
+            out = bn(conv(out, prefix + ".conv3"), prefix + ".bn3", relu=False)
+            if block == 0:
+                x = bn(conv(x, prefix + ".downsample.0", stride), prefix + ".downsample.1",
+                       relu=False)
+            x = node("Relu", [node("Add", [out, x])])
+    x = node("Flatten", [node("GlobalAveragePool", [x])])
+    nodes.append(helper.make_node("Gemm", [x, "fc.weight", "fc.bias"], ["scores"], transB=1))
+    graph = helper.make_graph(
+        nodes, "resnet50", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                          [1, 3, IMAGE, IMAGE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1000])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def onnx_function(np):
+    """A ResNet-50 inference session of ONNX Runtime, one thread, as a function instance
+    holds it; the model is built in memory and dropped once the session has loaded it."""
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    weights = resnet50_weights(np)
+    params = sum(a.size for a in weights.values())
+    model = onnx_model(np, weights).SerializeToString()
+    del weights
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    del model
+    gc.collect()
+    return (lambda image: session.run(None, {"image": image[None]})[0][0]), params
+
+
+def numpy_function(np):
+    """ResNet-50 written with numpy: the weights stay the arrays built from the seed."""
+    weights = resnet50_weights(np)
+    return (lambda image: forward(np, weights, image)), sum(a.size for a in weights.values())
+
+
+def serve(np, infer):
     """The answers to the fixed requests: top-5 classes and their scores, bit for bit."""
     answers = []
     for request in range(REQUESTS):
         image = np.random.default_rng(1000 + request).standard_normal((3, IMAGE, IMAGE),
                                                                       np.float32)
-        scores = forward(np, weights, image)
+        scores = infer(image)
         top5 = np.argsort(scores)[::-1][:5]
         answers.append([[int(c), scores[c].tobytes().hex()] for c in top5])
     return answers
 
 
-def instance():
+def instance(runtime, default_malloc):
     """One function instance: cold start, requests, UPM, requests again; reports on stdout."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread per instance, as deployed
     import numpy as np  # pylint: disable=import-outside-toplevel
     import upm  # pylint: disable=import-outside-toplevel
 
-    weights = resnet50_weights(np)
-    before = serve(np, weights)
+    if not default_malloc:
+        upm.mmap_large_allocations()  # before the model loads: see the helper's documentation
+    infer, params = (onnx_function if runtime == "onnxruntime" else numpy_function)(np)
+    before = serve(np, infer)
     gc.freeze()
     t0 = time.monotonic()
     advised = upm.advise_all_anonymous()
     advise_ms = (time.monotonic() - t0) * 1e3
-    after = serve(np, weights)
-    params = sum(a.size for a in weights.values())
+    after = serve(np, infer)
     print(json.dumps({"advise_ms": advise_ms, "advised_bytes": advised, "params": params,
                       "same_answers": before == after, "top1": before[0][0][0]}), flush=True)
     sys.stdin.read()  # stay alive until the driver is done measuring
@@ -161,14 +229,16 @@ def set_run(value):
         f.write(str(value))
 
 
-def run_instances(n, python):
+def run_instances(n, python, runtime, default_malloc):
     """Starts n instances one by one; after each, the sum of PSS and the VM's used memory."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     procs, reports, curve = [], [], []
     try:
         for count in range(1, n + 1):
-            proc = subprocess.Popen([python, __file__, "--instance"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=env, text=True)
+            argv = [python, __file__, "--instance", "--runtime", runtime]
+            argv += ["--default-malloc"] if default_malloc else []
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                    text=True)
             procs.append(proc)
             line = proc.stdout.readline()
             if not line:
@@ -224,7 +294,7 @@ def fits(curve, budget_kib):
     return 1 + int((budget_kib - first) // step), True
 
 
-def plot(off, on, path, n):
+def plot(off, on, path, n, runtime):
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.path.dirname(path), ".matplotlib"))
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
@@ -235,7 +305,7 @@ def plot(off, on, path, n):
         ax.plot(xs, [p["pss_kib"] / 1024 for p in run["curve"]], style, label=label + ", sum of PSS")
         ax.plot(xs, [p["vm_used_kib"] / 1024 for p in run["curve"]], style[0] + ":",
                 alpha=0.6, label=label + ", VM used memory")
-    ax.set_xlabel("function instances (ResNet-50 weights, numpy)")
+    ax.set_xlabel(f"function instances (ResNet-50, {runtime})")
     ax.set_ylabel("memory (MiB)")
     ax.set_xticks(range(1, n + 1))
     ax.set_title("UPM: memory of N image-recognition function instances")
@@ -249,11 +319,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--instance", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--instances", type=int, default=16)
+    parser.add_argument("--runtime", choices=("onnxruntime", "numpy"), default="onnxruntime",
+                        help="ONNX Runtime's session (default) or ResNet-50 written with numpy")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's mmap threshold dynamic (no upm.mmap_large_allocations())")
     parser.add_argument("--budget-mib", type=int, default=1024)
     parser.add_argument("--out", default=os.environ.get("UPM_VM_OUT", ".") + "/results")
     args = parser.parse_args()
     if args.instance:
-        instance()
+        instance(args.runtime, args.default_malloc)
         return 0
     if not os.path.isdir("/sys/kernel/mm/upm"):
         print("demo: the UPM module is not loaded (insmod upm.ko)", file=sys.stderr)
@@ -264,7 +338,7 @@ def main():
         print(f"  UPM {name}: starting {n} instances", flush=True)
         set_run(run)
         try:
-            runs[name] = run_instances(n, sys.executable)
+            runs[name] = run_instances(n, sys.executable, args.runtime, args.default_malloc)
         finally:
             set_run(1)
     off, on = runs["off"], runs["on"]
@@ -283,7 +357,7 @@ def main():
     params = on["reports"][0]["params"]
 
     print(f"\n{n} instances of ResNet-50 ({params / 1e6:.1f} M float32 parameters, "
-          f"{params * 4 / 2**20:.0f} MiB of weights each), numpy, {REQUESTS} requests each")
+          f"{params * 4 / 2**20:.0f} MiB of weights each), {args.runtime}, {REQUESTS} requests each")
     print(f"  {'':32s} {'UPM off':>10s} {'UPM on':>10s} {'saving':>8s}")
     print(f"  {'sum of PSS (MiB)':32s} {pss_off / 1024:10.1f} {pss_on / 1024:10.1f} "
           f"{100 * saving:7.1f}%")
@@ -308,10 +382,11 @@ def main():
               "saving_pss": saving, "saving_vm_used": 1 - used_on / used_off,
               "upm_page_saving": upm_saving, "oracle_page_saving": oracle_saving,
               "budget_mib": args.budget_mib, "fit_off": fit_off, "fit_on": fit_on,
-              "answers_unchanged": ok, "kernel": os.uname().release}
+              "answers_unchanged": ok, "kernel": os.uname().release, "runtime": args.runtime,
+              "malloc": "default" if args.default_malloc else "mmap_large_allocations"}
     with open(os.path.join(args.out, "demo.json"), "w", encoding="ascii") as f:
         json.dump(result, f, indent=1)
-    plot(off, on, os.path.join(args.out, "demo.png"), n)
+    plot(off, on, os.path.join(args.out, "demo.png"), n, args.runtime)
     print(f"  wrote {args.out}/demo.json and demo.png")
     return 0 if ok and saving > 0 else 1
 

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0
-"""The Python helper in a real Python process: numpy arrays merge after advise_all_anonymous()."""
+"""The Python helper in a real Python process: numpy arrays merge after advise_all_anonymous(),
+and mmap_large_allocations() keeps large arrays off the heap after a large free."""
 import gc
 import mmap
 import os
 import struct
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "userspace", "python"))
@@ -28,8 +30,35 @@ def page_aligned(n):
     return raw[skip:skip + n]
 
 
+def heap_after_a_large_free(fixed):
+    """Whether a 1 MiB array lands on the brk heap once a 4 MiB one was freed (which raises
+    glibc's dynamic mmap threshold), in a fresh interpreter."""
+    program = f"""
+import sys
+sys.path[:0] = {sys.path[:1]!r}
+import numpy as np, upm
+if {fixed}:
+    upm.mmap_large_allocations()
+big = np.ones(4 << 20, np.uint8)
+del big
+x = np.ones(1 << 20, np.uint8)
+addr = x.__array_interface__["data"][0]
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    start, end = (int(v, 16) for v in fields[0].split("-"))
+    if start <= addr < end:
+        print(fields[5] if len(fields) > 5 else "anonymous")
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return out == "[heap]"
+
+
 def main():
     assert upm.is_supported(), "module loaded, so UPM must be supported"
+    # The premise, then the helper: a large array goes to the heap by default, not after it.
+    assert heap_after_a_large_free(False), "glibc kept the 1 MiB array off the heap anyway"
+    assert not heap_after_a_large_free(True), "mmap_large_allocations() left it on the heap"
     # Two "model instances" with the same weights, 8 MiB each, page aligned.
     weights = np.random.default_rng(42).standard_normal(1 << 20).astype(np.float64)
     a = page_aligned(weights.size)
@@ -65,7 +94,8 @@ def main():
         except ValueError:
             pass
     upm.advise(mmap.mmap(-1, 4 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-    print(f"python: numpy arrays merged ({pages} pages share frames), COW and unmerge ok")
+    print(f"python: numpy arrays merged ({pages} pages share frames), COW and unmerge ok; "
+          "large allocations mapped apart after mmap_large_allocations()")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0 OR MIT
 """UPM for Python runtimes: merge this process's duplicate memory with MADV_UPM_MERGEABLE.
 
-ctypes only, no compiled extension. Typical use, once after a function's cold start::
+ctypes only, no compiled extension. Typical use::
 
     import gc, upm
+    upm.mmap_large_allocations()     # first: before the runtime loads its model
+    ...                              # the cold start: load the model, warm up
     gc.freeze()                      # keep the collector from dirtying object pages
     if upm.is_supported():
         upm.advise_all_anonymous()   # or upm.advise(numpy_array) for selected buffers
@@ -132,6 +134,28 @@ def anonymous_ranges(maps_path: str = "/proc/self/maps") -> List[Tuple[int, int]
             start, end = (int(x, 16) for x in addresses.split("-"))
             ranges.append((start, end - start))
     return ranges
+
+
+# mallopt(3)'s M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+
+
+def mmap_large_allocations(threshold: int = 128 * 1024) -> None:
+    """Give every allocation of at least threshold bytes its own mapping (glibc's malloc).
+
+    Identical data merges only where it lies at the same offset within its pages in every
+    instance. glibc maps a large allocation on its own, at a fixed offset in its first page,
+    but raises that threshold each time such a mapping is freed (up to 32 MiB): a runtime
+    that frees a large buffer while it loads a model (ONNX Runtime parsing its model, for
+    one) then places its weights on the brk heap, after allocations whose sizes differ from
+    one process to the next, and no two instances' weight pages hold the same bytes. Fixing
+    the threshold keeps every large buffer page-aligned alike. Call it before the runtime
+    loads its model. Setting MALLOC_MMAP_THRESHOLD_ in the environment does the same.
+    Raises OSError where the C library has no mallopt() or refuses the value.
+    """
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None or mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)) != 1:
+        raise OSError(errno.ENOSYS, "mallopt(M_MMAP_THRESHOLD) is not available here")
 
 
 def advise_all_anonymous() -> int:
