@@ -79,6 +79,7 @@ demo: setup
 	$(MAKE) tests
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
 		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
+	scripts/results-page.py
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.
@@ -118,6 +119,7 @@ mutants-ci: setup
 check: setup fmt clippy checkpatch
 	$(MAKE) -s -C tests isolation
 	scripts/test-catalogue.sh --check
+	scripts/results-page.py --check
 
 # checkpatch.pl must run from the kernel tree to know its files. That tree is Debian's
 # tarball with no history, so checkpatch cannot look up the upstream ids a backport cites

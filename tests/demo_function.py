@@ -212,6 +212,16 @@ def instance(runtime, default_malloc):
     sys.stdin.read()  # stay alive until the driver is done measuring
 
 
+def commit():
+    """The repository's commit, and whether its tree had changes, for the results page."""
+    def git(*argv):
+        return subprocess.run(["git", "-C", HERE, "-c", "safe.directory=*", *argv],
+                              capture_output=True, text=True, check=False).stdout.strip()
+    head = git("rev-parse", "--short=12", "HEAD")
+    return head + ("+changes" if head and git("status", "--porcelain", "--untracked-files=no")
+                   else "") if head else "unknown"
+
+
 def kb_field(path, key):
     with open(path, encoding="ascii") as f:
         for line in f:
@@ -378,7 +388,8 @@ def main():
           f"{'yes' if ok else 'NO'}", flush=True)
 
     os.makedirs(args.out, exist_ok=True)
-    result = {"instances": n, "params": params, "requests": REQUESTS, "off": off, "on": on,
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
+              "command": " ".join(["demo_function.py"] + sys.argv[1:]),"instances": n, "params": params, "requests": REQUESTS, "off": off, "on": on,
               "saving_pss": saving, "saving_vm_used": 1 - used_on / used_off,
               "upm_page_saving": upm_saving, "oracle_page_saving": oracle_saving,
               "budget_mib": args.budget_mib, "fit_off": fit_off, "fit_on": fit_on,
