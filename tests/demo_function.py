@@ -73,6 +73,24 @@ def resnet50_weights(np):
     return weights
 
 
+def resnet50(conv, bn, maxpool, add_relu, head, x):
+    """ResNet-50's structure over the operations given, as the numpy forward pass computes it
+    and the ONNX graph records it: the stem, the bottleneck blocks, the classifier."""
+    x = maxpool(bn(conv(x, "conv1", 2), "bn1"))
+    for stage, (blocks, _) in enumerate(STAGES, 1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            stride = 2 if block == 0 and stage > 1 else 1
+            out = bn(conv(x, prefix + ".conv1"), prefix + ".bn1")
+            out = bn(conv(out, prefix + ".conv2", stride), prefix + ".bn2")
+            out = bn(conv(out, prefix + ".conv3"), prefix + ".bn3", relu=False)
+            if block == 0:
+                x = bn(conv(x, prefix + ".downsample.0", stride), prefix + ".downsample.1",
+                       relu=False)
+            x = add_relu(out, x)
+    return head(x)
+
+
 def forward(np, w, image):
     """ResNet-50 inference on one (3, H, W) image: the 1000 class scores."""
 
@@ -100,19 +118,8 @@ def forward(np, w, image):
         return np.max([x[:, i:i + 2 * ho:2, j:j + 2 * wo:2] for i in range(3) for j in range(3)],
                       axis=0)
 
-    x = maxpool(bn(conv(image, "conv1", 2), "bn1"))
-    for stage, (blocks, _) in enumerate(STAGES, 1):
-        for block in range(blocks):
-            prefix = f"layer{stage}.{block}"
-            stride = 2 if block == 0 and stage > 1 else 1
-            out = bn(conv(x, prefix + ".conv1"), prefix + ".bn1")
-            out = bn(conv(out, prefix + ".conv2", stride), prefix + ".bn2")
-            out = bn(conv(out, prefix + ".conv3"), prefix + ".bn3", relu=False)
-            if block == 0:
-                x = bn(conv(x, prefix + ".downsample.0", stride), prefix + ".downsample.1",
-                       relu=False)
-            x = np.maximum(out + x, 0)
-    return w["fc.weight"] @ x.mean(axis=(1, 2)) + w["fc.bias"]
+    return resnet50(conv, bn, maxpool, lambda out, x: np.maximum(out + x, 0),
+                    lambda x: w["fc.weight"] @ x.mean(axis=(1, 2)) + w["fc.bias"], image)
 
 
 def onnx_model(np, w):
@@ -135,21 +142,15 @@ def onnx_model(np, w):
                  (".weight", ".bias", ".running_mean", ".running_var")], epsilon=1e-5)
         return node("Relu", [x]) if relu else x
 
-    x = bn(conv("image", "conv1", 2), "bn1")
-    x = node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    for stage, (blocks, _) in enumerate(STAGES, 1):
-        for block in range(blocks):
-            prefix = f"layer{stage}.{block}"
-            stride = 2 if block == 0 and stage > 1 else 1
-            out = bn(conv(x, prefix + ".conv1"), prefix + ".bn1")
-            out = bn(conv(out, prefix + ".conv2", stride), prefix + ".bn2")
-            out = bn(conv(out, prefix + ".conv3"), prefix + ".bn3", relu=False)
-            if block == 0:
-                x = bn(conv(x, prefix + ".downsample.0", stride), prefix + ".downsample.1",
-                       relu=False)
-            x = node("Relu", [node("Add", [out, x])])
-    x = node("Flatten", [node("GlobalAveragePool", [x])])
-    nodes.append(helper.make_node("Gemm", [x, "fc.weight", "fc.bias"], ["scores"], transB=1))
+    def maxpool(x):
+        return node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+
+    def head(x):
+        x = node("Flatten", [node("GlobalAveragePool", [x])])
+        nodes.append(helper.make_node("Gemm", [x, "fc.weight", "fc.bias"], ["scores"], transB=1))
+
+    resnet50(conv, bn, maxpool, lambda out, x: node("Relu", [node("Add", [out, x])]), head,
+             "image")
     graph = helper.make_graph(
         nodes, "resnet50", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
                                                           [1, 3, IMAGE, IMAGE])],
