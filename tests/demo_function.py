@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -158,27 +159,30 @@ def onnx_model(np, w):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def onnx_function(np):
-    """A ResNet-50 inference session of ONNX Runtime, one thread, as a function instance
-    holds it; the model is built in memory and dropped once the session has loaded it."""
+def write_onnx_model(np, path):
+    """Writes the model file every ONNX Runtime instance loads; returns its parameter count."""
+    weights = resnet50_weights(np)
+    with open(path, "wb") as f:
+        f.write(onnx_model(np, weights).SerializeToString())
+    return sum(a.size for a in weights.values())
+
+
+def onnx_function(np, model_path):
+    """A ResNet-50 inference session of ONNX Runtime on one thread, loaded from the model
+    file, as a function instance holds it."""
     import onnxruntime  # pylint: disable=import-outside-toplevel
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    weights = resnet50_weights(np)
-    params = sum(a.size for a in weights.values())
-    model = onnx_model(np, weights).SerializeToString()
-    del weights
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    del model
-    gc.collect()
-    return (lambda image: session.run(None, {"image": image[None]})[0][0]), params
+    session = onnxruntime.InferenceSession(model_path, options,
+                                           providers=["CPUExecutionProvider"])
+    return lambda image: session.run(None, {"image": image[None]})[0][0]
 
 
-def numpy_function(np):
+def numpy_function(np, _model_path):
     """ResNet-50 written with numpy: the weights stay the arrays built from the seed."""
     weights = resnet50_weights(np)
-    return (lambda image: forward(np, weights, image)), sum(a.size for a in weights.values())
+    return lambda image: forward(np, weights, image)
 
 
 def serve(np, infer):
@@ -193,7 +197,7 @@ def serve(np, infer):
     return answers
 
 
-def instance(runtime, default_malloc):
+def instance(runtime, model_path, default_malloc):
     """One function instance: cold start, requests, UPM, requests again; reports on stdout."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread per instance, as deployed
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -201,14 +205,14 @@ def instance(runtime, default_malloc):
 
     if not default_malloc:
         upm.mmap_large_allocations()  # before the model loads: see the helper's documentation
-    infer, params = (onnx_function if runtime == "onnxruntime" else numpy_function)(np)
+    infer = (onnx_function if runtime == "onnxruntime" else numpy_function)(np, model_path)
     before = serve(np, infer)
     gc.freeze()
     t0 = time.monotonic()
     advised = upm.advise_all_anonymous()
     advise_ms = (time.monotonic() - t0) * 1e3
     after = serve(np, infer)
-    print(json.dumps({"advise_ms": advise_ms, "advised_bytes": advised, "params": params,
+    print(json.dumps({"advise_ms": advise_ms, "advised_bytes": advised,
                       "same_answers": before == after, "top1": before[0][0][0]}), flush=True)
     sys.stdin.read()  # stay alive until the driver is done measuring
 
@@ -240,13 +244,13 @@ def set_run(value):
         f.write(str(value))
 
 
-def run_instances(n, python, runtime, default_malloc):
+def run_instances(n, python, runtime, model_path, default_malloc):
     """Starts n instances one by one; after each, the sum of PSS and the VM's used memory."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     procs, reports, curve = [], [], []
     try:
         for count in range(1, n + 1):
-            argv = [python, __file__, "--instance", "--runtime", runtime]
+            argv = [python, __file__, "--instance", "--runtime", runtime, "--model", model_path]
             argv += ["--default-malloc"] if default_malloc else []
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                     text=True)
@@ -333,25 +337,37 @@ def main():
     parser.add_argument("--runtime", choices=("onnxruntime", "numpy"), default="onnxruntime",
                         help="ONNX Runtime's session (default) or ResNet-50 written with numpy")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's mmap threshold dynamic (no upm.mmap_large_allocations())")
+                        help="leave glibc's mmap threshold dynamic "
+                        "(no upm.mmap_large_allocations())")
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--budget-mib", type=int, default=1024)
     parser.add_argument("--out", default=os.environ.get("UPM_VM_OUT", ".") + "/results")
     args = parser.parse_args()
     if args.instance:
-        instance(args.runtime, args.default_malloc)
+        instance(args.runtime, args.model, args.default_malloc)
         return 0
     if not os.path.isdir("/sys/kernel/mm/upm"):
         print("demo: the UPM module is not loaded (insmod upm.ko)", file=sys.stderr)
         return 2
     n = args.instances
     runs = {}
-    for name, run in (("off", 0), ("on", 1)):
-        print(f"  UPM {name}: starting {n} instances", flush=True)
-        set_run(run)
-        try:
-            runs[name] = run_instances(n, sys.executable, args.runtime, args.default_malloc)
-        finally:
-            set_run(1)
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as tmp:
+        # The model file of a function, in the guest's tmpfs: the same in both runs.
+        model_path = os.path.join(tmp, "resnet50.onnx")
+        if args.runtime == "onnxruntime":
+            params = write_onnx_model(np, model_path)
+        else:
+            params = sum(a.size for a in resnet50_weights(np).values())
+        gc.collect()
+        for name, run in (("off", 0), ("on", 1)):
+            print(f"  UPM {name}: starting {n} instances", flush=True)
+            set_run(run)
+            try:
+                runs[name] = run_instances(n, sys.executable, args.runtime, model_path,
+                                           args.default_malloc)
+            finally:
+                set_run(1)
     off, on = runs["off"], runs["on"]
     ok = all(r["same_answers"] for run in runs.values() for r in run["reports"])
     ok &= len({r["top1"] for run in runs.values() for r in run["reports"]}) == 1
@@ -365,10 +381,10 @@ def main():
     fit_off, extra_off = fits(off["curve"], budget)
     fit_on, extra_on = fits(on["curve"], budget)
     advise_ms = [r["advise_ms"] for r in on["reports"]]
-    params = on["reports"][0]["params"]
 
     print(f"\n{n} instances of ResNet-50 ({params / 1e6:.1f} M float32 parameters, "
-          f"{params * 4 / 2**20:.0f} MiB of weights each), {args.runtime}, {REQUESTS} requests each")
+          f"{params * 4 / 2**20:.0f} MiB of weights each), {args.runtime}, "
+          f"{REQUESTS} requests each")
     print(f"  {'':32s} {'UPM off':>10s} {'UPM on':>10s} {'saving':>8s}")
     print(f"  {'sum of PSS (MiB)':32s} {pss_off / 1024:10.1f} {pss_on / 1024:10.1f} "
           f"{100 * saving:7.1f}%")
@@ -390,7 +406,8 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
-              "command": " ".join(["demo_function.py"] + sys.argv[1:]),"instances": n, "params": params, "requests": REQUESTS, "off": off, "on": on,
+              "command": " ".join(["demo_function.py"] + sys.argv[1:]), "instances": n,
+              "params": params, "requests": REQUESTS, "off": off, "on": on,
               "saving_pss": saving, "saving_vm_used": 1 - used_on / used_off,
               "upm_page_saving": upm_saving, "oracle_page_saving": oracle_saving,
               "budget_mib": args.budget_mib, "fit_off": fit_off, "fit_on": fit_on,
