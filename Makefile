@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info tests test mutants mutants-module mutants-ci demo bench check \
+.PHONY: all module setup kernel kernel-info tests test mutants mutants-module mutants-ci demo demo-compare bench check \
 	checkpatch clippy fmt install \
 	rust-analyzer clean help
 
@@ -34,6 +34,7 @@ help:
 	@echo "make mutants-module  only the module's mutants, in one boot"
 	@echo "make mutants-ci      the central mutants and those whose code or tests changed (CI)"
 	@echo "make demo            16 ResNet-50 function instances on ONNX Runtime, UPM off and on (DEMO_INSTANCES=16, DEMO_ARGS=\"--runtime numpy --default-malloc\")"
+	@echo "make demo-compare    the same instances under UPM, KSM (three ways) and fork from a loaded parent"
 	@echo "make bench           UPM against KSM and the floor, release VM (BENCH_MIB=256)"
 	@echo "make check           rustfmt, clippy (warnings are errors), checkpatch --strict"
 	@echo "make install [DESTDIR=...]  module, upmctl, preload shim, systemd unit, config"
@@ -80,6 +81,16 @@ demo: setup
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
 		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
 	scripts/results-page.py
+
+# UPM against KSM (PR_SET_MEMORY_MERGE: defaults, unthrottled, scan-time advisor) and fork from
+# a loaded parent, on the same instances. Writes results/demo_compare.{json,png}.
+DEMO_COMPARE_ARGS ?=
+demo-compare: setup
+	scripts/build-kernel.sh release
+	$(MAKE) module FLAVOUR=release
+	$(MAKE) tests
+	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
+		"cd tests && python3 demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.
