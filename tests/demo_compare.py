@@ -13,12 +13,17 @@ last, then lets every instance serve --requests requests and measures again:
 - fork: one process loads the model and forks the N instances (a zygote, as prefork servers
   and serverless platforms' warm pools do); the zygote's own PSS is counted.
 
-Reported per strategy: the sum of PSS over time, the final saving against none, the time
-from the first start to 90% of that saving, the CPU seconds merging cost (ksmd's, and the
-advisers' time in madvise), and the saving left after the requests. Writes
-results/demo_compare.json and results/demo_compare.png.
+Then the instances diverge: each warms the same 32 MiB cache after start-up, and is advised
+again (which only UPM acts on) and given --rehold seconds.
 
-    demo_compare.py [--instances N] [--hold S] [--requests R] [--strategies a,b,...] [--out DIR]
+Reported per strategy: the sum of PSS over time, the final saving against none, the time
+from the first start to 90% of that saving, the CPU seconds merging cost over the whole run
+(ksmd's, and the advisers' time in madvise), the saving left after the requests, once the
+instances diverged, and after the advice again. Writes results/demo_compare.json and
+results/demo_compare.png.
+
+    demo_compare.py [--instances N] [--hold S] [--requests R] [--rehold S]
+                    [--strategies a,b,...] [--out DIR]
 """
 import argparse
 import ctypes
@@ -35,6 +40,8 @@ import demo_function
 KSM = "/sys/kernel/mm/ksm/"
 UPM = "/sys/kernel/mm/upm/"
 PR_SET_MEMORY_MERGE = 67
+CACHE_BYTES = 32 << 20  # what each instance warms after start-up, the same in all
+CACHE_SEED = 7
 STRATEGIES = ("none", "upm", "ksm", "ksm-unthrottled", "ksm-advisor", "fork")
 KSM_SETTINGS = {
     "ksm": {"advisor_mode": "none", "pages_to_scan": "100", "sleep_millisecs": "20"},
@@ -71,17 +78,26 @@ def ksmd_pid():
     return None
 
 
-def serve_commands(np, infer, advise_ms, commands, replies):
-    """An instance's life after its cold start: answers `serve R` until its input ends."""
+def serve_commands(np, infer, advise_ms, commands, replies, readvise):
+    """An instance's life after its cold start, until its input ends: `serve R` answers R
+    requests, `warm` builds a per-request cache (the same 32 MiB in every instance, made
+    after start-up: the instances' memory diverges from what they shared), and `advise`
+    advises the instance again (UPM only; readvise does it and returns the milliseconds)."""
     replies.write(json.dumps({"advise_ms": advise_ms, "answers": demo_function.serve(np, infer)})
                   + "\n")
     replies.flush()
+    caches = []
     for line in commands:
-        requests = int(line.split()[1])
-        answers = None
-        for _ in range(max(1, -(-requests // demo_function.REQUESTS))):
-            answers = demo_function.serve(np, infer)
-        replies.write(json.dumps({"answers": answers}) + "\n")
+        command = line.split()
+        reply = {}
+        if command[0] == "serve":
+            for _ in range(max(1, -(-int(command[1]) // demo_function.REQUESTS))):
+                reply["answers"] = demo_function.serve(np, infer)
+        elif command[0] == "warm":
+            caches.append(np.random.default_rng(CACHE_SEED).standard_normal(CACHE_BYTES // 8))
+        elif command[0] == "advise":
+            reply["advise_ms"] = readvise()
+        replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
 
@@ -97,12 +113,14 @@ def instance(strategy, model_path):
     infer = demo_function.onnx_function(np, model_path)
     demo_function.serve(np, infer)
     gc.freeze()
-    advise_ms = 0.0
-    if strategy == "upm":
+    def advise():
+        if strategy != "upm":
+            return 0.0
         t0 = time.monotonic()
         upm.advise_all_anonymous()
-        advise_ms = (time.monotonic() - t0) * 1e3
-    serve_commands(np, infer, advise_ms, sys.stdin, sys.stdout)
+        return (time.monotonic() - t0) * 1e3
+
+    serve_commands(np, infer, advise(), sys.stdin, sys.stdout, advise)
 
 
 def zygote(model_path, fifo_dir):
@@ -121,7 +139,7 @@ def zygote(model_path, fifo_dir):
         if pid == 0:
             with open(base + ".in", encoding="ascii") as commands, \
                     open(base + ".out", "w", encoding="ascii") as replies:
-                serve_commands(np, infer, 0.0, commands, replies)
+                serve_commands(np, infer, 0.0, commands, replies, lambda: 0.0)
             os._exit(0)  # pylint: disable=protected-access
         print(pid, flush=True)
 
@@ -138,8 +156,8 @@ class Instance:
             raise RuntimeError(f"instance {self.pid} ended")
         return json.loads(line)
 
-    def serve(self, requests):
-        self.commands.write(f"serve {requests}\n")
+    def command(self, line):
+        self.commands.write(line + "\n")
         self.commands.flush()
         return self.reply()
 
@@ -221,8 +239,19 @@ def run_strategy(strategy, args, model_path, tmp):
             sample()
             time.sleep(0.2)
         before_requests = pss_kib([i.pid for i in instances] + extra_pids)
-        answers = [inst.serve(args.requests)["answers"] for inst in instances]
+        answers = [inst.command(f"serve {args.requests}")["answers"] for inst in instances]
         after_requests = pss_kib([i.pid for i in instances] + extra_pids)
+        # Divergence: every instance warms the same cache; then each is advised again (a
+        # no-op but for UPM), and the strategy gets --rehold seconds to merge it.
+        for inst in instances:
+            inst.command("warm")
+        diverged = pss_kib([i.pid for i in instances] + extra_pids)
+        readvise_ms = [inst.command("advise")["advise_ms"] for inst in instances]
+        t_warm = time.monotonic()
+        while time.monotonic() - t_warm < args.rehold:
+            sample()
+            time.sleep(0.2)
+        remerged = pss_kib([i.pid for i in instances] + extra_pids)
     finally:
         for inst in instances:
             inst.stop()
@@ -240,9 +269,10 @@ def run_strategy(strategy, args, model_path, tmp):
             write(UPM + "run", "1")
     return {
         "samples": samples, "last_start_s": last_start, "pss_before_requests_kib": before_requests,
-        "pss_after_requests_kib": after_requests,
+        "pss_after_requests_kib": after_requests, "pss_diverged_kib": diverged,
+        "pss_remerged_kib": remerged, "readvise_ms": readvise_ms,
         "ksmd_cpu_s": (cpu_seconds(ksmd) - ksmd_cpu) if ksmd else 0.0,
-        "advise_cpu_s": sum(r["advise_ms"] for r in reports) / 1e3,
+        "advise_cpu_s": (sum(r["advise_ms"] for r in reports) + sum(readvise_ms)) / 1e3,
         "answers_same": all(r["answers"] == reports[0]["answers"] for r in reports) and
         all(a == reports[0]["answers"] for a in answers),
     }
@@ -255,6 +285,8 @@ def summarise(results):
     for r in results.values():
         r["saving"] = 1 - r["pss_before_requests_kib"] / base
         r["saving_after_requests"] = 1 - r["pss_after_requests_kib"] / base_after
+        r["saving_diverged"] = 1 - r["pss_diverged_kib"] / results["none"]["pss_diverged_kib"]
+        r["saving_remerged"] = 1 - r["pss_remerged_kib"] / results["none"]["pss_remerged_kib"]
         goal = base * (1 - 0.9 * r["saving"])
         full = [s for s in r["samples"] if s["instances"] == max(x["instances"]
                                                                   for x in r["samples"])]
@@ -288,6 +320,8 @@ def main():
     parser.add_argument("--hold", type=float, default=120, help="seconds after the last start")
     parser.add_argument("--requests", type=int, default=100, help="per instance, at the end")
     parser.add_argument("--sample", type=float, default=2, help="seconds between samples")
+    parser.add_argument("--rehold", type=float, default=30,
+                        help="seconds given to merge again after the instances diverged")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--out", default=os.environ.get("UPM_VM_OUT", ".") + "/results")
     args = parser.parse_args()
@@ -325,13 +359,15 @@ def main():
     print(f"\n{n} instances of ResNet-50 on ONNX Runtime; {args.hold:.0f} s held after the "
           f"last start, then {args.requests} requests each")
     print(f"  {'strategy':16s} {'PSS':>10s} {'saving':>7s} {'90% after':>10s} "
-          f"{'CPU s':>7s} {'after requests':>15s}")
+          f"{'CPU s':>7s} {'after requests':>15s} {'diverged':>9s} {'advised again':>14s}")
     ok = True
     for name, r in results.items():
         t90 = f"{r['time_to_90pct_s']:.0f} s" if r["time_to_90pct_s"] is not None else "-"
         print(f"  {name:16s} {r['pss_before_requests_kib'] / 1024:7.1f} MiB "
               f"{100 * r['saving']:6.1f}% {t90:>10s} "
-              f"{r['ksmd_cpu_s'] + r['advise_cpu_s']:7.1f} {100 * r['saving_after_requests']:14.1f}%")
+              f"{r['ksmd_cpu_s'] + r['advise_cpu_s']:7.1f} "
+              f"{100 * r['saving_after_requests']:14.1f}% "
+              f"{100 * r['saving_diverged']:8.1f}% {100 * r['saving_remerged']:13.1f}%")
         ok &= r["answers_same"]
     print(f"  answers identical in every instance and strategy: {'yes' if ok else 'NO'}")
     os.makedirs(args.out, exist_ok=True)
