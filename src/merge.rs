@@ -173,6 +173,10 @@ enum PairError {
 
 impl Upm {
     /// New state with an empty index.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
     pub(crate) fn new() -> Result<impl PinInit<Self>> {
         let zeroes = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
         let seed = ffi::random_u64();
@@ -186,6 +190,10 @@ impl Upm {
     }
 
     /// The merge domain of `mm` under the current policy (see [`crate::stats::domain_of`]).
+    ///
+    /// # Errors
+    ///
+    /// `ESRCH` if the mm has no owner any more (it is exiting).
     pub(crate) fn domain_of(&self, mm: &MmWithUser) -> Result<u64> {
         crate::stats::domain_of(mm, &self.groups)
     }

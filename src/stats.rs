@@ -189,6 +189,10 @@ pub(crate) fn domain_parts(tag: u64) -> (usize, u64, u64) {
 /// stable nodes carry: the policy, a level (the cgroup level for `cgroup`; for `group`, 0
 /// for a group and [`crate::groups::UNGROUPED`] for an own cgroup) and the domain's number (cut to 52 bits:
 /// uids, namespace inode numbers, cgroup ids of this boot and group numbers fit).
+///
+/// # Errors
+///
+/// `ESRCH` if the mm has no owner any more (it is exiting).
 pub(crate) fn domain_of(mm: &MmWithUser, groups: &Groups) -> Result<u64> {
     let index = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
     let (index, policy) = match DOMAIN_POLICIES.get(index) {

@@ -170,6 +170,10 @@ impl SysfsHandler for Upm {
 
 /// Sets the tunable `name` (a file that root writes) from its text: a module parameter given
 /// at load time, checked as a write to its file is.
+///
+/// # Errors
+///
+/// `EINVAL` for a name that is no tunable or a value its file refuses.
 pub(crate) fn set_tunable(name: &str, input: &str) -> Result {
     let index = FILES
         .iter()

@@ -2,6 +2,8 @@
 
 //! Address spaces, shaped as upstream's `rust/kernel/mm.rs` (6.16).
 //!
+//! C header: [`include/linux/mm.h`](srctree/include/linux/mm.h)
+//!
 //! [`Mm`] holds the structure (`mmgrab`), [`MmWithUser`] the address space (`mmget`), and
 //! [`MmWithUserAsync`] drops its user with `mmput_async()`, which never tears an address space
 //! down in the caller's context. [`MmapReadGuard`] holds `mmap_lock` for reading and lends out
@@ -137,7 +139,11 @@ impl MmWithUser {
         }
     }
 
-    /// Takes `mmap_lock` for reading; fails with `EINTR` on a fatal signal. (Not upstream.)
+    /// Takes `mmap_lock` for reading. (Not upstream.)
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` if a fatal signal arrives while it waits.
     pub(crate) fn mmap_read_lock_killable(&self) -> Result<MmapReadGuard<'_>> {
         // SAFETY: The pointer is valid since `self` is a reference.
         if unsafe { bindings::upm_mmap_read_lock_killable(self.as_raw()) } != 0 {

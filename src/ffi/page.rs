@@ -2,6 +2,9 @@
 
 //! Pages of user mappings, held by reference.
 //!
+//! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h) and
+//! [`include/linux/highmem.h`](srctree/include/linux/highmem.h)
+//!
 //! Upstream's `kernel::page::Page` owns an allocation and frees it on drop; a page mapped by a
 //! process is instead held by a reference (`get_page()`/`put_page()`), so it is
 //! [`ARef<UserPage>`], shaped as upstream's `ARef<Mm>` and `ARef<Task>`.

@@ -2,6 +2,9 @@
 
 //! A directory of attributes under `/sys/kernel/mm/` (upstream has no sysfs abstraction yet).
 //!
+//! C headers: [`include/linux/kobject.h`](srctree/include/linux/kobject.h) and
+//! [`include/linux/sysfs.h`](srctree/include/linux/sysfs.h)
+//!
 //! Each file is a `kobj_attribute` with a static lockdep class, embedded in a record that
 //! leads back to the [`SysfsHandler`]. Dropping the [`SysfsDir`] deletes the kobject first
 //! (`kobject_del()` removes the files and waits for running `show`/`store` calls), so no read
@@ -106,6 +109,11 @@ unsafe impl<T: SysfsHandler> Sync for SysfsDir<T> {}
 
 impl<T: SysfsHandler> SysfsDir<T> {
     /// Creates `/sys/kernel/mm/<name>/` with the files `T::FILES`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`, or what `kobject_create_and_add()` and `sysfs_create_group()` return
+    /// (`EEXIST` if the directory exists).
     pub(crate) fn create(name: &'static CStr, handler: Arc<T>) -> Result<Self> {
         let mut attrs = KVec::with_capacity(T::FILES.len(), GFP_KERNEL)?;
         for (index, file) in T::FILES.iter().enumerate() {

@@ -2,6 +2,8 @@
 
 //! Scheduling helpers of the current task (upstream: `rust/kernel/task.rs`, which has
 //! `Task::signal_pending()` but not yet these two).
+//!
+//! C header: [`include/linux/sched.h`](srctree/include/linux/sched.h)
 
 use kernel::bindings;
 

@@ -3,6 +3,8 @@
 //! UPM's own kernel interface (`include/linux/upm.h`): the provider registration, stable
 //! nodes, merge domains and the merge primitives.
 //!
+//! C header: [`include/linux/upm.h`](srctree/include/linux/upm.h)
+//!
 //! The primitives need a VMA that KSM's rules allow merging in; [`MergeableVma`] carries that
 //! proof, obtained by the checked conversion [`MergeableVma::from_vma`], as upstream's
 //! `VmaRef::as_mixedmap_vma()` does for `VM_MIXEDMAP`. Every method that takes an address
@@ -43,7 +45,11 @@ pub(crate) enum DomainPolicy {
 }
 
 /// The number of `mm`'s merge domain under `policy` (`upm_mm_domain()`): that of its owner
-/// task. `ESRCH` if the mm has no owner any more (it is exiting).
+/// task.
+///
+/// # Errors
+///
+/// `ESRCH` if the mm has no owner any more (it is exiting).
 pub(crate) fn mm_domain(mm: &MmWithUser, policy: DomainPolicy, cgroup_level: u32) -> Result<u64> {
     let mut id = 0;
     let level = c_int::try_from(cgroup_level).unwrap_or(c_int::MAX);
@@ -70,6 +76,12 @@ pub(crate) fn zero_pages_mapped() -> u64 {
 ///
 /// Held through [`ARef<UpmNode>`], which owns a reference on the node: the node's memory stays
 /// valid however long the index keeps it, and once its page is gone it only reports so.
+///
+/// # Invariants
+///
+/// A `&UpmNode` points at a `struct upm_node` on which its lender holds a reference (an
+/// [`ARef<UpmNode>`], or the kernel for the length of a call), so the node's memory stays
+/// valid while it is borrowed.
 #[repr(transparent)]
 pub(crate) struct UpmNode(Opaque<bindings::upm_node>);
 
@@ -131,6 +143,10 @@ impl UpmNode {
     /// How many page table entries map the node's page, read under its folio lock so that a
     /// page being migrated is never counted with only some of its mappings; `None` if that
     /// lock is held right now. Never waits: callable under the index lock.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeGone`] once the node's page has been freed.
     pub(crate) fn try_mapcount(&self) -> Result<Option<u32>, NodeGone> {
         // SAFETY: The node is referenced by `&self`; without `wait` the call never sleeps.
         let ret = unsafe { bindings::upm_node_mapcount(self.as_ptr(), false) };
@@ -230,6 +246,12 @@ pub(crate) fn vma_contains(vma: &VmaRef, addr: usize) -> bool {
 
 /// Gives every merged page in `start..end` of `vma` a private copy (KSM's `break_ksm()`).
 /// Works on any VMA: one may have changed (mprotect, userfaultfd...) since it was merged.
+///
+/// # Errors
+///
+/// `EINVAL` for a range that is not page aligned or not inside `vma`, `ENOMEM` when a
+/// private copy cannot be made, `ERESTARTSYS` when a signal is pending; the pages before
+/// the failure are unmerged.
 pub(crate) fn unmerge_range(vma: &VmaRef, start: usize, end: usize) -> Result {
     // SAFETY: The VMA is valid and its mm's `mmap_lock` held by `VmaRef`'s invariants; the C
     // function checks that `start..end` lies inside the VMA.
@@ -301,7 +323,12 @@ impl MergeableVma {
         }
     }
 
-    /// Splits the large folio mapped at `addr` (`EINVAL` outside the VMA).
+    /// Splits the large folio mapped at `addr`.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` outside the VMA, or what `split_folio()` returns (`EBUSY` when the folio has
+    /// extra references, `EAGAIN`, `ENOMEM`).
     pub(crate) fn split_large_page(&self, addr: usize) -> Result {
         if !self.contains(addr) {
             return Err(EINVAL);
@@ -350,6 +377,10 @@ impl MergeableVma {
 
     /// Replaces `page` by the page of `node` if their full contents are equal under write
     /// protection.
+    ///
+    /// # Errors
+    ///
+    /// The [`MergeError`] that says why the page stays as it was.
     pub(crate) fn merge_into(&self, page: &UserPage, node: &UpmNode) -> Result<(), MergeError> {
         // SAFETY: The VMA is valid, mergeable and locked; `page` and `node` are referenced; the
         // C function checks that `page` is mapped in this VMA.
@@ -359,6 +390,11 @@ impl MergeableVma {
     }
 
     /// Replaces the all-zero `page`, mapped at `addr`, by the shared zero page.
+    ///
+    /// # Errors
+    ///
+    /// The [`MergeError`] that says why the page stays as it was (it is not all zeroes under
+    /// write protection, it has extra references...).
     pub(crate) fn merge_zero(&self, page: &UserPage, addr: usize) -> Result<(), MergeError> {
         if !self.contains(addr) {
             return Err(MergeError::Gone);
@@ -377,9 +413,11 @@ pub(crate) trait AdviseHandler: Send + Sync {
     fn advise(&self, mm: &MmWithUser, start: usize, end: usize, advice: i32) -> Result;
 }
 
+/// The C structure the kernel calls through, and the handler it leads to.
 #[repr(C)]
 struct ProviderOps<T> {
-    ops: bindings::upm_ops,
+    /// Read by the kernel while registered: `Opaque`, never borrowed by Rust.
+    ops: Opaque<bindings::upm_ops>,
     handler: Arc<T>,
 }
 
@@ -399,20 +437,24 @@ unsafe impl<T: AdviseHandler> Send for Provider<T> {}
 unsafe impl<T: AdviseHandler> Sync for Provider<T> {}
 
 impl<T: AdviseHandler> Provider<T> {
-    /// Registers `handler` as the provider of the UPM advices (`EBUSY` if one exists).
+    /// Registers `handler` as the provider of the UPM advices.
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if a provider is registered already, `ENOMEM`.
     pub(crate) fn register(module: &'static ThisModule, handler: Arc<T>) -> Result<Self> {
         let ops = KBox::pin(
             ProviderOps {
-                ops: bindings::upm_ops {
+                ops: Opaque::new(bindings::upm_ops {
                     owner: module.as_ptr(),
                     advise: Some(Self::advise_callback),
-                },
+                }),
                 handler,
             },
             GFP_KERNEL,
         )?;
         // SAFETY: `ops` is pinned and lives until `drop`, which unregisters it first.
-        to_result(unsafe { bindings::upm_register_ops(&ops.ops) })?;
+        to_result(unsafe { bindings::upm_register_ops(ops.ops.get()) })?;
         // INVARIANT: Registered above.
         Ok(Self { ops })
     }
@@ -451,6 +493,6 @@ impl<T: AdviseHandler> Drop for Provider<T> {
     fn drop(&mut self) {
         // SAFETY: Registered by the type invariant. Returns after an RCU grace period, and calls
         // in flight hold our module, so nothing uses `self.ops` afterwards.
-        unsafe { bindings::upm_unregister_ops(&self.ops.ops) };
+        unsafe { bindings::upm_unregister_ops(self.ops.ops.get()) };
     }
 }

@@ -2,6 +2,8 @@
 
 //! A self-rearming delayed work item on the system workqueue.
 //!
+//! C header: [`include/linux/workqueue.h`](srctree/include/linux/workqueue.h)
+//!
 //! Upstream has `kernel::workqueue::DelayedWork` since 6.17 (`impl_has_delayed_work!`,
 //! `Queue::enqueue_delayed()`); a port replaces [`Periodic`] with it and re-queues from
 //! `WorkItem::run`.
@@ -39,6 +41,10 @@ unsafe impl<T: PeriodicHandler> Sync for Periodic<T> {}
 
 impl<T: PeriodicHandler> Periodic<T> {
     /// Starts running `handler` every so many milliseconds, first after `delay_ms`.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM` if the work item cannot be allocated.
     pub(crate) fn start(handler: Arc<T>, delay_ms: u32) -> Result<Self> {
         let inner = KBox::pin(
             PeriodicInner {

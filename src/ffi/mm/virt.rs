@@ -2,6 +2,8 @@
 
 //! Virtual memory areas, shaped as upstream's `rust/kernel/mm/virt.rs` (6.16).
 //!
+//! C header: [`include/linux/mm.h`](srctree/include/linux/mm.h)
+//!
 //! A [`VmaRef`] is only ever handed out by reference from an
 //! [`MmapReadGuard`](super::MmapReadGuard), so it cannot outlive the lock that keeps it alive.
 //! Operations with further preconditions live on types obtained by a checked conversion, as
