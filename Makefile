@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info tests test mutants mutants-module mutants-ci demo demo-compare bench check \
+.PHONY: all module setup kernel kernel-info test-programs test mutants mutants-module mutants-ci demo demo-compare bench check \
 	checkpatch clippy fmt install \
 	rust-analyzer clean help
 
@@ -27,6 +27,7 @@ help:
 	@echo "make kernel          build the patched kernel (FLAVOUR=debug|release)"
 	@echo "make kernel-info     show the cached kernel's version and patches"
 	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
+	@echo "make test-programs   only build the tests' programs and the preload shim (host)"
 	@echo "make test FLAVOUR=release   the same suite on the release kernel"
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
 	@echo "make test STRESS_SECS=600 [STRESS_SEED=N]  a longer (or replayed) stress test"
@@ -55,7 +56,7 @@ kernel:
 kernel-info:
 	@cat $(KDIR)/upm-kernel-info
 
-tests:
+test-programs:
 	$(MAKE) -C tests
 	$(MAKE) -C userspace/preload
 	cargo build --quiet --release --manifest-path userspace/upm/Cargo.toml
@@ -66,7 +67,7 @@ tests:
 test: setup
 	scripts/build-kernel.sh $(FLAVOUR)
 	$(MAKE) module FLAVOUR=$(FLAVOUR)
-	$(MAKE) tests
+	$(MAKE) test-programs
 	UPM_FLAVOUR=$(FLAVOUR) UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) \
 		scripts/run-tests.sh $(TESTS)
 
@@ -77,7 +78,7 @@ DEMO_ARGS ?=
 demo: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
-	$(MAKE) tests
+	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
 		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
 	scripts/results-page.py
@@ -88,7 +89,7 @@ DEMO_COMPARE_ARGS ?=
 demo-compare: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
-	$(MAKE) tests
+	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
 		"cd tests && python3 demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
 
@@ -98,7 +99,7 @@ BENCH_MIB ?= 256
 bench: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
-	$(MAKE) tests
+	$(MAKE) test-programs
 	# Swap off: the bench measures merging. With the tests' zram swap on, kswapd balancing one
 	# of the two fake NUMA nodes swapped out 27648 pages of a 4 GiB pair before their twins
 	# came (skipped as not present, by design), and the run failed its all-merged check.
@@ -109,14 +110,14 @@ bench: setup
 mutants: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
-	$(MAKE) tests
+	$(MAKE) test-programs
 	scripts/mutants.sh $(MUTANTS)
 
 # The module's mutants only (no kernel rebuild; all in one boot).
 mutants-module: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
-	$(MAKE) tests
+	$(MAKE) test-programs
 	scripts/mutants.sh $$(cd tests/mutants && ls module-*.patch | sed 's/\.patch$$//')
 
 # What CI runs: the mutants marked "Run-in-CI: always", and every other one whose patch, code
@@ -124,7 +125,7 @@ mutants-module: setup
 mutants-ci: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
-	$(MAKE) tests
+	$(MAKE) test-programs
 	scripts/mutants.sh --ci
 
 check: setup fmt clippy checkpatch
