@@ -295,21 +295,13 @@ def summarise(results):
 
 
 def plot(results, path, n):
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.path.dirname(path), ".matplotlib"))
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    fig, ax = demo_function.new_figure(path, (8, 4.8))
     for name, r in results.items():
         ax.plot([s["t"] for s in r["samples"]], [s["pss_kib"] / 1024 for s in r["samples"]],
                 label=name)
     ax.set_xlabel("seconds since the first instance started")
     ax.set_ylabel(f"sum of PSS of {n} instances (MiB)")
-    ax.set_title("ResNet-50 on ONNX Runtime: UPM against KSM and fork")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    demo_function.save_figure(fig, ax, path, "ResNet-50 on ONNX Runtime: UPM against KSM and fork")
 
 
 def main():

@@ -309,12 +309,25 @@ def fits(curve, budget_kib):
     return 1 + int((budget_kib - first) // step), True
 
 
-def plot(off, on, path, n, runtime):
+def new_figure(path, size):
+    """A figure drawn without a display, its matplotlib cache beside the output."""
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.path.dirname(path), ".matplotlib"))
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    return plt.subplots(figsize=size, dpi=120)
+
+
+def save_figure(fig, ax, path, title):
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot(off, on, path, n, runtime):
+    fig, ax = new_figure(path, (7, 4.5))
     for run, label, style in ((off, "UPM off (run=0)", "o-"), (on, "UPM on", "s-")):
         xs = [p["instances"] for p in run["curve"]]
         ax.plot(xs, [p["pss_kib"] / 1024 for p in run["curve"]], style, label=label + ", sum of PSS")
@@ -323,11 +336,7 @@ def plot(off, on, path, n, runtime):
     ax.set_xlabel(f"function instances (ResNet-50, {runtime})")
     ax.set_ylabel("memory (MiB)")
     ax.set_xticks(range(1, n + 1))
-    ax.set_title("UPM: memory of N image-recognition function instances")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, ax, path, "UPM: memory of N image-recognition function instances")
 
 
 def main():
