@@ -153,12 +153,11 @@ enum Tried {
     HandedToTwin,
 }
 
-/// The page being advised: where it is mapped, and the hash of its contents.
+/// The page being advised and where it is mapped.
 struct Advised<'a> {
     vma: &'a MergeableVma,
     page: &'a UserPage,
     addr: usize,
-    hash: u64,
 }
 
 /// Why a candidate could not be paired with.
@@ -181,8 +180,9 @@ impl Upm {
         let zeroes = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
         let seed = ffi::random_u64();
         let zero_hash = ffi::xxh64(&zeroes, seed);
+        let index = ContentIndex::new()?;
         Ok(pin_init!(Self {
-            index <- ContentIndex::new(),
+            index <- index,
             groups <- Groups::new(),
             seed,
             zero_hash,
@@ -359,7 +359,7 @@ impl Upm {
     fn pair_candidate_once(&self, twin_call: &Call<'_>, addr: usize) -> Result<TwinAttempt> {
         // The caller holds no `mmap_lock` now: waiting for this one cannot deadlock.
         let guard = twin_call.mm.mmap_read_lock_killable()?;
-        if !self.index.lock().has_candidate(twin_call.mm, addr) {
+        if !self.index.has_candidate(twin_call.mm, addr) {
             // Paired, unmerged or replaced meanwhile.
             return Ok(TwinAttempt::Done);
         }
@@ -389,11 +389,7 @@ impl Upm {
         // Every VMA, not only mergeable ones: a VMA may have changed (mprotect, userfaultfd
         // registration...) since its pages were merged; the primitive skips what cannot hold any.
         self.walk(mm, start, end, |_, vma, from, to| {
-            let mut index = self.index.lock();
-            for addr in (from..to).step_by(PAGE_SIZE) {
-                index.forget_candidate(mm, addr);
-            }
-            drop(index);
+            self.index.forget_range(mm, from, to);
             upm_ops::unmerge_range(vma, from, to)
         })
     }
@@ -414,7 +410,14 @@ impl Upm {
                 }
                 (page, true)
             }
-            Mapped::Nothing => return STATS.skip(Skip::NotPresent, 1),
+            Mapped::Nothing => {
+                // Migrating (another adviser may be splitting its huge page right now) or
+                // swapped out: look again at the end of the call.
+                if !call.defer(addr) {
+                    STATS.skip(Skip::NotPresent, 1);
+                }
+                return;
+            }
             Mapped::Ksm(node) => {
                 if let Some(node) = node {
                     self.adopt(call.domain, &node);
@@ -466,10 +469,10 @@ impl Upm {
         let Ok(hash) = node.content_hash(self.seed) else {
             return;
         };
-        let mut index = self.index.lock();
-        if !index.has_node(domain, hash, node) {
+        let mut index = self.index.lock(domain, hash);
+        if !index.has_node(node) {
             // Without an entry the page stays merged, only not offered as a twin.
-            let _ = index.insert_merged(domain, hash, node.clone());
+            let _ = index.insert_merged(node.clone());
         }
     }
 
@@ -485,25 +488,25 @@ impl Upm {
     ) -> Result<(), MergeError> {
         let (mm, domain) = (call.mm, call.domain);
         let hash = page.content_hash(self.seed);
-        // No reference to a huge page while waiting for the index: an adviser holding the
-        // index may be pairing with one of its pages, and a reference makes its split fail.
-        let page = (!large).then_some(page);
-        let mut index = self.index.lock();
-        let mut probes = index.probe(domain, hash, 0, MAX_PROBES);
-        let page = if large && (hash == self.zero_hash || !probes.is_empty()) {
+        // No page reference while waiting for the index: an adviser holding it may be pairing
+        // with this very page (a candidate since an earlier advice) or splitting the huge page
+        // it belongs to, and an unexplained reference makes either fail.
+        drop(page);
+        self.index.forget_changed_candidate(mm, addr, domain, hash);
+        let mut index = self.index.lock(domain, hash);
+        let mut probes = index.probe(0, MAX_PROBES);
+        if hash != self.zero_hash && probes.is_empty() {
+            // No twin: a candidate, left as it is (a huge page whole).
+            return index
+                .insert_candidate(mm, addr)
+                .map_err(|_| MergeError::NoMemory);
+        }
+        if large {
             // KSM's rule: split a huge page only when one of its pages has a twin.
             vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
-            match vma.get_page(addr) {
-                Mapped::Anon(page) => page,
-                _ => return Err(MergeError::Gone),
-            }
-        } else if let Some(page) = page {
-            page
-        } else {
-            // No twin: a candidate, left whole.
-            return index
-                .insert_candidate(domain, hash, mm, addr)
-                .map_err(|_| MergeError::NoMemory);
+        }
+        let Mapped::Anon(page) = vma.get_page(addr) else {
+            return Err(MergeError::Gone);
         };
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
@@ -521,7 +524,6 @@ impl Upm {
             vma,
             page: &page,
             addr,
-            hash,
         };
         let (mut twin_busy, mut handed_to_twin) = (false, false);
         // Tries left: an entry found stale is dropped and costs none (each is dropped once).
@@ -547,13 +549,13 @@ impl Upm {
                 Some((last, _)) if tries > 0 && probes.len() == wanted => {
                     let from = last.2 + 1;
                     wanted = tries;
-                    probes = index.probe(domain, hash, from, wanted);
+                    probes = index.probe(from, wanted);
                 }
                 _ => break,
             }
         }
         index
-            .insert_candidate(domain, hash, mm, addr)
+            .insert_candidate(mm, addr)
             .map_err(|_| MergeError::NoMemory)?;
         if twin_busy && !handed_to_twin {
             // Not merged in this call, only because its twin was busy: say so.
@@ -568,17 +570,12 @@ impl Upm {
         &self,
         call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
-        index: &mut Index,
+        index: &mut Index<'_>,
         advised: &Advised<'_>,
         key: &Key,
         probe: &Probe,
     ) -> Result<Tried, MergeError> {
-        let Advised {
-            vma,
-            page,
-            addr,
-            hash,
-        } = *advised;
+        let Advised { vma, page, addr } = *advised;
         let (twin_mm, twin_addr) = match probe {
             Probe::Merged(node) => {
                 return match vma.merge_into(page, node) {
@@ -617,7 +614,7 @@ impl Upm {
             Ok(node) => {
                 // The pair is merged whether or not the index can keep the node.
                 if let Err(node) = index.promote(key, node.clone()) {
-                    let _ = index.insert_merged(call.domain, hash, node);
+                    let _ = index.insert_merged(node);
                 }
                 STATS.pages_promoted.inc();
                 Ok(Tried::Merged(node))
@@ -649,7 +646,7 @@ impl Upm {
     /// mm is busy now (it is paired from its side at the end of the call).
     fn absorb(
         &self,
-        index: &mut Index,
+        index: &mut Index<'_>,
         call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
         rest: &[(Key, Probe)],

@@ -32,28 +32,43 @@
 //! Every key starts with the merge domain of its page (see [`crate::stats::domain_of`]): a page
 //! is only ever compared with entries of its own domain.
 //!
+//! The entries are spread over [`SHARDS`] shards by domain and hash, each under its own lock:
+//! the decision about one page (lookup, merge, recording) holds only the lock of its contents'
+//! shard, so advisers of other contents and of other domains proceed in parallel, and a wait
+//! inside one merge (a folio lock, a huge page split, reclaim) holds up only the contents of one
+//! shard in [`SHARDS`]. Where each (mm, address) has its candidate is kept apart, in
+//! [`ContentIndex::places`], which is locked only to read or change one place and never across
+//! a merge: a candidate whose place moved on (its page was advised again with other contents
+//! while its old shard was busy) is stale, and dropped when a lookup or the sweep meets it.
+//!
 //! # Lock order
 //!
 //! 1. `mmap_lock` of the advised mm (read), held by `merge.rs` for a batch of pages;
-//! 2. [`ContentIndex::inner`], a mutex held for the whole decision about one page, so that two
-//!    advisers never pair with the same candidate;
+//! 2. the lock of one shard of the index ([`ContentIndex::lock`]), held for the whole decision
+//!    about one page, so that two advisers never pair with the same candidate. Never two shard
+//!    locks at once;
 //! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()` (to pair with it,
 //!    and in the sweep, to check that its area is still mapped). A pairing that fails on it is
 //!    retried at the end of the call from the candidate's side: with none of the caller's
 //!    locks held, the candidate's `mmap_lock` is then taken as the advised mm's of step 1;
 //! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives;
 //!    the lock of [`crate::groups::Groups`], to find a process's domain, at any point after
-//!    step 1 and with nothing taken inside it.
+//!    step 1 and with nothing taken inside it;
+//! 5. the places lock ([`ContentIndex::places`]), innermost: taken with or without a shard
+//!    lock, for a lookup or a change of one place, and nothing is taken or allocated inside it.
+//!
+//! The sweep's own lock ([`ContentIndex::sweep`]) is taken before a shard's, by the sweep only.
 
 use crate::ffi::{
     mm::{Mm, MmWithUser},
     task::cond_resched,
     upm_ops::{MergeableVma, UpmNode},
 };
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
     new_mutex,
     prelude::*,
-    rbtree::RBTree,
+    rbtree::{RBTree, RBTreeNode},
     sync::{
         lock::{mutex::MutexBackend, Guard},
         Mutex,
@@ -64,10 +79,14 @@ use kernel::{
 /// Entries tried per advised page: bounds the work that colliding pages can cause.
 pub(crate) const MAX_PROBES: usize = 8;
 
-/// Entries examined per hold of the index lock by the sweep.
+/// Shards of the index, each with its own lock (a power of two).
+const SHARDS: usize = 64;
+
+/// Entries examined per hold of a shard lock by the sweep.
 const SWEEP_BATCH: usize = 64;
 
-/// Entries examined per run of the sweep: bounded work, whatever the size of the index.
+/// Entries examined per run of the sweep: bounded work (and at most one visit of each shard
+/// more), whatever the size of the index.
 const SWEEP_PER_RUN: usize = 4096;
 
 /// Merge domain, content hash, then the entry's [`Rank`] and a sequence number that tells
@@ -90,6 +109,13 @@ enum Rank {
 
 /// Where [`Rank`] sits in a key's last field.
 const RANK_SHIFT: u32 = 62;
+
+/// The shard that holds the entries of `domain` with `hash`.
+fn shard_of(domain: u64, hash: u64) -> usize {
+    // The hash is a keyed xxh64, uniform in its bits; the domain moves each domain's entries
+    // to other shards, so that domains advising the same contents do not share locks.
+    ((hash ^ domain.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 32) as usize % SHARDS
+}
 
 /// One entry of the index.
 pub(crate) enum Entry {
@@ -172,77 +198,175 @@ impl IndexCounts {
 
 /// Where the sweep stands in its pass over the index.
 struct SweepPass {
-    /// The next key to look at.
+    /// The shard and the key in it to look at next.
+    shard: usize,
     resume: Key,
     /// Counts of the entries seen so far in this pass.
     counts: IndexCounts,
 }
 
-/// The entries, with a second map that finds the candidate of an (mm, address).
-pub(crate) struct Index {
+/// The entries of one shard.
+pub(crate) struct Shard {
     entries: RBTree<Key, Entry>,
-    candidate_keys: RBTree<(usize, usize), Key>,
     next_seq: u64,
-    /// Exact numbers of candidate and merged entries, kept as entries come and go.
-    candidates: u64,
-    nodes: u64,
-    sweep: SweepPass,
-    /// The counts of the last complete sweep pass: what unprivileged readers get.
-    swept: IndexCounts,
 }
 
-/// The content-hash index and its lock.
+/// The place of each candidate: (mm, address) to the key of its entry.
+type Places = RBTree<(usize, usize), Key>;
+
+/// The content-hash index and its locks.
 #[pin_data]
 pub(crate) struct ContentIndex {
+    shards: KVec<Pin<KBox<Mutex<Shard>>>>,
+    /// Where each (mm, address) has its candidate; an entry whose place holds another key is
+    /// stale. See the lock order above.
     #[pin]
-    inner: Mutex<Index>,
+    places: Mutex<Places>,
+    /// The sweep's position, taken by the sweep only.
+    #[pin]
+    sweep: Mutex<SweepPass>,
+    /// The counts of the last complete sweep pass: what unprivileged readers get.
+    #[pin]
+    swept: Mutex<IndexCounts>,
+    /// Exact numbers of candidates (places) and merged entries.
+    candidates: AtomicU64,
+    nodes: AtomicU64,
+}
+
+/// The entries of one domain and hash, locked: everything an adviser decides about a page.
+pub(crate) struct Index<'a> {
+    shard: Guard<'a, Shard, MutexBackend>,
+    owner: &'a ContentIndex,
+    domain: u64,
+    hash: u64,
 }
 
 impl ContentIndex {
     /// An empty index.
-    pub(crate) fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
-            inner <- new_mutex!(
-                Index {
-                    entries: RBTree::new(),
-                    candidate_keys: RBTree::new(),
-                    next_seq: 0,
-                    candidates: 0,
-                    nodes: 0,
-                    sweep: SweepPass {
-                        resume: (0, 0, 0),
-                        counts: IndexCounts::default(),
-                    },
-                    swept: IndexCounts::default(),
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn new() -> Result<impl PinInit<Self>> {
+        let mut shards = KVec::with_capacity(SHARDS, GFP_KERNEL)?;
+        for _ in 0..SHARDS {
+            let shard = Shard {
+                entries: RBTree::new(),
+                next_seq: 0,
+            };
+            shards.push(
+                KBox::pin_init(new_mutex!(shard, "upm_index_shard"), GFP_KERNEL)?,
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(pin_init!(Self {
+            shards,
+            places <- new_mutex!(RBTree::new(), "upm_index_places"),
+            sweep <- new_mutex!(
+                SweepPass {
+                    shard: 0,
+                    resume: (0, 0, 0),
+                    counts: IndexCounts::default(),
                 },
-                "upm_index"
+                "upm_index_sweep"
             ),
-        })
+            swept <- new_mutex!(IndexCounts::default(), "upm_index_swept"),
+            candidates: AtomicU64::new(0),
+            nodes: AtomicU64::new(0),
+        }))
     }
 
-    /// Locks the index; see the lock order above.
-    pub(crate) fn lock(&self) -> Guard<'_, Index, MutexBackend> {
-        self.inner.lock()
+    fn shard(&self, i: usize) -> Guard<'_, Shard, MutexBackend> {
+        self.shards[i].lock()
+    }
+
+    /// Locks the entries of `domain` with `hash`; see the lock order above.
+    pub(crate) fn lock(&self, domain: u64, hash: u64) -> Index<'_> {
+        Index {
+            shard: self.shard(shard_of(domain, hash)),
+            owner: self,
+            domain,
+            hash,
+        }
+    }
+
+    /// Whether the page of `mm` at `addr` is a candidate.
+    pub(crate) fn has_candidate(&self, mm: &Mm, addr: usize) -> bool {
+        self.places.lock().get(&(mm_id(mm), addr)).is_some()
+    }
+
+    /// Drops the candidate of `mm` at `addr` if it was recorded with other contents than
+    /// `hash` or in another domain: the page changed, and is about to be decided under the
+    /// lock of its new contents. Takes only the old entry's shard lock, with no other held.
+    pub(crate) fn forget_changed_candidate(&self, mm: &Mm, addr: usize, domain: u64, hash: u64) {
+        let place = (mm_id(mm), addr);
+        let Some(old) = self.places.lock().get(&place).copied() else {
+            return;
+        };
+        if (old.0, old.1) != (domain, hash) {
+            let mut shard = self.shard(shard_of(old.0, old.1));
+            self.unplace(place, &old);
+            drop(shard.entries.remove(&old));
+        }
+    }
+
+    /// Drops the candidates of `mm` in `start..end` (the range is unmerged).
+    pub(crate) fn forget_range(&self, mm: &Mm, start: usize, end: usize) {
+        let id = mm_id(mm);
+        loop {
+            let key = {
+                let mut places = self.places.lock();
+                let Some(cursor) = places.cursor_lower_bound(&(id, start)) else {
+                    return;
+                };
+                let (&(place_mm, addr), &key) = cursor.current();
+                if place_mm != id || addr >= end {
+                    return;
+                }
+                places.remove(&(id, addr));
+                self.candidates.fetch_sub(1, Ordering::Relaxed);
+                key
+            };
+            // Its entry is stale now: drop it while nobody else can.
+            drop(self.shard(shard_of(key.0, key.1)).entries.remove(&key));
+        }
+    }
+
+    /// Removes the place of the candidate at `place` if it is the entry `key`; false if the
+    /// place moved on to a newer candidate (the entry at `key` is stale).
+    fn unplace(&self, place: (usize, usize), key: &Key) -> bool {
+        let mut places = self.places.lock();
+        if places.get(&place) != Some(key) {
+            return false;
+        }
+        places.remove(&place);
+        self.candidates.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether `key` is still the candidate of its place.
+    fn is_placed(&self, mm: &Mm, addr: usize, key: &Key) -> bool {
+        self.places.lock().get(&(mm_id(mm), addr)) == Some(key)
     }
 
     /// Runs the next part of the sweep pass: looks at up to [`SWEEP_PER_RUN`] entries, drops
     /// those whose page or process is gone and counts the others. Returns how many merged
     /// pages were dropped and whether the pass is complete (its counts are then published).
     pub(crate) fn sweep(&self) -> (u64, bool) {
-        let mut freed = 0;
-        for _ in 0..SWEEP_PER_RUN / SWEEP_BATCH {
+        let mut pass = self.sweep.lock();
+        let (mut freed, mut budget) = (0, SWEEP_PER_RUN);
+        loop {
             let mut stale: [Option<Key>; SWEEP_BATCH] = [None; SWEEP_BATCH];
             let mut found = 0;
-            let mut guard = self.lock();
-            let index = &mut *guard;
-            let mut cursor = index.entries.cursor_lower_bound(&index.sweep.resume);
+            let mut shard = self.shard(pass.shard);
+            let mut cursor = shard.entries.cursor_lower_bound(&pass.resume);
             let mut seen = 0;
-            let mut done = true;
+            let mut shard_done = true;
             while let Some(c) = cursor {
                 let (key, entry) = c.current();
                 if seen == SWEEP_BATCH {
-                    index.sweep.resume = *key;
-                    done = false;
+                    pass.resume = *key;
+                    shard_done = false;
                     break;
                 }
                 seen += 1;
@@ -251,7 +375,9 @@ impl ContentIndex {
                 // A merged page whose lock is held (it may be migrating, all its mappings
                 // replaced for the while) is not gone; the next pass counts it.
                 let gone = match entry {
-                    Entry::Candidate { mm, addr } => !candidate_mapped(mm, *addr),
+                    Entry::Candidate { mm, addr } => {
+                        !self.is_placed(mm, *addr, key) || !candidate_mapped(mm, *addr)
+                    }
                     Entry::Merged(node) => matches!(node.try_mapcount(), Ok(Some(0)) | Err(_)),
                 };
                 if gone {
@@ -259,22 +385,61 @@ impl ContentIndex {
                     stale[found] = Some(*key);
                     found += 1;
                 } else {
-                    drop(index.sweep.counts.add(entry));
+                    drop(pass.counts.add(entry));
                 }
                 cursor = c.move_next();
             }
             for key in stale.iter().flatten() {
-                drop(index.remove(key));
+                drop(self.remove_from(&mut shard, key));
             }
-            if done {
-                index.swept = core::mem::take(&mut index.sweep.counts);
-                index.sweep.resume = (0, 0, 0);
-                return (freed, true);
+            drop(shard);
+            if shard_done {
+                pass.resume = (0, 0, 0);
+                pass.shard += 1;
+                if pass.shard == SHARDS {
+                    pass.shard = 0;
+                    *self.swept.lock() = core::mem::take(&mut pass.counts);
+                    return (freed, true);
+                }
             }
-            drop(guard);
+            budget = budget.saturating_sub(seen);
+            if budget == 0 {
+                return (freed, false);
+            }
             cond_resched();
         }
-        (freed, false)
+    }
+
+    /// Takes the entry at `key` out of `shard`, and its place if it has it.
+    fn remove_from(&self, shard: &mut Shard, key: &Key) -> Option<Entry> {
+        let entry = shard.entries.remove(key)?;
+        match &entry {
+            Entry::Candidate { mm, addr } => {
+                self.unplace((mm_id(mm), *addr), key);
+            }
+            Entry::Merged(_) => {
+                self.nodes.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Calls `visit` with each entry of the index and its key, shard by shard, each shard's
+    /// entries in key order; stops when it returns false.
+    fn for_each(&self, mut visit: impl FnMut(&Key, &Entry) -> bool) {
+        for i in 0..SHARDS {
+            let shard = self.shard(i);
+            for (key, entry) in shard.entries.iter() {
+                if let Entry::Candidate { mm, addr } = entry {
+                    if !self.is_placed(mm, *addr, key) {
+                        continue;
+                    }
+                }
+                if !visit(key, entry) {
+                    return;
+                }
+            }
+        }
     }
 
     /// Counts the merged pages by how often they are mapped, now: a walk of the whole index,
@@ -282,14 +447,13 @@ impl ContentIndex {
     pub(crate) fn counts(&self) -> IndexCounts {
         let mut counts = IndexCounts::default();
         let mut busy = KVec::new();
-        let index = self.lock();
-        for entry in index.entries.values() {
+        self.for_each(|_, entry| {
             if let Some(node) = counts.add(entry) {
                 // Rare (a page moving right now); without memory it goes uncounted.
                 let _ = busy.push(node, GFP_KERNEL);
             }
-        }
-        drop(index);
+            true
+        });
         counts.add_waiting(busy);
         counts
     }
@@ -298,23 +462,25 @@ impl ContentIndex {
     /// it returns false. Walks the whole index: for privileged readers only.
     pub(crate) fn domain_counts(&self, mut emit: impl FnMut(u64, &IndexCounts) -> bool) {
         let mut domains: KVec<(u64, IndexCounts, KVec<ARef<UpmNode>>)> = KVec::new();
-        let index = self.lock();
-        for (key, entry) in index.entries.iter() {
-            if domains.last().map_or(true, |(domain, ..)| *domain != key.0)
-                && domains
-                    .push((key.0, IndexCounts::default(), KVec::new()), GFP_KERNEL)
-                    .is_err()
-            {
-                break;
-            }
-            let Some((_, counts, busy)) = domains.last_mut() else {
-                break;
+        self.for_each(|key, entry| {
+            let known = domains.iter().position(|(domain, ..)| *domain == key.0);
+            let at = match known {
+                Some(at) => at,
+                None => {
+                    let fresh = (key.0, IndexCounts::default(), KVec::new());
+                    if domains.push(fresh, GFP_KERNEL).is_err() {
+                        return false;
+                    }
+                    domains.len() - 1
+                }
             };
+            let (_, counts, busy) = &mut domains[at];
             if let Some(node) = counts.add(entry) {
                 let _ = busy.push(node, GFP_KERNEL);
             }
-        }
-        drop(index);
+            true
+        });
+        domains.sort_unstable_by_key(|(domain, ..)| *domain);
         for (domain, mut counts, busy) in domains {
             counts.add_waiting(busy);
             if !emit(domain, &counts) {
@@ -326,11 +492,10 @@ impl ContentIndex {
     /// The counts without a walk: mappings as of the last complete sweep pass (at most a few
     /// sweep periods old), entries exact.
     pub(crate) fn cached_counts(&self) -> IndexCounts {
-        let index = self.lock();
         IndexCounts {
-            candidates: index.candidates,
-            nodes: index.nodes,
-            ..index.swept
+            candidates: self.candidates.load(Ordering::Relaxed),
+            nodes: self.nodes.load(Ordering::Relaxed),
+            ..*self.swept.lock()
         }
     }
 }
@@ -357,43 +522,66 @@ fn candidate_mapped(mm: &Mm, addr: usize) -> bool {
         .is_some()
 }
 
-impl Index {
-    /// Up to `max` entries of `domain` with `hash`, in the order they are to be tried (see
-    /// [`Rank`]), from the one whose key ends in `from` or the next, with new references.
-    pub(crate) fn probe(
-        &mut self,
-        domain: u64,
-        hash: u64,
-        from: u64,
-        max: usize,
-    ) -> KVec<(Key, Probe)> {
+impl Index<'_> {
+    /// Up to `max` entries in the order they are to be tried (see [`Rank`]), from the one whose
+    /// key ends in `from` or the next, with new references. Stale candidates met on the way
+    /// are dropped.
+    pub(crate) fn probe(&mut self, from: u64, max: usize) -> KVec<(Key, Probe)> {
         let mut probes = KVec::new();
-        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, from));
+        // Stale candidates met on the way are dropped; they count towards the entries looked
+        // at, so that a look costs bounded work whatever the index holds.
+        let mut stale: [Option<Key>; MAX_PROBES] = [None; MAX_PROBES];
+        let mut looked = 0;
+        let mut cursor = self
+            .shard
+            .entries
+            .cursor_lower_bound(&(self.domain, self.hash, from));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (domain, hash) || probes.len() == max {
+            if (key.0, key.1) != (self.domain, self.hash) || probes.len() == max {
                 break;
             }
+            if looked == MAX_PROBES + max {
+                break;
+            }
+            looked += 1;
             // One allocation per look at most; a failed one only shortens the list of twins.
             if probes.is_empty() && probes.reserve(max, GFP_KERNEL).is_err() {
                 break;
             }
             let probe = match entry {
-                Entry::Merged(node) => Probe::Merged(node.clone()),
-                Entry::Candidate { mm, addr } => Probe::Candidate(mm.clone(), *addr),
+                Entry::Merged(node) => Some(Probe::Merged(node.clone())),
+                Entry::Candidate { mm, addr } if self.owner.is_placed(mm, *addr, key) => {
+                    Some(Probe::Candidate(mm.clone(), *addr))
+                }
+                // Its page was advised again with other contents.
+                Entry::Candidate { .. } => {
+                    if let Some(free) = stale.iter_mut().find(|k| k.is_none()) {
+                        *free = Some(*key);
+                    }
+                    None
+                }
             };
-            let _ = probes.push((*key, probe), GFP_KERNEL);
+            if let Some(probe) = probe {
+                let _ = probes.push((*key, probe), GFP_KERNEL);
+            }
             cursor = c.move_next();
+        }
+        for key in stale.iter().flatten() {
+            drop(self.shard.entries.remove(key));
         }
         probes
     }
 
-    /// Whether `node` has an entry of `domain` under `hash`.
-    pub(crate) fn has_node(&mut self, domain: u64, hash: u64, node: &UpmNode) -> bool {
-        let mut cursor = self.entries.cursor_lower_bound(&(domain, hash, 0));
+    /// Whether `node` has an entry.
+    pub(crate) fn has_node(&mut self, node: &UpmNode) -> bool {
+        let mut cursor = self
+            .shard
+            .entries
+            .cursor_lower_bound(&(self.domain, self.hash, 0));
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (domain, hash) {
+            if (key.0, key.1) != (self.domain, self.hash) {
                 break;
             }
             if matches!(entry, Entry::Merged(n) if n.id() == node.id()) {
@@ -406,38 +594,29 @@ impl Index {
 
     /// Takes the entry at `key` out of the index.
     pub(crate) fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let entry = self.entries.remove(key)?;
-        match &entry {
-            Entry::Candidate { mm, addr } => {
-                self.candidate_keys.remove(&(mm_id(mm), *addr));
-                self.candidates -= 1;
-            }
-            Entry::Merged(_) => self.nodes -= 1,
-        }
-        Some(entry)
+        self.owner.remove_from(&mut self.shard, key)
     }
 
     /// Moves the merged page at `key`, which takes no more mappings, behind every other entry
     /// of its domain and hash: probed after the entries that still can, however many full ones
     /// there are.
     pub(crate) fn move_to_back(&mut self, key: &Key) {
-        let Some(Entry::Merged(node)) = self.entries.get(key) else {
+        let Some(Entry::Merged(node)) = self.shard.entries.get(key) else {
             return;
         };
         let node = node.clone();
         self.replace(key, Rank::Full, Entry::Merged(node));
     }
 
-    /// Turns the candidate at `key` into the merged page `node` (same domain and hash: the pair
-    /// just merged), ranked with the merged pages; gives `node` back if `key` has no candidate.
+    /// Turns the candidate at `key` into the merged page `node` (the pair just merged), ranked
+    /// with the merged pages; gives `node` back if `key` has no candidate.
     pub(crate) fn promote(&mut self, key: &Key, node: ARef<UpmNode>) -> Result<(), ARef<UpmNode>> {
-        let Some(Entry::Candidate { mm, addr }) = self.entries.get(key) else {
+        let Some(Entry::Candidate { mm, addr }) = self.shard.entries.get(key) else {
             return Err(node);
         };
         let place = (mm_id(mm), *addr);
-        self.candidate_keys.remove(&place);
-        self.candidates -= 1;
-        self.nodes += 1;
+        self.owner.unplace(place, key);
+        self.owner.nodes.fetch_add(1, Ordering::Relaxed);
         self.replace(key, Rank::Merged, Entry::Merged(node));
         Ok(())
     }
@@ -445,71 +624,83 @@ impl Index {
     /// Replaces the entry at `key` by `entry` under a new key of `rank`, behind the others of
     /// that rank, reusing its tree node: nothing to allocate, nothing that can fail.
     fn replace(&mut self, key: &Key, rank: Rank, entry: Entry) {
-        let Some(old) = self.entries.remove_node(key) else {
+        let Some(old) = self.shard.entries.remove_node(key) else {
             return;
         };
-        let new_key = self.next_key(key.0, key.1, rank);
-        self.entries
+        let new_key = self.next_key(rank);
+        self.shard
+            .entries
             .insert(old.into_reservation().into_node(new_key, entry));
     }
 
-    fn next_key(&mut self, domain: u64, hash: u64, rank: Rank) -> Key {
-        self.next_seq += 1;
-        (domain, hash, (rank as u64) << RANK_SHIFT | self.next_seq)
+    fn next_key(&mut self, rank: Rank) -> Key {
+        self.shard.next_seq += 1;
+        let seq = self.shard.next_seq;
+        (self.domain, self.hash, (rank as u64) << RANK_SHIFT | seq)
     }
 
-    /// Adds a merged page of `domain` under `hash`.
-    pub(crate) fn insert_merged(&mut self, domain: u64, hash: u64, node: ARef<UpmNode>) -> Result {
-        let key = self.next_key(domain, hash, Rank::Merged);
-        self.entries
+    /// Adds a merged page.
+    pub(crate) fn insert_merged(&mut self, node: ARef<UpmNode>) -> Result {
+        let key = self.next_key(Rank::Merged);
+        self.shard
+            .entries
             .try_create_and_insert(key, Entry::Merged(node), GFP_KERNEL_ACCOUNT)?;
-        self.nodes += 1;
+        self.owner.nodes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Records the page of `mm` at `addr` as a candidate of `domain` with `hash`, replacing the
-    /// candidate that address had.
-    pub(crate) fn insert_candidate(
-        &mut self,
-        domain: u64,
-        hash: u64,
-        mm: &Mm,
-        addr: usize,
-    ) -> Result {
-        let mm_id = mm_id(mm);
-        if let Some(old) = self.candidate_keys.get(&(mm_id, addr)).copied() {
-            if (old.0, old.1) == (domain, hash) {
-                return Ok(());
-            }
-            drop(self.remove(&old));
+    /// Records the page of `mm` at `addr` as a candidate, replacing the candidate that address
+    /// had.
+    pub(crate) fn insert_candidate(&mut self, mm: &Mm, addr: usize) -> Result {
+        let place = (mm_id(mm), addr);
+        let content = (self.domain, self.hash);
+        let recorded = move |old: &Key| (old.0, old.1) == content;
+        if self.owner.places.lock().get(&place).is_some_and(recorded) {
+            return Ok(());
         }
-        let key = self.next_key(domain, hash, Rank::Candidate);
-        self.candidate_keys
-            .try_create_and_insert((mm_id, addr), key, GFP_KERNEL_ACCOUNT)?;
+        let key = self.next_key(Rank::Candidate);
+        // Allocated before the places lock, which nothing waits inside.
+        let place_node = RBTreeNode::new(place, key, GFP_KERNEL_ACCOUNT)?;
         let entry = Entry::Candidate {
             mm: ARef::from(mm),
             addr,
         };
-        if let Err(e) = self
-            .entries
-            .try_create_and_insert(key, entry, GFP_KERNEL_ACCOUNT)
+        let entry_node = RBTreeNode::new(key, entry, GFP_KERNEL_ACCOUNT)?;
+        let old = {
+            let mut places = self.owner.places.lock();
+            match places.get(&place).copied() {
+                // Recorded by another thread of its process meanwhile.
+                Some(old) if recorded(&old) => return Ok(()),
+                old => {
+                    if old.is_none() {
+                        self.owner.candidates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(places.insert(place_node));
+                    old
+                }
+            }
+        };
+        // The old candidate is stale now: dropped here if it is in this shard, else by the
+        // next lookup or sweep of its own shard.
+        if let Some(old) =
+            old.filter(|old| shard_of(old.0, old.1) == shard_of(self.domain, self.hash))
         {
-            self.candidate_keys.remove(&(mm_id, addr));
-            return Err(e);
+            drop(self.shard.entries.remove(&old));
         }
-        self.candidates += 1;
+        drop(self.shard.entries.insert(entry_node));
         Ok(())
-    }
-
-    /// Whether the page of `mm` at `addr` is a candidate.
-    pub(crate) fn has_candidate(&self, mm: &Mm, addr: usize) -> bool {
-        self.candidate_keys.get(&(mm_id(mm), addr)).is_some()
     }
 
     /// Drops the candidate of `mm` at `addr`, if any (the page was merged or unmerged).
     pub(crate) fn forget_candidate(&mut self, mm: &Mm, addr: usize) {
-        if let Some(key) = self.candidate_keys.get(&(mm_id(mm), addr)).copied() {
-            drop(self.remove(&key));
+        let place = (mm_id(mm), addr);
+        let Some(key) = self.owner.places.lock().get(&place).copied() else {
+            return;
+        };
+        if self.owner.unplace(place, &key)
+            && shard_of(key.0, key.1) == shard_of(self.domain, self.hash)
+        {
+            drop(self.shard.entries.remove(&key));
         }
     }
 }

@@ -167,13 +167,18 @@ def write_onnx_model(np, path):
     return sum(a.size for a in weights.values())
 
 
-def onnx_function(np, model_path):
+def onnx_function(np, model_path, prepacking=True, arena=True):
     """A ResNet-50 inference session of ONNX Runtime on one thread, loaded from the model
-    file, as a function instance holds it."""
+    file, as a function instance holds it. prepacking=False keeps ONNX Runtime from copying
+    the weights into its kernels' packed layouts; arena=False from caching freed buffers in its
+    CPU memory arena (see demo_identical_pages.py for what each leaves identical)."""
     import onnxruntime  # pylint: disable=import-outside-toplevel
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = arena
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = onnxruntime.InferenceSession(model_path, options,
                                            providers=["CPUExecutionProvider"])
     return lambda image: session.run(None, {"image": image[None]})[0][0]

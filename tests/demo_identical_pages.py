@@ -8,6 +8,7 @@ ones) it prints how many of the second instance's pages have no identical page i
 what no merger could share. Run as root (it reads the instances' pagemap and memory).
 
     demo_identical_pages.py [--runtime onnxruntime|numpy] [--default-malloc]
+                            [--no-prepacking] [--no-arena]
 """
 import argparse
 import collections
@@ -22,15 +23,16 @@ import demo_function
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def child(runtime, model_path, default_malloc):
+def child(runtime, model_path, default_malloc, session_options):
     import gc  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     import upm  # pylint: disable=import-outside-toplevel
     if not default_malloc:
         upm.mmap_large_allocations()
-    function = (demo_function.onnx_function if runtime == "onnxruntime"
-                else demo_function.numpy_function)
-    infer = function(np, model_path)
+    if runtime == "onnxruntime":
+        infer = demo_function.onnx_function(np, model_path, **session_options)
+    else:
+        infer = demo_function.numpy_function(np, model_path)
     demo_function.serve(np, infer)
     gc.freeze()
     print("ready", flush=True)
@@ -65,10 +67,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--runtime", choices=("onnxruntime", "numpy"), default="onnxruntime")
     parser.add_argument("--default-malloc", action="store_true")
+    parser.add_argument("--no-prepacking", action="store_true",
+                        help="ONNX Runtime keeps the weights as loaded, not pre-packed")
+    parser.add_argument("--no-arena", action="store_true",
+                        help="ONNX Runtime's CPU memory arena off")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    session_options = {"prepacking": not args.no_prepacking, "arena": not args.no_arena}
     if args.child is not None:
-        child(args.runtime, args.child, args.default_malloc)
+        child(args.runtime, args.child, args.default_malloc, session_options)
         return 0
     import numpy as np  # pylint: disable=import-outside-toplevel
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
@@ -78,6 +85,8 @@ def main():
             demo_function.write_onnx_model(np, model)
         argv = [sys.executable, __file__, "--runtime", args.runtime, "--child", model]
         argv += ["--default-malloc"] if args.default_malloc else []
+        argv += ["--no-prepacking"] if args.no_prepacking else []
+        argv += ["--no-arena"] if args.no_arena else []
         procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                   text=True) for _ in range(2)]
         try:
@@ -96,6 +105,7 @@ def main():
         total[region] += 1
         apart[region] += digest not in seen
     malloc = "default malloc" if args.default_malloc else "mmap_large_allocations()"
+    malloc += "".join(f", {name} off" for name, on in session_options.items() if not on)
     print(f"{args.runtime}, {malloc}: PSS {pss[0] / 1024:.0f} and {pss[1] / 1024:.0f} MiB")
     for region in sorted(total, key=total.get, reverse=True):
         print(f"  {region:20s} {total[region]:7d} pages, {apart[region]:7d} "

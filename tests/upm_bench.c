@@ -497,55 +497,158 @@ static int run_cow(size_t pages, struct cow *r)
 	return wait_index_empty(60);
 }
 
-/* One scaling adviser: twin regions of its own, advised and merged, then it waits to exit. */
+/*
+ * Scaling: N processes advise at the same moment. The same weights: every process holds the
+ * same contents, as instances of one function do, and advises them once. Own twins: each
+ * process merges twin regions of contents of its own. A domain each: the twins of every
+ * process hold the same contents, but each process runs under a uid of its own, so that under
+ * the default domain policy they share nothing and nothing merges across them.
+ */
+enum scale_mode { SAME_WEIGHTS, OWN_TWINS, OWN_DOMAINS, SCALE_MODES };
+
+static const char *const scale_modes[] = { "the same weights", "their own twins",
+					   "a domain each" };
+
+/* What one scaling adviser is given. */
 struct scaler {
 	size_t pages;
-	uint64_t seed;
-	int ready, go;
+	enum scale_mode mode;
+	int index, ready, go, done, quit;
 };
+
+/* Where one adviser's regions are, as it reports them to the parent. */
+struct scaler_regions {
+	int index;
+	uintptr_t a, b;
+};
+
+static uint64_t scaler_seed(const struct scaler *s)
+{
+	return s->mode == OWN_TWINS ? 6000 + s->index : 6000;
+}
 
 static int scaler_main(void *arg)
 {
 	struct scaler *s = arg;
-	double first, second;
-	char *a, *b, x = 'r';
+	struct scaler_regions at = { s->index, 0, 0 };
+	size_t pages = s->mode == SAME_WEIGHTS ? s->pages : s->pages / 2;
+	uint64_t seed = scaler_seed(s);
+	char *a, *b = NULL, x = 'f';
+	int ok;
 
-	if (map_twins(&a, &b, s->pages, s->seed) || write(s->ready, &x, 1) != 1 ||
-	    read(s->go, &x, 1) != 1)
+	if (s->mode == OWN_DOMAINS && setuid(3000 + s->index))
 		return 1;
-	return advise_twins(a, b, s->pages, s->seed, &first, &second) ? 1 : 0;
+	if (s->mode == SAME_WEIGHTS) {
+		a = map_anon(pages);
+		if (!a)
+			return 1;
+		fill_pages(a, pages, seed, 1);
+	} else if (map_twins(&a, &b, pages, seed)) {
+		return 1;
+	}
+	at.a = (uintptr_t)a;
+	at.b = (uintptr_t)b;
+	if (write(s->ready, &at, sizeof(at)) != sizeof(at) || read(s->go, &x, 1) != 1)
+		return 1;
+	ok = !advise(a, pages) && (!b || !advise(b, pages));
+	/* Every copy still holds its contents, whatever was merged. */
+	ok = ok && check_pages(a, pages, seed, 1) < 0 && (!b || check_pages(b, pages, seed, 1) < 0);
+	x = ok ? 'k' : 'f';
+	if (write(s->done, &x, 1) != 1)
+		return 1;
+	/* Stay until the parent has read the frames. */
+	while (read(s->quit, &x, 1) > 0)
+		;
+	return ok ? 0 : 1;
 }
 
-/* Wall-clock seconds for `n` processes to merge their own twin regions of `pages` each. */
-static double run_scaling(int n, size_t pages)
+/*
+ * Whether the advisers' regions ended as merging should leave them: the same weights all on
+ * one frame per page; each process's twins on one frame per page; and, with a domain each,
+ * nothing shared across processes.
+ */
+static int scaling_merged(int n, enum scale_mode mode, size_t pages, const pid_t *pids,
+			  const struct scaler_regions *at)
 {
-	int ready[2], go[2], failed = 0;
-	pid_t pids[8];
+	size_t region = mode == SAME_WEIGHTS ? pages : pages / 2;
+	uint64_t *all = calloc(n * region, sizeof(*all));
+	long apart = 0, across = 0;
+	int bad = !all;
+
+	for (int i = 0; !bad && i < n; i++)
+		bad = read_pfns(pids[i], at[i].a, region, all + i * region);
+	for (size_t j = 0; !bad && mode == SAME_WEIGHTS && j < region; j++)
+		for (int i = 1; i < n; i++)
+			if (!all[j] || all[i * region + j] != all[j]) {
+				apart++;
+				break;
+			}
+	free(all);
+	for (int i = 0; !bad && mode != SAME_WEIGHTS && i < n; i++) {
+		long twins = shared_frames(pids[i], at[i].a, pids[i], at[i].b, region);
+		long shared = i ? shared_frames(pids[0], at[0].a, pids[i], at[i].a, region) : 0;
+
+		bad = twins < 0 || shared < 0;
+		apart += (long)region - twins;
+		across += shared;
+	}
+	if (bad || apart || across) {
+		fprintf(stderr,
+			"%d advisers of %s: %ld of %zu pages not on their twins' frame, %ld shared "
+			"across processes (skipped busy %ld, not present %ld, other %ld)%s\n",
+			n, scale_modes[mode], apart, region, across, counter("pages_skipped_busy"),
+			counter("pages_skipped_not_present"), counter("pages_skipped_other"),
+			bad ? ", pagemap unreadable" : "");
+		return -1;
+	}
+	return 0;
+}
+
+/* Wall-clock seconds until all `n` advisers returned from merging `pages` pages each. */
+static double run_scaling(int n, enum scale_mode mode, size_t pages)
+{
+	int ready[2], go[2], done[2], quit[2], failed = 0;
+	struct scaler_regions at[16];
+	pid_t pids[16];
 	double t;
 	char x;
 
-	if (pipe(ready) || pipe(go))
+	if (n > 16 || pipe(ready) || pipe(go) || pipe(done) || pipe(quit))
 		return -1;
 	for (int i = 0; i < n; i++) {
-		struct scaler s = { pages, 6000 + 10 * n + i, ready[1], go[0] };
+		struct scaler s = { pages, mode, i, ready[1], go[0], done[1], quit[0] };
 
 		pids[i] = spawn(scaler_main, &s);
 	}
-	for (int i = 0; i < n; i++)
-		if (read(ready[0], &x, 1) != 1)
-			return -1;
+	close(quit[0]);
+	/* Each adviser says where its regions are once they are written, in any order. */
+	for (int i = 0; !failed && i < n; i++) {
+		struct scaler_regions r;
+
+		if (read(ready[0], &r, sizeof(r)) != sizeof(r) || r.index < 0 || r.index >= n)
+			failed = 1;
+		else
+			at[r.index] = r;
+	}
 	t = now_s();
-	for (int i = 0; i < n; i++)
+	for (int i = 0; !failed && i < n; i++)
 		if (write(go[1], "g", 1) != 1)
-			return -1;
+			failed = 1;
+	for (int i = 0; !failed && i < n; i++)
+		if (read(done[0], &x, 1) != 1 || x != 'k')
+			failed = 1;
+	t = now_s() - t;
+	failed = failed || scaling_merged(n, mode, pages, pids, at);
+	close(quit[1]);
+	close(go[1]);
 	for (int i = 0; i < n; i++)
 		failed |= wait_exit(pids[i]);
-	t = now_s() - t;
 	close(ready[0]);
 	close(ready[1]);
 	close(go[0]);
-	close(go[1]);
-	return failed || wait_index_empty(60) ? -1 : t;
+	close(done[0]);
+	close(done[1]);
+	return failed || wait_index_empty(120) ? -1 : t;
 }
 
 static double mib_s(double mib, double t)
@@ -555,7 +658,7 @@ static double mib_s(double mib, double t)
 
 static const int dups[] = { 0, 50, 100 };
 static const char *const policies[] = { "uid", "global", "userns", "cgroup" };
-static const int scale_n[] = { 1, 2, 4 };
+static const int scale_n[] = { 1, 2, 4, 8, 16 };
 static const int large_gib[] = { 1, 4 };
 
 /* Everything one run measures: printed section by section, written to JSON at the end. */
@@ -565,7 +668,7 @@ static struct results {
 	double ksm_default, plain[2], fresh[2];
 	double small[ARRAY_SIZE(policies)][2];
 	struct cow cow;
-	double scale[ARRAY_SIZE(scale_n)];
+	double scale[ARRAY_SIZE(scale_n)][SCALE_MODES];
 	double large[ARRAY_SIZE(large_gib)][2];
 } res;
 
@@ -660,20 +763,43 @@ static int bench_cow(void)
 	return 0;
 }
 
+/* N advisers at the same moment, in each mode; `pages` pages advised by each. */
+static int scaling_table(size_t pages)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	printf("\nscaling: N processes each advising %zu MiB at the same moment, %ld vCPUs: time "
+	       "until the last call returned, MiB/s in all, x N = 1 (goal: 0.8 x min(N, vCPUs))\n",
+	       pages >> 8, cpus);
+	printf("   N  goal ");
+	for (int m = 0; m < SCALE_MODES; m++)
+		printf("  %-28s", scale_modes[m]);
+	printf("\n");
+	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++) {
+		int n = scale_n[i];
+
+		printf("  %2d  %4.2fx", n, 0.8 * (n < cpus ? n : cpus));
+		for (int m = 0; m < SCALE_MODES; m++) {
+			double t = run_scaling(n, m, pages), *one = &res.scale[0][m];
+			double rate = mib_s((double)n * (pages >> 8), t);
+
+			res.scale[i][m] = t;
+			if (t < 0) {
+				printf("\n");
+				return -1;
+			}
+			printf("  %7.3f s %5.0f MiB/s %5.2fx ", t, rate,
+			       rate / mib_s((double)(pages >> 8), *one));
+		}
+		printf("\n");
+	}
+	return 0;
+}
+
 static int bench_scaling(void)
 {
-	size_t mib = res.mib / 4;
-
-	printf("\nscaling: N processes each merging its own twin regions of %zu MiB (2 vCPUs)\n",
-	       mib);
-	for (size_t i = 0; i < ARRAY_SIZE(scale_n); i++) {
-		res.scale[i] = run_scaling(scale_n[i], res.pages / 4);
-		if (res.scale[i] < 0)
-			return -1;
-		printf("  %d adviser%s: %.3f s, %.0f MiB/s in all\n", scale_n[i],
-		       scale_n[i] > 1 ? "s" : " ", res.scale[i],
-		       mib_s(2.0 * scale_n[i] * mib, res.scale[i]));
-	}
+	if (scaling_table(res.pages / 2))
+		return -1;
 	printf("large ranges, one process, twin regions of:\n");
 	for (size_t i = 0; i < ARRAY_SIZE(large_gib); i++) {
 		size_t pages = (size_t)large_gib[i] << 30 >> 12;
@@ -759,7 +885,7 @@ static int write_json(const char *path)
 		"  \"cow_us\": {\"merged\": %.3f, \"fork\": %.3f, \"unshared\": %.3f, "
 		"\"advised_unique\": %.3f},\n",
 		res.cow.merged_us, res.cow.fork_us, res.cow.plain_us, res.cow.advised_unique_us);
-	json_by_count(f, "scaling_s", scale_n, res.scale, ARRAY_SIZE(scale_n), 1);
+	json_by_count(f, "scaling_s", scale_n, &res.scale[0][0], ARRAY_SIZE(scale_n), SCALE_MODES);
 	json_by_count(f, "large_s", large_gib, &res.large[0][0], ARRAY_SIZE(large_gib), 2);
 	fprintf(f,
 		"  \"slab_bytes_per_page\": {\"upm_candidate\": [%.1f, %.1f], "
@@ -815,6 +941,10 @@ int main(int argc, char **argv)
 		printf("twins of %zu pages: first %.3f s, second %.3f s, all merged\n", pages, first,
 		       second);
 		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "scaling")) {
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		return scaling_table((argc > 2 ? strtoul(argv[2], NULL, 10) : 128) << 20 >> 12) ? 1 : 0;
 	}
 	if (argc > 1 && !strcmp(argv[1], "small"))
 		return small_only(argc > 2 ? strtol(argv[2], NULL, 10) : 100);
