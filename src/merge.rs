@@ -41,6 +41,10 @@ const BATCH_PAGES: usize = 512;
 /// Pages per call whose pairing is retried at its end because the twin's mm was busy.
 const MAX_DEFERRED: usize = 4096;
 
+/// Of those, pages found not present (a huge page being split by another adviser has its
+/// pages replaced by migration entries for the while) looked at again at the end of the call.
+const MAX_ABSENT_DEFERRED: usize = 1024;
+
 /// Attempts at pairing a candidate from its side before it is counted as left apart.
 const TWIN_ATTEMPTS: usize = 3;
 
@@ -81,8 +85,10 @@ struct Call<'a> {
     stage: Cell<Stage>,
     /// Whether this call flushed every CPU's LRU batches already.
     drained: Cell<bool>,
-    /// Pages whose twin's mm was busy, to try again at the end of the call.
+    /// Pages whose twin's mm was busy, or not present, to try again at the end of the call.
     deferred: Cell<KVec<usize>>,
+    /// How many of them were not present.
+    absent_deferred: Cell<usize>,
     /// The last mm found busy: the end of the call waits for its `mmap_lock`.
     busy_twin: Cell<Option<ARef<Mm>>>,
     /// Candidates of other mms that could not be paired because their mm was busy: the end of
@@ -98,6 +104,7 @@ impl<'a> Call<'a> {
             stage: Cell::new(stage),
             drained: Cell::new(drained),
             deferred: Cell::new(KVec::new()),
+            absent_deferred: Cell::new(0),
             busy_twin: Cell::new(None),
             busy_candidates: Cell::new(KVec::new()),
         }
@@ -413,7 +420,10 @@ impl Upm {
             Mapped::Nothing => {
                 // Migrating (another adviser may be splitting its huge page right now) or
                 // swapped out: look again at the end of the call.
-                if !call.defer(addr) {
+                let absent = call.absent_deferred.get();
+                if absent < MAX_ABSENT_DEFERRED && call.defer(addr) {
+                    call.absent_deferred.set(absent + 1);
+                } else {
                     STATS.skip(Skip::NotPresent, 1);
                 }
                 return;
@@ -505,8 +515,14 @@ impl Upm {
             // KSM's rule: split a huge page only when one of its pages has a twin.
             vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
         }
-        let Mapped::Anon(page) = vma.get_page(addr) else {
-            return Err(MergeError::Gone);
+        let page = match vma.get_page(addr) {
+            Mapped::Anon(page) => page,
+            // Merged by another adviser while this one waited for the index.
+            Mapped::Ksm(_) | Mapped::Zero => {
+                STATS.pages_already_merged.inc();
+                return Ok(());
+            }
+            _ => return Err(MergeError::Gone),
         };
         if hash == self.zero_hash && enabled(&TUNABLES.use_zero_pages) {
             match vma.merge_zero(&page, addr) {
