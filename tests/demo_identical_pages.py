@@ -8,7 +8,11 @@ ones) it prints how many of the second instance's pages have no identical page i
 what no merger could share. Run as root (it reads the instances' pagemap and memory).
 
     demo_identical_pages.py [--runtime onnxruntime|numpy] [--default-malloc]
-                            [--no-prepacking] [--no-arena]
+                            [--no-prepacking] [--no-arena] [--no-aslr] [--hash-seed N]
+
+--no-aslr and --hash-seed show what stays distinct because of the two things that make every
+process's layout its own: address space randomisation (pointers differ) and Python's hash
+randomisation (dicts and sets differ). A forked worker inherits both from its parent.
 """
 import argparse
 import collections
@@ -71,6 +75,9 @@ def main():
                         help="ONNX Runtime keeps the weights as loaded, not pre-packed")
     parser.add_argument("--no-arena", action="store_true",
                         help="ONNX Runtime's CPU memory arena off")
+    parser.add_argument("--no-aslr", action="store_true",
+                        help="instances without address space randomisation (setarch -R)")
+    parser.add_argument("--hash-seed", help="PYTHONHASHSEED of both instances")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     session_options = {"prepacking": not args.no_prepacking, "arena": not args.no_arena}
@@ -79,11 +86,14 @@ def main():
         return 0
     import numpy as np  # pylint: disable=import-outside-toplevel
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    if args.hash_seed is not None:
+        env["PYTHONHASHSEED"] = args.hash_seed
     with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(tmp, "resnet50.onnx")
         if args.runtime == "onnxruntime":
             demo_function.write_onnx_model(np, model)
-        argv = [sys.executable, __file__, "--runtime", args.runtime, "--child", model]
+        argv = ["setarch", os.uname().machine, "-R"] if args.no_aslr else []
+        argv += [sys.executable, __file__, "--runtime", args.runtime, "--child", model]
         argv += ["--default-malloc"] if args.default_malloc else []
         argv += ["--no-prepacking"] if args.no_prepacking else []
         argv += ["--no-arena"] if args.no_arena else []
@@ -106,6 +116,8 @@ def main():
         apart[region] += digest not in seen
     malloc = "default malloc" if args.default_malloc else "mmap_large_allocations()"
     malloc += "".join(f", {name} off" for name, on in session_options.items() if not on)
+    malloc += ", no ASLR" if args.no_aslr else ""
+    malloc += f", PYTHONHASHSEED={args.hash_seed}" if args.hash_seed is not None else ""
     print(f"{args.runtime}, {malloc}: PSS {pss[0] / 1024:.0f} and {pss[1] / 1024:.0f} MiB")
     for region in sorted(total, key=total.get, reverse=True):
         print(f"  {region:20s} {total[region]:7d} pages, {apart[region]:7d} "
