@@ -513,7 +513,7 @@ static const char *const scale_modes[] = { "the same weights", "their own twins"
 struct scaler {
 	size_t pages;
 	enum scale_mode mode;
-	int index, ready, go, done, quit;
+	int index, ready, go, done, quit, quit_w;
 };
 
 /* Where one adviser's regions are, as it reports them to the parent. */
@@ -536,6 +536,8 @@ static int scaler_main(void *arg)
 	char *a, *b = NULL, x = 'f';
 	int ok;
 
+	/* The parent's end: the read below ends when the parent closes its own. */
+	close(s->quit_w);
 	if (s->mode == OWN_DOMAINS && setuid(3000 + s->index))
 		return 1;
 	if (s->mode == SAME_WEIGHTS) {
@@ -616,7 +618,7 @@ static double run_scaling(int n, enum scale_mode mode, size_t pages)
 	if (n > 16 || pipe(ready) || pipe(go) || pipe(done) || pipe(quit))
 		return -1;
 	for (int i = 0; i < n; i++) {
-		struct scaler s = { pages, mode, i, ready[1], go[0], done[1], quit[0] };
+		struct scaler s = { pages, mode, i, ready[1], go[0], done[1], quit[0], quit[1] };
 
 		pids[i] = spawn(scaler_main, &s);
 	}

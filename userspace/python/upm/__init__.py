@@ -10,6 +10,15 @@ ctypes only, no compiled extension. Typical use::
     if upm.is_supported():
         upm.advise_all_anonymous()   # or upm.advise(numpy_array) for selected buffers
 
+ONNX Runtime: call mmap_large_allocations() before creating the InferenceSession, and advise
+after the first requests (gc.freeze() first), once the session has built its graph and its
+buffers: what it allocates on the first run is then advised too. Pre-packing and the CPU memory
+arena make no measurable difference. About a fifth of an instance's private pages still differ
+from every page of another instance, nearly all on the brk heap: Python objects and the
+runtime's structures hold pointers, and pointers differ between processes with address space
+randomisation, dict and set layouts with Python's hash randomisation. A forked worker inherits
+both from its parent; tests/demo_identical_pages.py measures each.
+
 The advice values come from include/upm.h, the one definition shared by every userspace
 piece of UPM (tests check it against the kernel's uapi header), packaged as upm/upm.h.
 """
