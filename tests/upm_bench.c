@@ -522,6 +522,12 @@ struct scaler_regions {
 	uintptr_t a, b;
 };
 
+/* Pages of each of an adviser's regions: the weights whole, or each of two twins. */
+static size_t region_pages(enum scale_mode mode, size_t pages)
+{
+	return mode == SAME_WEIGHTS ? pages : pages / 2;
+}
+
 static uint64_t scaler_seed(const struct scaler *s)
 {
 	return s->mode == OWN_TWINS ? 6000 + s->index : 6000;
@@ -531,7 +537,7 @@ static int scaler_main(void *arg)
 {
 	struct scaler *s = arg;
 	struct scaler_regions at = { s->index, 0, 0 };
-	size_t pages = s->mode == SAME_WEIGHTS ? s->pages : s->pages / 2;
+	size_t pages = region_pages(s->mode, s->pages);
 	uint64_t seed = scaler_seed(s);
 	char *a, *b = NULL, x = 'f';
 	int ok;
@@ -572,14 +578,15 @@ static int scaler_main(void *arg)
 static int scaling_merged(int n, enum scale_mode mode, size_t pages, const pid_t *pids,
 			  const struct scaler_regions *at)
 {
-	size_t region = mode == SAME_WEIGHTS ? pages : pages / 2;
-	uint64_t *all = calloc(n * region, sizeof(*all));
+	size_t region = region_pages(mode, pages);
+	uint64_t *all = mode == SAME_WEIGHTS ? calloc(n * region, sizeof(*all)) : NULL;
 	long apart = 0, across = 0;
-	int bad = !all;
+	int bad = mode == SAME_WEIGHTS && !all;
 
-	for (int i = 0; !bad && i < n; i++)
+	/* The same weights: every adviser's page j on adviser 0's frame. */
+	for (int i = 0; all && !bad && i < n; i++)
 		bad = read_pfns(pids[i], at[i].a, region, all + i * region);
-	for (size_t j = 0; !bad && mode == SAME_WEIGHTS && j < region; j++)
+	for (size_t j = 0; all && !bad && j < region; j++)
 		for (int i = 1; i < n; i++)
 			if (!all[j] || all[i * region + j] != all[j]) {
 				apart++;
