@@ -15,7 +15,7 @@
 use crate::ffi::{
     mm::MmWithUser,
     sysfs::SysfsBuf,
-    upm_ops::{mm_domain, DomainPolicy},
+    upm::{mm_domain, DomainPolicy},
 };
 use core::fmt::Write;
 use kernel::{new_mutex, prelude::*, rbtree::RBTree, sync::Mutex};

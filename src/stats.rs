@@ -5,15 +5,8 @@
 //! Counters of the current state (pages shared, sharing...) are not kept here: they are
 //! computed from the stable tree when read, so they cannot drift from the truth.
 
-use crate::{
-    ffi::{
-        mm::MmWithUser,
-        upm_ops::{mm_domain, DomainPolicy},
-    },
-    groups::Groups,
-};
+use crate::domain::DEFAULT_POLICY;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use kernel::prelude::*;
 
 /// A monotonic event counter.
 pub(crate) struct Counter(AtomicU64);
@@ -135,7 +128,7 @@ pub(crate) struct Tunables {
     pub(crate) sweep_millisecs: AtomicU32,
     /// A new merged page is a fresh copy, not the first adviser's frame.
     pub(crate) fresh_frame: AtomicBool,
-    /// What merge domains are named after ([`DomainPolicy`] as `u32`).
+    /// What merge domains are named after: an index in [`crate::domain::POLICIES`].
     pub(crate) domain_policy: AtomicU32,
     /// For the `cgroup` policy: the depth of the cgroup v2 ancestor that names a domain.
     pub(crate) domain_cgroup_level: AtomicU32,
@@ -148,75 +141,9 @@ pub(crate) static TUNABLES: Tunables = Tunables {
     split_thp: AtomicBool::new(true),
     sweep_millisecs: AtomicU32::new(1000),
     fresh_frame: AtomicBool::new(false),
-    domain_policy: AtomicU32::new(DomainPolicy::Uid as u32),
+    domain_policy: AtomicU32::new(DEFAULT_POLICY),
     domain_cgroup_level: AtomicU32::new(1),
 };
-
-/// What merge domains are named after: one of the kernel's policies, or the groups root
-/// assigns to cgroups (see [`crate::groups`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Policy {
-    /// `upm_mm_domain()` names the domain.
-    Kernel(DomainPolicy),
-    /// The group of the deepest cgroup ancestor that has one, else the own cgroup.
-    Group,
-}
-
-/// The domain policies by sysfs name: the kernel's in `enum upm_domain_policy` order (an
-/// index is the enum's value), then `group`.
-pub(crate) const DOMAIN_POLICIES: [(&str, Policy); 5] = [
-    ("global", Policy::Kernel(DomainPolicy::Global)),
-    ("uid", Policy::Kernel(DomainPolicy::Uid)),
-    ("userns", Policy::Kernel(DomainPolicy::Userns)),
-    ("cgroup", Policy::Kernel(DomainPolicy::Cgroup)),
-    ("group", Policy::Group),
-];
-
-/// Bits of a domain tag that hold the domain's number; above them, the cgroup level and the
-/// policy, so that tags of different policies (or levels) never compare equal.
-const DOMAIN_ID_BITS: u32 = 52;
-
-/// The policy (index in [`DOMAIN_POLICIES`]), cgroup level and number of a domain tag.
-pub(crate) fn domain_parts(tag: u64) -> (usize, u64, u64) {
-    (
-        (tag >> 60) as usize,
-        (tag >> DOMAIN_ID_BITS) & 0xff,
-        tag & ((1 << DOMAIN_ID_BITS) - 1),
-    )
-}
-
-/// The merge domain of `mm` under the current policy, as the tag the index and the kernel's
-/// stable nodes carry: the policy, a level (the cgroup level for `cgroup`; for `group`, 0
-/// for a group and [`crate::groups::UNGROUPED`] for an own cgroup) and the domain's number (cut to 52 bits:
-/// uids, namespace inode numbers, cgroup ids of this boot and group numbers fit).
-///
-/// # Errors
-///
-/// `ESRCH` if the mm has no owner any more (it is exiting).
-pub(crate) fn domain_of(mm: &MmWithUser, groups: &Groups) -> Result<u64> {
-    let index = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
-    let (index, policy) = match DOMAIN_POLICIES.get(index) {
-        Some((_, policy)) => (index, *policy),
-        None => (
-            DomainPolicy::Uid as usize,
-            Policy::Kernel(DomainPolicy::Uid),
-        ),
-    };
-    let (level, id) = match policy {
-        Policy::Kernel(DomainPolicy::Cgroup) => {
-            let level = TUNABLES
-                .domain_cgroup_level
-                .load(Ordering::Relaxed)
-                .min(255);
-            (level, mm_domain(mm, DomainPolicy::Cgroup, level)?)
-        }
-        Policy::Kernel(kernel_policy) => (0, mm_domain(mm, kernel_policy, 0)?),
-        Policy::Group => groups.domain_of(mm)?,
-    };
-    Ok(((index as u64) << 60)
-        | (u64::from(level) << DOMAIN_ID_BITS)
-        | (id & ((1 << DOMAIN_ID_BITS) - 1)))
-}
 
 /// Reads a boolean tunable.
 pub(crate) fn enabled(flag: &AtomicBool) -> bool {

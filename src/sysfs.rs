@@ -8,14 +8,13 @@
 //! activity counters are cumulative since the module was loaded.
 
 use crate::{
+    advise::Upm,
+    domain::POLICIES,
     ffi::{
         sysfs::{Access, SysfsBuf, SysfsFile, SysfsHandler},
-        task,
-        upm_ops::{self, DomainPolicy},
+        task, upm,
     },
-    groups::UNGROUPED,
-    merge::Upm,
-    stats::{domain_parts, Policy, Skip, DOMAIN_POLICIES, STATS, TUNABLES},
+    stats::{Skip, STATS, TUNABLES},
 };
 use core::{
     fmt::Write,
@@ -103,7 +102,7 @@ impl SysfsHandler for Upm {
         if let File::domain_policy = file {
             // All policies, the current one in brackets, as /sys/kernel/mm/transparent_hugepage.
             let current = TUNABLES.domain_policy.load(Ordering::Relaxed) as usize;
-            for (i, (name, _)) in DOMAIN_POLICIES.iter().enumerate() {
+            for (i, (name, _)) in POLICIES.iter().enumerate() {
                 let sep = if i == 0 { "" } else { " " };
                 if i == current {
                     write!(out, "{sep}[{name}]")
@@ -129,7 +128,7 @@ impl SysfsHandler for Upm {
             File::pages_unshared => counts().unshared,
             File::stable_nodes => self.index.cached_counts().nodes,
             File::candidates => self.index.cached_counts().candidates,
-            File::zero_pages => upm_ops::zero_pages_mapped(),
+            File::zero_pages => upm::zero_pages_mapped(),
             File::pages_scanned => STATS.pages_scanned.get(),
             File::pages_merged => STATS.pages_merged.get(),
             File::pages_promoted => STATS.pages_promoted.get(),
@@ -202,7 +201,7 @@ fn store_tunable(file: File, input: &str) -> Result {
         // their domain tags, which no tag of the new policy equals: nothing merges across
         // the old boundaries, and they age out as their pages change or go.
         File::domain_policy => {
-            let policy = DOMAIN_POLICIES
+            let policy = POLICIES
                 .iter()
                 .position(|(name, _)| *name == input)
                 .ok_or(EINVAL)?;
@@ -233,24 +232,14 @@ impl Upm {
             "domain pages_shared pages_sharing pages_unshared stable_nodes candidates"
         )
         .map_err(|_| EINVAL)?;
-        self.index.domain_counts(|tag, c| {
+        self.index.domain_counts(|domain, c| {
             // A line is well under this; never leave a partial one.
             if out.remaining() < 128 {
                 return false;
             }
-            let (policy, level, id) = domain_parts(tag);
-            let name = DOMAIN_POLICIES.get(policy).map_or("?", |p| p.0);
-            let _ = match DOMAIN_POLICIES.get(policy).map(|p| p.1) {
-                Some(Policy::Kernel(DomainPolicy::Cgroup)) => write!(out, "{name}:{level}:{id}"),
-                // A process in no group: its own cgroup is its domain.
-                Some(Policy::Group) if level == u64::from(UNGROUPED) => {
-                    write!(out, "{name}:cgroup:{id}")
-                }
-                _ => write!(out, "{name}:{id}"),
-            };
             let _ = writeln!(
                 out,
-                " {} {} {} {} {}",
+                "{domain} {} {} {} {} {}",
                 c.shared, c.sharing, c.unshared, c.nodes, c.candidates
             );
             true

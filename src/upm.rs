@@ -17,16 +17,20 @@
 
 use kernel::{c_str, prelude::*, sync::Arc};
 
+mod advise;
+mod call;
+mod decide;
+mod domain;
 mod ffi;
 mod groups;
-mod merge;
+mod index;
+mod pair;
 mod params;
 mod stats;
 mod sysfs;
-mod tree;
 
-use ffi::{sysfs::SysfsDir, upm_ops::Provider, workqueue::Periodic};
-use merge::Upm;
+use advise::Upm;
+use ffi::{sysfs::SysfsDir, upm::Provider, workqueue::Periodic};
 
 module! {
     type: UpmModule,

@@ -16,7 +16,7 @@
 //! | [`task`] | `rust/kernel/task.rs` | `cond_resched()`, `fatal_signal_pending()` |
 //! | [`workqueue`] | `DelayedWork` (6.17) | [`workqueue::Periodic`], a self-rearming delayed work |
 //! | [`sysfs`] | none | [`sysfs::SysfsDir`], a directory of attributes under `/sys/kernel/mm/` |
-//! | [`upm_ops`] | UPM's own (`include/linux/upm.h`) | provider registration, stable nodes, [`upm_ops::MergeableVma`] and the merge primitives |
+//! | [`upm`] | UPM's own (`include/linux/upm.h`) | merge domains and range calls; [`upm::node`]: stable nodes; [`upm::vma`]: [`upm::MergeableVma`] and the merge primitives; [`upm::provider`]: the provider registration |
 //!
 //! The directory is `ffi/`, not `kernel/`, so that it does not shadow the `kernel` crate.
 
@@ -25,7 +25,7 @@ pub(crate) mod page;
 pub(crate) mod param;
 pub(crate) mod sysfs;
 pub(crate) mod task;
-pub(crate) mod upm_ops;
+pub(crate) mod upm;
 pub(crate) mod workqueue;
 
 use kernel::bindings;

@@ -8,7 +8,7 @@
 //! [`MmapReadGuard`](super::MmapReadGuard), so it cannot outlive the lock that keeps it alive.
 //! Operations with further preconditions live on types obtained by a checked conversion, as
 //! upstream's `as_mixedmap_vma()`: UPM's is
-//! [`MergeableVma::from_vma`](crate::ffi::upm_ops::MergeableVma::from_vma).
+//! [`MergeableVma::from_vma`](crate::ffi::upm::MergeableVma::from_vma).
 
 use kernel::{bindings, types::Opaque};
 

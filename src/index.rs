@@ -29,8 +29,8 @@
 //! process exits; a merged page is freed once nothing maps it. Stale entries are dropped when a
 //! lookup meets them and by the periodic sweep, which looks at a bounded number per run.
 //!
-//! Every key starts with the merge domain of its page (see [`crate::stats::domain_of`]): a page
-//! is only ever compared with entries of its own domain.
+//! Every key starts with the merge domain of its page (see [`crate::domain`]): a page is only
+//! ever compared with entries of its own domain.
 //!
 //! The entries are spread over [`SHARDS`] shards by domain and hash, each under its own lock:
 //! the decision about one page (lookup, merge, recording) holds only the lock of its contents'
@@ -43,7 +43,7 @@
 //!
 //! # Lock order
 //!
-//! 1. `mmap_lock` of the advised mm (read), held by `merge.rs` for a batch of pages;
+//! 1. `mmap_lock` of the advised mm (read), held by the walk (`advise.rs`) for a batch of pages;
 //! 2. the lock of one shard of the index ([`ContentIndex::lock`]), held for the whole decision
 //!    about one page, so that two advisers never pair with the same candidate. Never two shard
 //!    locks at once;
@@ -59,10 +59,13 @@
 //!
 //! The sweep's own lock ([`ContentIndex::sweep`]) is taken before a shard's, by the sweep only.
 
-use crate::ffi::{
-    mm::{Mm, MmWithUser},
-    task::cond_resched,
-    upm_ops::{MergeableVma, UpmNode},
+use crate::{
+    domain::Domain,
+    ffi::{
+        mm::{Mm, MmWithUser},
+        task::cond_resched,
+        upm::{MergeableVma, UpmNode},
+    },
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
@@ -89,14 +92,32 @@ const SWEEP_BATCH: usize = 64;
 /// more), whatever the size of the index.
 const SWEEP_PER_RUN: usize = 4096;
 
-/// Merge domain, content hash, then the entry's [`Rank`] and a sequence number that tells
-/// entries apart.
-///
-/// The domain comes first: a page is only ever looked up among the entries of its own domain.
-pub(crate) type Key = (u64, u64, u64);
+/// Where an entry sits in the index, in the order its fields are compared: the domain first,
+/// so that a page is only ever looked up among the entries of its own domain.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Key {
+    /// The merge domain of the entry's page.
+    pub(crate) domain: Domain,
+    /// The keyed hash of its contents.
+    pub(crate) hash: u64,
+    /// Its [`Rank`] in the top bits, then a sequence number that tells entries apart.
+    pub(crate) order: u64,
+}
+
+impl Key {
+    /// The domain and contents the entry is for.
+    fn content(&self) -> (Domain, u64) {
+        (self.domain, self.hash)
+    }
+
+    /// The shard that holds the entry.
+    fn shard(&self) -> usize {
+        shard_of(self.domain, self.hash)
+    }
+}
 
 /// The order in which the entries of one domain and hash are tried, in the top bits of the
-/// last field of their [`Key`].
+/// [`Key::order`].
 #[derive(Clone, Copy)]
 enum Rank {
     /// A merged page that takes new mappings.
@@ -107,14 +128,14 @@ enum Rank {
     Full = 2,
 }
 
-/// Where [`Rank`] sits in a key's last field.
+/// Where [`Rank`] sits in [`Key::order`].
 const RANK_SHIFT: u32 = 62;
 
 /// The shard that holds the entries of `domain` with `hash`.
-fn shard_of(domain: u64, hash: u64) -> usize {
+fn shard_of(domain: Domain, hash: u64) -> usize {
     // The hash is a keyed xxh64, uniform in its bits; the domain moves each domain's entries
     // to other shards, so that domains advising the same contents do not share locks.
-    ((hash ^ domain.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 32) as usize % SHARDS
+    ((hash ^ domain.tag().wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 32) as usize % SHARDS
 }
 
 /// One entry of the index.
@@ -237,7 +258,7 @@ pub(crate) struct ContentIndex {
 pub(crate) struct Index<'a> {
     shard: Guard<'a, Shard, MutexBackend>,
     owner: &'a ContentIndex,
-    domain: u64,
+    domain: Domain,
     hash: u64,
 }
 
@@ -265,7 +286,7 @@ impl ContentIndex {
             sweep <- new_mutex!(
                 SweepPass {
                     shard: 0,
-                    resume: (0, 0, 0),
+                    resume: Key::default(),
                     counts: IndexCounts::default(),
                 },
                 "upm_index_sweep"
@@ -281,7 +302,7 @@ impl ContentIndex {
     }
 
     /// Locks the entries of `domain` with `hash`; see the lock order above.
-    pub(crate) fn lock(&self, domain: u64, hash: u64) -> Index<'_> {
+    pub(crate) fn lock(&self, domain: Domain, hash: u64) -> Index<'_> {
         Index {
             shard: self.shard(shard_of(domain, hash)),
             owner: self,
@@ -298,13 +319,13 @@ impl ContentIndex {
     /// Drops the candidate of `mm` at `addr` if it was recorded with other contents than
     /// `hash` or in another domain: the page changed, and is about to be decided under the
     /// lock of its new contents. Takes only the old entry's shard lock, with no other held.
-    pub(crate) fn forget_changed_candidate(&self, mm: &Mm, addr: usize, domain: u64, hash: u64) {
+    pub(crate) fn forget_changed_candidate(&self, mm: &Mm, addr: usize, domain: Domain, hash: u64) {
         let place = (mm_id(mm), addr);
         let Some(old) = self.places.lock().get(&place).copied() else {
             return;
         };
-        if (old.0, old.1) != (domain, hash) {
-            let mut shard = self.shard(shard_of(old.0, old.1));
+        if old.content() != (domain, hash) {
+            let mut shard = self.shard(old.shard());
             self.unplace(place, &old);
             drop(shard.entries.remove(&old));
         }
@@ -314,22 +335,29 @@ impl ContentIndex {
     pub(crate) fn forget_range(&self, mm: &Mm, start: usize, end: usize) {
         let id = mm_id(mm);
         loop {
-            let key = {
+            let place = {
                 let mut places = self.places.lock();
                 let Some(cursor) = places.cursor_lower_bound(&(id, start)) else {
                     return;
                 };
-                let (&(place_mm, addr), &key) = cursor.current();
-                if place_mm != id || addr >= end {
-                    return;
-                }
-                places.remove(&(id, addr));
-                self.candidates.fetch_sub(1, Ordering::Relaxed);
-                key
+                *cursor.current().0
             };
-            // Its entry is stale now: drop it while nobody else can.
-            drop(self.shard(shard_of(key.0, key.1)).entries.remove(&key));
+            if place.0 != id || place.1 >= end {
+                return;
+            }
+            if let Some(key) = self.take_place(place) {
+                // Its entry is stale now: drop it while nobody else can.
+                drop(self.shard(key.shard()).entries.remove(&key));
+            }
         }
+    }
+
+    /// Takes the place of the candidate at `place` out of the map, and gives back the key of
+    /// its entry, which is stale from now on.
+    fn take_place(&self, place: (usize, usize)) -> Option<Key> {
+        let key = self.places.lock().remove(&place)?;
+        self.candidates.fetch_sub(1, Ordering::Relaxed);
+        Some(key)
     }
 
     /// Removes the place of the candidate at `place` if it is the entry `key`; false if the
@@ -394,7 +422,7 @@ impl ContentIndex {
             }
             drop(shard);
             if shard_done {
-                pass.resume = (0, 0, 0);
+                pass.resume = Key::default();
                 pass.shard += 1;
                 if pass.shard == SHARDS {
                     pass.shard = 0;
@@ -460,14 +488,16 @@ impl ContentIndex {
 
     /// Calls `emit` with each domain that has entries and its counts, in domain order, until
     /// it returns false. Walks the whole index: for privileged readers only.
-    pub(crate) fn domain_counts(&self, mut emit: impl FnMut(u64, &IndexCounts) -> bool) {
-        let mut domains: KVec<(u64, IndexCounts, KVec<ARef<UpmNode>>)> = KVec::new();
+    pub(crate) fn domain_counts(&self, mut emit: impl FnMut(Domain, &IndexCounts) -> bool) {
+        let mut domains: KVec<(Domain, IndexCounts, KVec<ARef<UpmNode>>)> = KVec::new();
         self.for_each(|key, entry| {
-            let known = domains.iter().position(|(domain, ..)| *domain == key.0);
+            let known = domains
+                .iter()
+                .position(|(domain, ..)| *domain == key.domain);
             let at = match known {
                 Some(at) => at,
                 None => {
-                    let fresh = (key.0, IndexCounts::default(), KVec::new());
+                    let fresh = (key.domain, IndexCounts::default(), KVec::new());
                     if domains.push(fresh, GFP_KERNEL).is_err() {
                         return false;
                     }
@@ -532,13 +562,11 @@ impl Index<'_> {
         // at, so that a look costs bounded work whatever the index holds.
         let mut stale: [Option<Key>; MAX_PROBES] = [None; MAX_PROBES];
         let mut looked = 0;
-        let mut cursor = self
-            .shard
-            .entries
-            .cursor_lower_bound(&(self.domain, self.hash, from));
+        let (first, content) = (self.key(from), (self.domain, self.hash));
+        let mut cursor = self.shard.entries.cursor_lower_bound(&first);
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (self.domain, self.hash) || probes.len() == max {
+            if key.content() != content || probes.len() == max {
                 break;
             }
             if looked == MAX_PROBES + max {
@@ -575,13 +603,11 @@ impl Index<'_> {
 
     /// Whether `node` has an entry.
     pub(crate) fn has_node(&mut self, node: &UpmNode) -> bool {
-        let mut cursor = self
-            .shard
-            .entries
-            .cursor_lower_bound(&(self.domain, self.hash, 0));
+        let (first, content) = (self.key(0), (self.domain, self.hash));
+        let mut cursor = self.shard.entries.cursor_lower_bound(&first);
         while let Some(c) = cursor {
             let (key, entry) = c.current();
-            if (key.0, key.1) != (self.domain, self.hash) {
+            if key.content() != content {
                 break;
             }
             if matches!(entry, Entry::Merged(n) if n.id() == node.id()) {
@@ -635,8 +661,21 @@ impl Index<'_> {
 
     fn next_key(&mut self, rank: Rank) -> Key {
         self.shard.next_seq += 1;
-        let seq = self.shard.next_seq;
-        (self.domain, self.hash, (rank as u64) << RANK_SHIFT | seq)
+        self.key((rank as u64) << RANK_SHIFT | self.shard.next_seq)
+    }
+
+    /// The key of this domain and hash with `order`.
+    fn key(&self, order: u64) -> Key {
+        Key {
+            domain: self.domain,
+            hash: self.hash,
+            order,
+        }
+    }
+
+    /// Whether the entry at `key` is in the shard this view holds locked.
+    fn holds(&self, key: &Key) -> bool {
+        key.shard() == shard_of(self.domain, self.hash)
     }
 
     /// Adds a merged page.
@@ -654,7 +693,7 @@ impl Index<'_> {
     pub(crate) fn insert_candidate(&mut self, mm: &Mm, addr: usize) -> Result {
         let place = (mm_id(mm), addr);
         let content = (self.domain, self.hash);
-        let recorded = move |old: &Key| (old.0, old.1) == content;
+        let recorded = move |old: &Key| old.content() == content;
         if self.owner.places.lock().get(&place).is_some_and(recorded) {
             return Ok(());
         }
@@ -682,9 +721,7 @@ impl Index<'_> {
         };
         // The old candidate is stale now: dropped here if it is in this shard, else by the
         // next lookup or sweep of its own shard.
-        if let Some(old) =
-            old.filter(|old| shard_of(old.0, old.1) == shard_of(self.domain, self.hash))
-        {
+        if let Some(old) = old.filter(|old| self.holds(old)) {
             drop(self.shard.entries.remove(&old));
         }
         drop(self.shard.entries.insert(entry_node));
@@ -693,13 +730,8 @@ impl Index<'_> {
 
     /// Drops the candidate of `mm` at `addr`, if any (the page was merged or unmerged).
     pub(crate) fn forget_candidate(&mut self, mm: &Mm, addr: usize) {
-        let place = (mm_id(mm), addr);
-        let Some(key) = self.owner.places.lock().get(&place).copied() else {
-            return;
-        };
-        if self.owner.unplace(place, &key)
-            && shard_of(key.0, key.1) == shard_of(self.domain, self.hash)
-        {
+        let taken = self.owner.take_place((mm_id(mm), addr));
+        if let Some(key) = taken.filter(|key| self.holds(key)) {
             drop(self.shard.entries.remove(&key));
         }
     }
