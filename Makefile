@@ -80,7 +80,7 @@ demo: setup
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
-		tests/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
+		tests/demo/demo.sh $(DEMO_INSTANCES) $(DEMO_BUDGET_MIB) $(DEMO_ARGS)
 	scripts/results-page.py
 
 # UPM against KSM (PR_SET_MEMORY_MERGE: defaults, unthrottled, scan-time advisor) and fork from
@@ -91,7 +91,7 @@ demo-compare: setup
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
-		"cd tests && python3 demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
+		"cd tests/demo && python3 demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.
@@ -118,10 +118,10 @@ mutants-module: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug
 	$(MAKE) test-programs
-	scripts/mutants.sh $$(cd tests/mutants && ls module-*.patch | sed 's/\.patch$$//')
+	scripts/mutants.sh $$(cd tests/vm/mutants && ls module-*.patch | sed 's/\.patch$$//')
 
 # What CI runs: the mutants marked "Run-in-CI: always", and every other one whose patch, code
-# or tests changed since it was last caught (tests/mutants/caught).
+# or tests changed since it was last caught (tests/vm/mutants/caught).
 mutants-ci: setup
 	scripts/build-kernel.sh debug
 	$(MAKE) module FLAVOUR=debug

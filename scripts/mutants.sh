@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The suite must catch a broken UPM. Each tests/mutants/*.patch breaks one thing on purpose:
+# The suite must catch a broken UPM. Each tests/vm/mutants/*.patch breaks one thing on purpose:
 #   module-*.patch  applies to a copy of src/, built as its own upm.ko in $UPM_CACHE/mutants;
 #                   all module mutants run in one boot of the debug kernel, one after another
 #                   (insmod, its tests, rmmod), and any that did not run to its end there
@@ -16,10 +16,10 @@
 # a check, and the summary says which. A run that fails otherwise (another test, a named test
 # that only timed out, a splat alone) is reported, not counted as a catch.
 #
-# Every catch is recorded in tests/mutants/caught with a digest of what the mutant and its
+# Every catch is recorded in tests/vm/mutants/caught with a digest of what the mutant and its
 # tests are made of (the patch, the code it breaks, the test sources). With --ci only the
 # central mutants run, and those whose digest is not recorded: their code or tests changed
-# since they were last caught. Commit tests/mutants/caught after a run.
+# since they were last caught. Commit tests/vm/mutants/caught after a run.
 # Exits non-zero if any mutant survives.
 #
 #   scripts/mutants.sh [--ci] [MUTANT_NAME...]
@@ -36,7 +36,7 @@ fi
 kbuild=$(upm_kbuild_dir debug)
 mbuild=$UPM_CACHE/build-mutant
 work=$UPM_CACHE/mutants
-record=tests/mutants/caught
+record=tests/vm/mutants/caught
 mkdir -p "$work"
 touch "$record"
 caught=0 survived=0
@@ -51,9 +51,9 @@ patched_files() { sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$1"; }
 # files that define its tests. A test file shares nothing but through upm_lib.c (make check
 # holds it to that), so a change to another test file leaves the record standing.
 digest() { # patch
-	local patch=$1 t files=("$1" tests/runner.c tests/upm_lib.c tests/harness.h) touched p
+	local patch=$1 t files=("$1" tests/vm/runner.c tests/vm/upm_lib.c tests/vm/harness.h) touched p
 	for t in $(caught_by "$patch"); do
-		files+=($(grep -l "{ \"$t\"," tests/*.c))
+		files+=($(grep -l "{ \"$t\"," tests/vm/*.c))
 	done
 	case "$(basename "$patch")" in
 	module-*) files+=(Kbuild $(find src -name '*.rs' -o -name Kbuild | sort)) ;;
@@ -117,7 +117,7 @@ run_modules_together() {
 		# UPM_MODULE: what a test that unloads the module loads again.
 		cmd+="echo \"mutant $name\"; export UPM_MODULE=$work/$name/src/upm.ko; "
 		cmd+="insmod \$UPM_MODULE || exit 3; "
-		cmd+="tests/build/upm_tests $(caught_by "tests/mutants/$name.patch") "
+		cmd+="tests/build/upm_tests $(caught_by "tests/vm/mutants/$name.patch") "
 		cmd+="2>&1 | tee \$UPM_VM_OUT/results/$name.log; echo done >>\$UPM_VM_OUT/results/$name.log; "
 		cmd+="rmmod upm || exit 3; "
 	done
@@ -125,7 +125,7 @@ run_modules_together() {
 	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_VM_IDLE_TIMEOUT=${UPM_VM_IDLE_TIMEOUT:-420} UPM_RESULTS_DIR="$work/together" scripts/vm-run.sh --flavour debug \
 		--no-module -- "$cmd" >"$work/together.log" 2>&1
 	for name in "$@"; do
-		patch=tests/mutants/$name.patch log=$work/together/$name.log
+		patch=tests/vm/mutants/$name.patch log=$work/together/$name.log
 		if [ -f "$log" ] && [ "$(tail -1 "$log")" = done ]; then
 			if verdict "$name" "$patch" "$log"; then
 				upm_log "${summary[-1]}"
@@ -167,7 +167,7 @@ run_kernel_mutant() { # name patch
 }
 
 modules=() kernels=()
-for patch in tests/mutants/*.patch; do
+for patch in tests/vm/mutants/*.patch; do
 	name=$(basename "$patch" .patch)
 	if (($#)) && [[ " $* " != *" $name "* ]]; then
 		continue
@@ -184,7 +184,7 @@ for patch in tests/mutants/*.patch; do
 done
 
 for name in "${modules[@]}"; do
-	patch=tests/mutants/$name.patch dir=$work/$name
+	patch=tests/vm/mutants/$name.patch dir=$work/$name
 	upm_log "mutant $name: $(head -1 "$patch")"
 	rm -rf "$dir" && mkdir -p "$dir/src"
 	cp Kbuild "$dir/" && cp -r src/Kbuild src/*.rs src/ffi "$dir/src/"
@@ -195,8 +195,8 @@ done
 ((${#modules[@]})) && run_modules_together "${modules[@]}"
 
 for name in "${kernels[@]}"; do
-	upm_log "mutant $name: $(head -1 "tests/mutants/$name.patch")"
-	run_kernel_mutant "$name" "tests/mutants/$name.patch"
+	upm_log "mutant $name: $(head -1 "tests/vm/mutants/$name.patch")"
+	run_kernel_mutant "$name" "tests/vm/mutants/$name.patch"
 done
 
 printf '%s\n' "${summary[@]}"

@@ -115,7 +115,7 @@ fi
 start=$(date +%s)
 if (($# == 0)); then
 	# Both suites in one boot: the userspace suite needs the same kernel and module.
-	vm_cmd='tests/build/upm_tests; a=$?; tests/userspace.sh; b=$?; exit $((a | b))'
+	vm_cmd='tests/build/upm_tests; a=$?; tests/vm/userspace.sh; b=$?; exit $((a | b))'
 else
 	vm_cmd="tests/build/upm_tests $*"
 fi

@@ -17,7 +17,7 @@ arena make no measurable difference. About a fifth of an instance's private page
 from every page of another instance, nearly all on the brk heap: Python objects and the
 runtime's structures hold pointers, and pointers differ between processes with address space
 randomisation, dict and set layouts with Python's hash randomisation. A forked worker inherits
-both from its parent; tests/demo_identical_pages.py measures each.
+both from its parent; tests/demo/demo_identical_pages.py measures each.
 
 The advice values come from include/upm.h, the one definition shared by every userspace
 piece of UPM (tests check it against the kernel's uapi header), packaged as upm/upm.h.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs in the VM: where the time of a pairing madvise goes, by kernel symbol.
-#   scripts/vm-run.sh --flavour release -- tests/profile.sh [MiB | small]
+#   scripts/vm-run.sh --flavour release -- tests/bench/profile.sh [MiB | small]
 # Samples every CPU (cpu-clock: QEMU without KVM has no PMU) while `upm_bench pair` advises
 # two processes' twin regions (or, with `small`, while `upm_bench small` advises unique pages
 # 64 KiB at a time), then prints the kernel symbols under madvise: self time, and time
@@ -12,9 +12,9 @@ echo -1 >/proc/sys/kernel/perf_event_paranoid
 data=${UPM_VM_OUT:-/tmp}/results/perf.data
 cat /proc/kallsyms >"${data%/*}/kallsyms"
 if [ "${1:-}" = small ]; then
-	workload=(build/upm_bench small 200)
+	workload=(../build/upm_bench small 200)
 else
-	workload=(build/upm_bench pair "${1:-64}")
+	workload=(../build/upm_bench pair "${1:-64}")
 fi
 perf record -q -e cpu-clock -F 10000 -a -g -o "$data" -- "${workload[@]}"
 for mode in --no-children --children; do

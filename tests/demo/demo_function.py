@@ -29,7 +29,7 @@ import time
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "userspace", "python"))  # the upm package
+sys.path.insert(0, os.path.join(HERE, "..", "..", "userspace", "python"))  # the upm package
 SEED = 2023
 REQUESTS = 3
 IMAGE = 32  # a thumbnail keeps a numpy forward pass quick under software emulation

@@ -2,7 +2,7 @@
 # Runs in the VM after upm_tests: upmctl, the Rust library's errors and the Python helper.
 # Prints "userspace: N passed, M failed".
 set -u
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 upmctl=userspace/upm/target/release/upmctl
 passed=0 failed=0
 check() { # name command...
@@ -325,7 +325,7 @@ modprobe_options() {
 		grep -q '\[uid\]' /sys/kernel/mm/upm/domain_policy
 }
 check modprobe_options modprobe_options
-check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/test_python.py
+check python_numpy_advise_all "${UPM_PYTHON:-python3}" tests/vm/test_python.py
 
 # The module's cumulative counters, one "name=value" per line.
 upm_counters() {
@@ -379,7 +379,7 @@ check runtime_snippet_c instances_share tests/build/handler
 check runtime_snippet_python instances_share env PYTHONPATH=userspace/python "${UPM_PYTHON:-python3}" \
 	examples/handler.py
 
-check container_hook tests/container_hook.sh "$upmctl"
+check container_hook tests/vm/container_hook.sh "$upmctl"
 
 echo "userspace: $passed passed, $failed failed"
 [ "$failed" = 0 ]

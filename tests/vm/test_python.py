@@ -8,7 +8,7 @@ import struct
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "userspace", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "userspace", "python"))
 import numpy as np  # noqa: E402
 import upm  # noqa: E402
 

@@ -11,9 +11,9 @@
 # a container process in no cgroup of its own, no module loaded. Exits 0 when all of that
 # holds.
 #
-#   tests/container_hook.sh UPMCTL
+#   tests/vm/container_hook.sh UPMCTL
 set -u
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 upmctl=$(realpath "$1")
 holder=$(realpath tests/build/dup_holder_static)
 pfn_pairs=tests/build/pfn_pairs

@@ -905,7 +905,7 @@ static int write_json(const char *path)
 	return fclose(f) ? -1 : 0;
 }
 
-/* The pairing alone, for `perf record` (tests/profile.sh). */
+/* The pairing alone, for `perf record` (tests/bench/profile.sh). */
 static int pair_only(size_t mib)
 {
 	struct throughput r = { .dup = 100, .expect = mib << 20 >> 12 };
@@ -917,7 +917,7 @@ static int pair_only(size_t mib)
 	return 0;
 }
 
-/* Small advises of unique pages alone, for `perf record` (tests/profile.sh small). */
+/* Small advises of unique pages alone, for `perf record` (tests/bench/profile.sh small). */
 static int small_only(long rounds)
 {
 	double us = 0;
