@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * UPM at scale: many processes advising the same pages at once, and GiB ranges in one call.
- * Each is sized so that its premise holds under the debug kernel in TCG, not larger. Run by
- * upm_tests (runner.c).
+ * UPM at scale: many processes advising the same pages at once, a range changed by other
+ * threads while it is advised and unmerged, and GiB ranges in one call. Each is sized so that
+ * its premise holds under the debug kernel in TCG, not larger. Run by upm_tests (runner.c).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -221,11 +221,249 @@ static enum result test_gib_range(void)
 	return PASS;
 }
 
+/*
+ * One range, many hands: for a fixed time one thread advises a range of four mmap_lock
+ * batches, one unmerges it, one reads it, and one changes parts of it that cross batch
+ * boundaries (munmap and map again, mremap away and back, mprotect, MADV_DONTNEED), under
+ * KASAN and lockdep. The contents are 64 kinds of page, each 32 times, so every advise
+ * merges. Every read is checked; the premise checked is that changes of each kind ran inside
+ * an advise call and inside an unmerge call. Then the range, advised once more, maps one
+ * frame per kind, and unmerged, one per page.
+ */
+#define CHURN_PAGES 2048
+#define CHURN_KINDS 64
+#define CHURN_CHUNK 96
+#define CHURN_SECS 10
+
+enum churn_op { CHURN_REMAP, CHURN_MREMAP, CHURN_MPROTECT, CHURN_DONTNEED, CHURN_OPS };
+
+static const char *const churn_names[] = { "munmap", "mremap", "mprotect", "dontneed" };
+
+struct churn {
+	char *range;
+	char *scratch;			/* CHURN_CHUNK pages reserved for a chunk moved away */
+	int mem;			/* /proc/self/mem: a read of a hole fails, never faults */
+	const char *kinds;		/* CHURN_KINDS pages: what page i holds is kind i % 64 */
+	volatile int stop;
+	/* Odd while a call runs: a change between two equal odd values ran inside one call. */
+	volatile unsigned long advise_seq, unmerge_seq;
+	/* Odd while the changer works on [busy_lo, busy_hi): readers skip those pages. */
+	volatile unsigned long busy_gen;
+	volatile size_t busy_lo, busy_hi;
+	long advise_calls, unmerge_calls, reads, bad_errno, bad_pages;
+	long inside_advise[CHURN_OPS], inside_unmerge[CHURN_OPS], changes[CHURN_OPS];
+};
+
+static int churn_page_ok(const struct churn *c, const char *copy, size_t i)
+{
+	return memcmp(copy, c->kinds + (i % CHURN_KINDS) * page_size, page_size) == 0;
+}
+
+static void churn_fill(struct churn *c, size_t lo, size_t hi)
+{
+	for (size_t i = lo; i < hi; i++)
+		memcpy(c->range + i * page_size, c->kinds + (i % CHURN_KINDS) * page_size,
+		       page_size);
+}
+
+/* Calls madvise(advice) on the whole range until stopped; only ENOMEM (a hole) is allowed. */
+static void *churn_walk(struct churn *c, int advice, volatile unsigned long *seq, long *calls)
+{
+	while (!c->stop) {
+		int ret;
+
+		__atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+		ret = madvise(c->range, CHURN_PAGES * page_size, advice);
+		__atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+		if (ret && errno != ENOMEM) {
+			fprintf(stderr, "    %s: errno %d\n", advice == MADV_UPM_MERGEABLE ?
+				"advise" : "unmerge", errno);
+			__atomic_add_fetch(&c->bad_errno, 1, __ATOMIC_SEQ_CST);
+		}
+		(*calls)++;
+	}
+	return NULL;
+}
+
+static void *churn_advise(void *arg)
+{
+	struct churn *c = arg;
+
+	return churn_walk(c, MADV_UPM_MERGEABLE, &c->advise_seq, &c->advise_calls);
+}
+
+static void *churn_unmerge(void *arg)
+{
+	struct churn *c = arg;
+
+	return churn_walk(c, MADV_UPM_UNMERGEABLE, &c->unmerge_seq, &c->unmerge_calls);
+}
+
+/*
+ * Reads random pages that the changer is not working on, each checked. Through
+ * /proc/self/mem: a page the changer starts on during the read may be unmapped, and the read
+ * then fails instead of faulting; it is not counted, since the changer began meanwhile.
+ */
+static void *churn_read(void *arg)
+{
+	struct churn *c = arg;
+	char *copy = malloc(page_size);
+	uint64_t rng = 0x5eed;
+
+	while (copy && !c->stop) {
+		size_t i = xorshift64(&rng) % CHURN_PAGES;
+		unsigned long gen = __atomic_load_n(&c->busy_gen, __ATOMIC_SEQ_CST);
+		ssize_t got;
+
+		if ((gen & 1) && i >= c->busy_lo && i < c->busy_hi)
+			continue;
+		got = pread(c->mem, copy, page_size, (off_t)(uintptr_t)(c->range + i * page_size));
+		if (__atomic_load_n(&c->busy_gen, __ATOMIC_SEQ_CST) != gen)
+			continue;
+		c->reads++;
+		if (got != (ssize_t)page_size || !churn_page_ok(c, copy, i)) {
+			fprintf(stderr, "    page %zu read wrong while the range churned\n", i);
+			c->bad_pages++;
+		}
+	}
+	free(copy);
+	return NULL;
+}
+
+/* One change of pages [lo, hi); false if a call failed. The pages hold their kinds after. */
+static int churn_change(struct churn *c, enum churn_op op, size_t lo, size_t hi)
+{
+	char *p = c->range + lo * page_size, *moved;
+	size_t len = (hi - lo) * page_size;
+
+	switch (op) {
+	case CHURN_REMAP:
+		if (munmap(p, len))
+			return 0;
+		usleep(200);
+		if (mmap(p, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+			 -1, 0) != p)
+			return 0;
+		madvise(p, len, MADV_NOHUGEPAGE);
+		churn_fill(c, lo, hi);
+		return 1;
+	case CHURN_MREMAP:
+		/* Into the scratch reservation and back; then the reservation is made again. */
+		moved = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, c->scratch);
+		if (moved != c->scratch)
+			return 0;
+		usleep(200);
+		if (mremap(moved, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, p) != p)
+			return 0;
+		return mmap(c->scratch, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			    0) == c->scratch;
+	case CHURN_MPROTECT:
+		if (mprotect(p, len, PROT_READ))
+			return 0;
+		usleep(200);
+		return mprotect(p, len, PROT_READ | PROT_WRITE) == 0;
+	case CHURN_DONTNEED:
+		if (madvise(p, len, MADV_DONTNEED))
+			return 0;
+		churn_fill(c, lo, hi);
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static enum result test_range_churn(void)
+{
+	size_t len = CHURN_PAGES * page_size;
+	struct churn c = { 0 };
+	pthread_t advise_t, unmerge_t, read_t;
+	uint64_t rng = 0xc0ffee;
+	long merged = counter("pages_merged"), bad_changes = 0, bad_after = 0;
+	time_t end;
+
+	c.range = map_anon(CHURN_PAGES);
+	c.kinds = map_anon(CHURN_KINDS);
+	c.scratch = mmap(NULL, CHURN_CHUNK * page_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	c.mem = open("/proc/self/mem", O_RDONLY);
+	CHECK(c.range && c.kinds && c.scratch != MAP_FAILED && c.mem >= 0, "map %d pages",
+	      CHURN_PAGES);
+	/* Small pages only: this is about the walk meeting changes, not about huge pages. */
+	CHECK(madvise(c.range, len, MADV_NOHUGEPAGE) == 0, "no huge pages");
+	fill_pages((char *)c.kinds, CHURN_KINDS, 91, 1);
+	churn_fill(&c, 0, CHURN_PAGES);
+	CHECK(pthread_create(&advise_t, NULL, churn_advise, &c) == 0 &&
+	      pthread_create(&unmerge_t, NULL, churn_unmerge, &c) == 0 &&
+	      pthread_create(&read_t, NULL, churn_read, &c) == 0, "threads");
+	for (end = time(NULL) + CHURN_SECS; time(NULL) < end;) {
+		enum churn_op op = xorshift64(&rng) % CHURN_OPS;
+		size_t lo = xorshift64(&rng) % (CHURN_PAGES - CHURN_CHUNK), hi = lo + CHURN_CHUNK;
+		unsigned long a0, u0, a1, u1;
+
+		c.busy_lo = lo;
+		c.busy_hi = hi;
+		__atomic_add_fetch(&c.busy_gen, 1, __ATOMIC_SEQ_CST);
+		a0 = __atomic_load_n(&c.advise_seq, __ATOMIC_SEQ_CST);
+		u0 = __atomic_load_n(&c.unmerge_seq, __ATOMIC_SEQ_CST);
+		if (!churn_change(&c, op, lo, hi)) {
+			fprintf(stderr, "    %s of pages %zu-%zu failed: errno %d\n", churn_names[op],
+				lo, hi, errno);
+			bad_changes++;
+		}
+		a1 = __atomic_load_n(&c.advise_seq, __ATOMIC_SEQ_CST);
+		u1 = __atomic_load_n(&c.unmerge_seq, __ATOMIC_SEQ_CST);
+		for (size_t i = lo; i < hi; i++)
+			bad_changes += !churn_page_ok(&c, c.range + i * page_size, i);
+		__atomic_add_fetch(&c.busy_gen, 1, __ATOMIC_SEQ_CST);
+		c.changes[op]++;
+		c.inside_advise[op] += (a0 & 1) && a0 == a1;
+		c.inside_unmerge[op] += (u0 & 1) && u0 == u1;
+	}
+	c.stop = 1;
+	pthread_join(advise_t, NULL);
+	pthread_join(unmerge_t, NULL);
+	pthread_join(read_t, NULL);
+	fprintf(stderr, "    %ld advise and %ld unmerge calls, %ld checked reads; changes inside "
+		"an advise / an unmerge / in all:", c.advise_calls, c.unmerge_calls, c.reads);
+	for (int op = 0; op < CHURN_OPS; op++)
+		fprintf(stderr, " %s %ld/%ld/%ld", churn_names[op], c.inside_advise[op],
+			c.inside_unmerge[op], c.changes[op]);
+	fprintf(stderr, "\n");
+	CHECK(c.bad_errno == 0 && bad_changes == 0 && c.bad_pages == 0,
+	      "%ld calls with an errno other than ENOMEM, %ld failed or wrong changes, %ld wrong "
+	      "reads", c.bad_errno, bad_changes, c.bad_pages);
+	for (int op = 0; op < CHURN_OPS; op++)
+		CHECK(c.inside_advise[op] > 0 && c.inside_unmerge[op] > 0,
+		      "premise: a %s inside an advise (%ld) and inside an unmerge (%ld)",
+		      churn_names[op], c.inside_advise[op], c.inside_unmerge[op]);
+	CHECK(c.reads > 1000, "premise: pages read while the range churned (%ld)", c.reads);
+	CHECK(counter("pages_merged") > merged, "merges while the range churned");
+	/* Settled: one frame per kind, then one per page again, every page intact. */
+	CHECK(advise(c.range, CHURN_PAGES) == 0, "advise after the churn");
+	CHECK(distinct_pfns(c.range, CHURN_PAGES) == CHURN_KINDS, "%zu frames for %d kinds",
+	      distinct_pfns(c.range, CHURN_PAGES), CHURN_KINDS);
+	CHECK(unmerge(c.range, CHURN_PAGES) == 0, "unmerge after the churn");
+	CHECK(distinct_pfns(c.range, CHURN_PAGES) == CHURN_PAGES, "%zu frames for %d pages",
+	      distinct_pfns(c.range, CHURN_PAGES), CHURN_PAGES);
+	for (size_t i = 0; i < CHURN_PAGES; i++)
+		bad_after += !churn_page_ok(&c, c.range + i * page_size, i);
+	CHECK(bad_after == 0, "%ld pages wrong after the churn", bad_after);
+	munmap(c.range, len);
+	munmap((char *)c.kinds, CHURN_KINDS * page_size);
+	munmap(c.scratch, CHURN_CHUNK * page_size);
+	close(c.mem);
+	CHECK(wait_tree_empty() == 0, "index empty after unmap: %ld candidates, %ld nodes",
+	      counter("candidates"), counter("stable_nodes"));
+	return PASS;
+}
+
 const struct test scale_tests[] = {
 	{ "sixteen_processes", test_sixteen_processes, "16 processes; counters 0 after exit" },
 	{ "many_processes", test_many_processes, "128 processes share one set of frames" },
 	{ "advisers_at_once", test_advisers_at_once,
 	  "8 processes advise a huge page of the same contents together: one set of frames" },
 	{ "gib_range", test_gib_range, "1 GiB ranges, every 64th page present: merged, intact" },
+	{ "range_churn", test_range_churn,
+	  "munmap, mremap, mprotect, DONTNEED inside advise and unmerge calls: every read right" },
 };
 const size_t scale_test_count = ARRAY_SIZE(scale_tests);
