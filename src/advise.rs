@@ -140,7 +140,11 @@ impl Upm {
             };
             STATS.pages_scanned.add(pages);
             for addr in (from..to).step_by(PAGE_SIZE) {
-                call.record(addr, self.decide(&call, guard, vma, addr));
+                if let Err(e) = call.record(addr, self.decide(&call, guard, vma, addr)) {
+                    // Interrupted: the pages after it were counted as scanned, and are left.
+                    STATS.skip(Skip::Busy, ((to - addr) / PAGE_SIZE - 1) as u64);
+                    return Err(e);
+                }
             }
             Ok(())
         });
@@ -157,7 +161,7 @@ impl Upm {
         // Every VMA, not only mergeable ones: a VMA may have changed (mprotect, userfaultfd
         // registration...) since its pages were merged; the primitive skips what cannot hold any.
         self.walk(mm, start, end, |_, vma, from, to| {
-            self.index.forget_range(mm, from, to);
+            self.index.forget_range(mm, from, to)?;
             upm::unmerge_range(vma, from, to)
         })
     }

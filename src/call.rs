@@ -52,6 +52,8 @@ pub(crate) enum Outcome {
     NotPresent,
     /// Left as it is, for this reason.
     Skipped(Skip),
+    /// Not decided: a fatal signal came while the adviser waited for the index.
+    Interrupted,
 }
 
 /// How far a call is, which decides what happens to a page whose twin's mm is busy.
@@ -100,7 +102,11 @@ impl<'a> Call<'a> {
     }
 
     /// Counts what became of the page at `addr`, or keeps it for the end of the call.
-    pub(crate) fn record(&self, addr: usize, outcome: Outcome) {
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` for [`Outcome::Interrupted`]: the call ends (the page is counted as busy).
+    pub(crate) fn record(&self, addr: usize, outcome: Outcome) -> Result {
         match outcome {
             Outcome::Merged { promoted } => {
                 STATS.pages_merged.inc();
@@ -125,7 +131,12 @@ impl<'a> Call<'a> {
                 }
             }
             Outcome::Skipped(reason) => STATS.skip(reason, 1),
+            Outcome::Interrupted => {
+                STATS.skip(Skip::Busy, 1);
+                return Err(EINTR);
+            }
         }
+        Ok(())
     }
 
     /// Defers `addr` to the end of the call; false if it must be counted now (it is the end).
@@ -217,12 +228,16 @@ impl Upm {
             .mm
             .mmap_read_lock_killable()
             .map_err(|_| interrupted())?;
-        for addr in deferred {
+        for (i, &addr) in deferred.iter().enumerate() {
             let outcome = match guard.vma_lookup(addr).and_then(MergeableVma::from_vma) {
                 Some(vma) => self.decide(call, &guard, vma, addr),
                 None => Outcome::Skipped(Skip::Other),
             };
-            call.record(addr, outcome);
+            if let Err(e) = call.record(addr, outcome) {
+                let left = deferred.len() - i - 1 + call.busy_candidates.take().len();
+                STATS.skip(Skip::Busy, left as u64);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -305,11 +320,12 @@ impl Upm {
             Mapped::Nothing => return Ok(TwinAttempt::NotPresent),
             _ => return Ok(TwinAttempt::Done),
         };
-        if let Outcome::Busy = outcome {
-            return Ok(TwinAttempt::Busy);
+        match outcome {
+            Outcome::Busy => Ok(TwinAttempt::Busy),
+            // Counted by the caller, as every candidate its interrupted call leaves.
+            Outcome::Interrupted => Err(EINTR),
+            outcome => twin_call.record(addr, outcome).map(|()| TwinAttempt::Done),
         }
-        twin_call.record(addr, outcome);
-        Ok(TwinAttempt::Done)
     }
 }
 

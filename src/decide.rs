@@ -111,7 +111,10 @@ impl Upm {
         let Ok(hash) = node.content_hash(self.seed) else {
             return;
         };
-        let mut index = self.index.lock(domain, hash);
+        // Interrupted: the page stays merged, only not offered as a twin until advised again.
+        let Ok(mut index) = self.index.lock(domain, hash) else {
+            return;
+        };
         if !index.has_node(node) {
             // Without an entry the page stays merged, only not offered as a twin.
             let _ = index.insert_merged(node.clone());
@@ -134,8 +137,13 @@ impl Upm {
         // with this very page (a candidate since an earlier advice) or splitting the huge page
         // it belongs to, and an unexplained reference makes either fail.
         drop(page);
-        self.index.forget_changed_candidate(mm, addr, domain, hash);
-        let mut index = self.index.lock(domain, hash);
+        let index = self
+            .index
+            .forget_changed_candidate(mm, addr, domain, hash)
+            .and_then(|()| self.index.lock(domain, hash));
+        let Ok(mut index) = index else {
+            return Ok(Outcome::Interrupted);
+        };
         let mut probes = index.probe(0, MAX_PROBES);
         if hash != self.zero_hash && probes.is_empty() {
             // No twin: a candidate, left as it is (a huge page whole).

@@ -46,7 +46,9 @@
 //! 1. `mmap_lock` of the advised mm (read), held by the walk (`advise.rs`) for a batch of pages;
 //! 2. the lock of one shard of the index ([`ContentIndex::lock`]), held for the whole decision
 //!    about one page, so that two advisers never pair with the same candidate. Never two shard
-//!    locks at once;
+//!    locks at once. An adviser waits for it killably (a fatal signal ends the call with
+//!    `EINTR`); only the sweep, a kernel thread, and the readers of the counts wait for it
+//!    uninterruptibly, each for one decision at most;
 //! 3. `mmap_lock` of a candidate's mm, only ever with `mmap_read_trylock()` (to pair with it,
 //!    and in the sweep, to check that its area is still mapped). A pairing that fails on it is
 //!    retried at the end of the call from the candidate's side: with none of the caller's
@@ -63,6 +65,7 @@ use crate::{
     domain::Domain,
     ffi::{
         mm::{Mm, MmWithUser},
+        sync::{new_killable_mutex, KillableGuard, KillableMutex},
         task::cond_resched,
         upm::{MergeableVma, UpmNode},
     },
@@ -72,10 +75,7 @@ use kernel::{
     new_mutex,
     prelude::*,
     rbtree::{RBTree, RBTreeNode},
-    sync::{
-        lock::{mutex::MutexBackend, Guard},
-        Mutex,
-    },
+    sync::Mutex,
     types::ARef,
 };
 
@@ -238,7 +238,7 @@ type Places = RBTree<(usize, usize), Key>;
 /// The content-hash index and its locks.
 #[pin_data]
 pub(crate) struct ContentIndex {
-    shards: KVec<Pin<KBox<Mutex<Shard>>>>,
+    shards: KVec<Pin<KBox<KillableMutex<Shard>>>>,
     /// Where each (mm, address) has its candidate; an entry whose place holds another key is
     /// stale. See the lock order above.
     #[pin]
@@ -256,7 +256,7 @@ pub(crate) struct ContentIndex {
 
 /// The entries of one domain and hash, locked: everything an adviser decides about a page.
 pub(crate) struct Index<'a> {
-    shard: Guard<'a, Shard, MutexBackend>,
+    shard: KillableGuard<'a, Shard>,
     owner: &'a ContentIndex,
     domain: Domain,
     hash: u64,
@@ -276,7 +276,7 @@ impl ContentIndex {
                 next_seq: 0,
             };
             shards.push(
-                KBox::pin_init(new_mutex!(shard, "upm_index_shard"), GFP_KERNEL)?,
+                KBox::pin_init(new_killable_mutex!(shard, "upm_index_shard"), GFP_KERNEL)?,
                 GFP_KERNEL,
             )?;
         }
@@ -297,18 +297,23 @@ impl ContentIndex {
         }))
     }
 
-    fn shard(&self, i: usize) -> Guard<'_, Shard, MutexBackend> {
+    /// Locks shard `i`, for the sweep and for readers of the counts.
+    fn shard(&self, i: usize) -> KillableGuard<'_, Shard> {
         self.shards[i].lock()
     }
 
-    /// Locks the entries of `domain` with `hash`; see the lock order above.
-    pub(crate) fn lock(&self, domain: Domain, hash: u64) -> Index<'_> {
-        Index {
-            shard: self.shard(shard_of(domain, hash)),
+    /// Locks the entries of `domain` with `hash`, for an adviser; see the lock order above.
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` if a fatal signal comes while the adviser waits for the shard.
+    pub(crate) fn lock(&self, domain: Domain, hash: u64) -> Result<Index<'_>> {
+        Ok(Index {
+            shard: self.shards[shard_of(domain, hash)].lock_killable()?,
             owner: self,
             domain,
             hash,
-        }
+        })
     }
 
     /// Whether the page of `mm` at `addr` is a candidate.
@@ -319,35 +324,52 @@ impl ContentIndex {
     /// Drops the candidate of `mm` at `addr` if it was recorded with other contents than
     /// `hash` or in another domain: the page changed, and is about to be decided under the
     /// lock of its new contents. Takes only the old entry's shard lock, with no other held.
-    pub(crate) fn forget_changed_candidate(&self, mm: &Mm, addr: usize, domain: Domain, hash: u64) {
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` if a fatal signal comes while the adviser waits for that shard.
+    pub(crate) fn forget_changed_candidate(
+        &self,
+        mm: &Mm,
+        addr: usize,
+        domain: Domain,
+        hash: u64,
+    ) -> Result {
         let place = (mm_id(mm), addr);
         let Some(old) = self.places.lock().get(&place).copied() else {
-            return;
+            return Ok(());
         };
         if old.content() != (domain, hash) {
-            let mut shard = self.shard(old.shard());
+            let mut shard = self.shards[old.shard()].lock_killable()?;
             self.unplace(place, &old);
             drop(shard.entries.remove(&old));
         }
+        Ok(())
     }
 
     /// Drops the candidates of `mm` in `start..end` (the range is unmerged).
-    pub(crate) fn forget_range(&self, mm: &Mm, start: usize, end: usize) {
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` if a fatal signal comes while the caller waits for a shard (the candidates
+    /// left are dropped by the next lookup or sweep of their shards).
+    pub(crate) fn forget_range(&self, mm: &Mm, start: usize, end: usize) -> Result {
         let id = mm_id(mm);
         loop {
             let place = {
                 let mut places = self.places.lock();
                 let Some(cursor) = places.cursor_lower_bound(&(id, start)) else {
-                    return;
+                    return Ok(());
                 };
                 *cursor.current().0
             };
             if place.0 != id || place.1 >= end {
-                return;
+                return Ok(());
             }
             if let Some(key) = self.take_place(place) {
                 // Its entry is stale now: drop it while nobody else can.
-                drop(self.shard(key.shard()).entries.remove(&key));
+                let mut shard = self.shards[key.shard()].lock_killable()?;
+                drop(shard.entries.remove(&key));
             }
         }
     }

@@ -15,6 +15,7 @@
 //! | [`param`] | `rust/kernel/module_param.rs` (6.17) | [`param::module_params!`], load-time parameters handled by one [`param::ParamHandler`]; `modinfo` strings |
 //! | [`task`] | `rust/kernel/task.rs` | `cond_resched()`, `fatal_signal_pending()` |
 //! | [`workqueue`] | `DelayedWork` (6.17) | [`workqueue::Periodic`], a self-rearming delayed work |
+//! | [`sync`] | `rust/kernel/sync/lock/mutex.rs` | [`sync::KillableMutex`], a mutex an adviser waits for killably (upstream's has no killable lock) |
 //! | [`sysfs`] | none | [`sysfs::SysfsDir`], a directory of attributes under `/sys/kernel/mm/` |
 //! | [`upm`] | UPM's own (`include/linux/upm.h`) | merge domains and range calls; [`upm::node`]: stable nodes; [`upm::vma`]: [`upm::MergeableVma`] and the merge primitives; [`upm::provider`]: the provider registration |
 //!
@@ -23,6 +24,7 @@
 pub(crate) mod mm;
 pub(crate) mod page;
 pub(crate) mod param;
+pub(crate) mod sync;
 pub(crate) mod sysfs;
 pub(crate) mod task;
 pub(crate) mod upm;

@@ -12,10 +12,10 @@
 //! delaying the final release.
 
 use super::page::PAGE_SIZE;
+#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
+use super::sync::LockClass;
 use core::ptr::{self, NonNull};
-use kernel::{
-    bindings, error::to_result, ffi::c_char, prelude::*, str::CStr, sync::Arc, types::Opaque,
-};
+use kernel::{bindings, error::to_result, ffi::c_char, prelude::*, str::CStr, sync::Arc};
 
 /// The handler of a sysfs directory's files.
 pub(crate) trait SysfsHandler: Send + Sync {
@@ -74,14 +74,7 @@ impl core::fmt::Write for SysfsBuf<'_> {
 /// The lockdep class of our sysfs attributes (what `sysfs_attr_init()` gives C attributes),
 /// only with lockdep, as `struct attribute` has a key only then.
 #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
-struct AttrLockClass(Opaque<bindings::lock_class_key>);
-
-// SAFETY: Lockdep only uses the key's address and synchronises its own use of the contents.
-#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
-unsafe impl Sync for AttrLockClass {}
-
-#[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
-static SYSFS_ATTR_LOCK_CLASS: AttrLockClass = AttrLockClass(Opaque::uninit());
+static SYSFS_ATTR_LOCK_CLASS: LockClass = LockClass::new();
 
 #[repr(C)]
 struct SysfsAttr<T> {
@@ -129,7 +122,7 @@ impl<T: SysfsHandler> SysfsDir<T> {
             #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
             {
                 // Dynamically allocated attributes need a static lockdep key.
-                attr.attr.key = SYSFS_ATTR_LOCK_CLASS.0.get();
+                attr.attr.key = SYSFS_ATTR_LOCK_CLASS.as_ptr();
             }
             attr.show = Some(Self::show_callback);
             if matches!(file.access, Access::ReadWrite | Access::RootReadWrite) {
