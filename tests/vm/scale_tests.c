@@ -222,18 +222,23 @@ static enum result test_gib_range(void)
 }
 
 /*
- * One range, many hands: for a fixed time one thread advises a range of four mmap_lock
- * batches, one unmerges it, one reads it, and one changes parts of it that cross batch
- * boundaries (munmap and map again, mremap away and back, mprotect, MADV_DONTNEED), under
- * KASAN and lockdep. The contents are 64 kinds of page, each 32 times, so every advise
- * merges. Every read is checked; the premise checked is that changes of each kind ran inside
- * an advise call and inside an unmerge call. Then the range, advised once more, maps one
- * frame per kind, and unmerged, one per page.
+ * One range, many hands: one thread advises a range of four mmap_lock batches, one unmerges
+ * it, one reads it, and one changes parts of it that cross batch boundaries (munmap and map
+ * again, mremap away and back, mprotect, MADV_DONTNEED, in turn), under KASAN and lockdep,
+ * for at least CHURN_SECS and until each kind of change took its pages away CHURN_INSIDE
+ * times between two batches of an advise call and of an unmerge call (the premise; a change
+ * waits for the walk's batch to end, so under KASAN in TCG one comes every few seconds, and
+ * CHURN_MAX_SECS bounds the wait). The contents are 64 kinds of page,
+ * each 32 times, so every advise merges. Every read is checked. Then the range, advised once
+ * more, maps one frame per kind, and unmerged, one per page.
  */
 #define CHURN_PAGES 2048
 #define CHURN_KINDS 64
-#define CHURN_CHUNK 96
+#define CHURN_CHUNK 64
 #define CHURN_SECS 10
+#define CHURN_MAX_SECS 150
+#define CHURN_INSIDE 2
+#define CHURN_READS 200
 
 enum churn_op { CHURN_REMAP, CHURN_MREMAP, CHURN_MPROTECT, CHURN_DONTNEED, CHURN_OPS };
 
@@ -330,6 +335,24 @@ static void *churn_read(void *arg)
 	return NULL;
 }
 
+/*
+ * The first step of a change: the one that takes the pages away from where the walk looks
+ * (unmaps, moves, write-protects or drops them). Counts it as inside an advise or an unmerge
+ * call if that call was running before it and still running after it returned: the step then
+ * ran between two batches of the call.
+ */
+#define CHURN_STEP(c, op, call)                                                         \
+	({                                                                              \
+		unsigned long a0 = __atomic_load_n(&(c)->advise_seq, __ATOMIC_SEQ_CST);  \
+		unsigned long u0 = __atomic_load_n(&(c)->unmerge_seq, __ATOMIC_SEQ_CST); \
+		long r = (long)(call);                                                  \
+		(c)->inside_advise[op] +=                                               \
+			(a0 & 1) && a0 == __atomic_load_n(&(c)->advise_seq, __ATOMIC_SEQ_CST); \
+		(c)->inside_unmerge[op] +=                                              \
+			(u0 & 1) && u0 == __atomic_load_n(&(c)->unmerge_seq, __ATOMIC_SEQ_CST); \
+		r;                                                                      \
+	})
+
 /* One change of pages [lo, hi); false if a call failed. The pages hold their kinds after. */
 static int churn_change(struct churn *c, enum churn_op op, size_t lo, size_t hi)
 {
@@ -338,32 +361,30 @@ static int churn_change(struct churn *c, enum churn_op op, size_t lo, size_t hi)
 
 	switch (op) {
 	case CHURN_REMAP:
-		if (munmap(p, len))
+		if (CHURN_STEP(c, op, munmap(p, len)))
 			return 0;
-		usleep(200);
+		/* 64 pages: too small a mapping for a huge page. */
 		if (mmap(p, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
 			 -1, 0) != p)
 			return 0;
-		madvise(p, len, MADV_NOHUGEPAGE);
 		churn_fill(c, lo, hi);
 		return 1;
 	case CHURN_MREMAP:
 		/* Into the scratch reservation and back; then the reservation is made again. */
-		moved = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, c->scratch);
+		moved = (char *)CHURN_STEP(c, op, mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+							 c->scratch));
 		if (moved != c->scratch)
 			return 0;
-		usleep(200);
 		if (mremap(moved, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, p) != p)
 			return 0;
 		return mmap(c->scratch, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
 			    0) == c->scratch;
 	case CHURN_MPROTECT:
-		if (mprotect(p, len, PROT_READ))
+		if (CHURN_STEP(c, op, mprotect(p, len, PROT_READ)))
 			return 0;
-		usleep(200);
 		return mprotect(p, len, PROT_READ | PROT_WRITE) == 0;
 	case CHURN_DONTNEED:
-		if (madvise(p, len, MADV_DONTNEED))
+		if (CHURN_STEP(c, op, madvise(p, len, MADV_DONTNEED)))
 			return 0;
 		churn_fill(c, lo, hi);
 		return 1;
@@ -372,14 +393,28 @@ static int churn_change(struct churn *c, enum churn_op op, size_t lo, size_t hi)
 	}
 }
 
+/*
+ * Whether each kind of change took its pages away inside both kinds of call often enough,
+ * and the reader checked enough pages meanwhile.
+ */
+static int churn_premise(const struct churn *c)
+{
+	if (c->reads < CHURN_READS)
+		return 0;
+	for (int op = 0; op < CHURN_OPS; op++)
+		if (c->inside_advise[op] < CHURN_INSIDE || c->inside_unmerge[op] < CHURN_INSIDE)
+			return 0;
+	return 1;
+}
+
 static enum result test_range_churn(void)
 {
 	size_t len = CHURN_PAGES * page_size;
 	struct churn c = { 0 };
 	pthread_t advise_t, unmerge_t, read_t;
 	uint64_t rng = 0xc0ffee;
-	long merged = counter("pages_merged"), bad_changes = 0, bad_after = 0;
-	time_t end;
+	long merged = counter("pages_merged"), bad_changes = 0, bad_after = 0, total = 0;
+	time_t start;
 
 	c.range = map_anon(CHURN_PAGES);
 	c.kinds = map_anon(CHURN_KINDS);
@@ -395,36 +430,38 @@ static enum result test_range_churn(void)
 	CHECK(pthread_create(&advise_t, NULL, churn_advise, &c) == 0 &&
 	      pthread_create(&unmerge_t, NULL, churn_unmerge, &c) == 0 &&
 	      pthread_create(&read_t, NULL, churn_read, &c) == 0, "threads");
-	for (end = time(NULL) + CHURN_SECS; time(NULL) < end;) {
-		enum churn_op op = xorshift64(&rng) % CHURN_OPS;
-		size_t lo = xorshift64(&rng) % (CHURN_PAGES - CHURN_CHUNK), hi = lo + CHURN_CHUNK;
-		unsigned long a0, u0, a1, u1;
+	for (start = time(NULL); time(NULL) < start + CHURN_MAX_SECS; total++) {
+		enum churn_op op = total % CHURN_OPS;
+		/*
+		 * Parts on one grid, half a part off the batches' (so that some straddle a batch
+		 * boundary): each part is a whole VMA or inside one, as mremap() needs.
+		 */
+		size_t lo = CHURN_CHUNK / 2 +
+			    CHURN_CHUNK * (xorshift64(&rng) % (CHURN_PAGES / CHURN_CHUNK - 1));
+		size_t hi = lo + CHURN_CHUNK;
 
+		if (churn_premise(&c) && time(NULL) >= start + CHURN_SECS)
+			break;
 		c.busy_lo = lo;
 		c.busy_hi = hi;
 		__atomic_add_fetch(&c.busy_gen, 1, __ATOMIC_SEQ_CST);
-		a0 = __atomic_load_n(&c.advise_seq, __ATOMIC_SEQ_CST);
-		u0 = __atomic_load_n(&c.unmerge_seq, __ATOMIC_SEQ_CST);
 		if (!churn_change(&c, op, lo, hi)) {
 			fprintf(stderr, "    %s of pages %zu-%zu failed: errno %d\n", churn_names[op],
 				lo, hi, errno);
 			bad_changes++;
 		}
-		a1 = __atomic_load_n(&c.advise_seq, __ATOMIC_SEQ_CST);
-		u1 = __atomic_load_n(&c.unmerge_seq, __ATOMIC_SEQ_CST);
 		for (size_t i = lo; i < hi; i++)
 			bad_changes += !churn_page_ok(&c, c.range + i * page_size, i);
 		__atomic_add_fetch(&c.busy_gen, 1, __ATOMIC_SEQ_CST);
 		c.changes[op]++;
-		c.inside_advise[op] += (a0 & 1) && a0 == a1;
-		c.inside_unmerge[op] += (u0 & 1) && u0 == u1;
 	}
 	c.stop = 1;
 	pthread_join(advise_t, NULL);
 	pthread_join(unmerge_t, NULL);
 	pthread_join(read_t, NULL);
-	fprintf(stderr, "    %ld advise and %ld unmerge calls, %ld checked reads; changes inside "
-		"an advise / an unmerge / in all:", c.advise_calls, c.unmerge_calls, c.reads);
+	fprintf(stderr, "    %ld s: %ld advise and %ld unmerge calls, %ld checked reads; changes "
+		"inside an advise / an unmerge / in all:", (long)(time(NULL) - start),
+		c.advise_calls, c.unmerge_calls, c.reads);
 	for (int op = 0; op < CHURN_OPS; op++)
 		fprintf(stderr, " %s %ld/%ld/%ld", churn_names[op], c.inside_advise[op],
 			c.inside_unmerge[op], c.changes[op]);
@@ -433,10 +470,12 @@ static enum result test_range_churn(void)
 	      "%ld calls with an errno other than ENOMEM, %ld failed or wrong changes, %ld wrong "
 	      "reads", c.bad_errno, bad_changes, c.bad_pages);
 	for (int op = 0; op < CHURN_OPS; op++)
-		CHECK(c.inside_advise[op] > 0 && c.inside_unmerge[op] > 0,
-		      "premise: a %s inside an advise (%ld) and inside an unmerge (%ld)",
-		      churn_names[op], c.inside_advise[op], c.inside_unmerge[op]);
-	CHECK(c.reads > 1000, "premise: pages read while the range churned (%ld)", c.reads);
+		CHECK(c.inside_advise[op] >= CHURN_INSIDE && c.inside_unmerge[op] >= CHURN_INSIDE,
+		      "premise: %d of each change inside an advise and an unmerge in %d s: %s %ld "
+		      "and %ld", CHURN_INSIDE, CHURN_MAX_SECS, churn_names[op], c.inside_advise[op],
+		      c.inside_unmerge[op]);
+	CHECK(c.reads >= CHURN_READS, "premise: pages read while the range churned (%ld)",
+	      c.reads);
 	CHECK(counter("pages_merged") > merged, "merges while the range churned");
 	/* Settled: one frame per kind, then one per page again, every page intact. */
 	CHECK(advise(c.range, CHURN_PAGES) == 0, "advise after the churn");
