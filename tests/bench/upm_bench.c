@@ -26,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -660,6 +661,168 @@ static double run_scaling(int n, enum scale_mode mode, size_t pages)
 	return failed || wait_index_empty(120) ? -1 : t;
 }
 
+/*
+ * Everyone else's tail latency: while advisers merge, two bystanders that share nothing with
+ * them run on the same machine. One touches 16 pages of its own memory and makes a small
+ * system call, then sleeps 1 ms (a process waking for its own work); the other advises one
+ * page of new unique data (a function advising as it starts). Each records the time of every
+ * iteration's work, not of its sleep. Measured with nothing else running, while 16 processes
+ * advise 128 MiB each of the same weights (2 GiB in all), and while ksmd, unthrottled, merges
+ * the same 16 processes' weights: each bystander's p99 against its own quiet p99.
+ */
+#define WATCH_MAX (1 << 20)
+#define WATCH_ADVISERS 16
+#define WATCH_MIB 128
+
+enum bystander_kind { TOUCHER, SMALL_ADVISER, BYSTANDERS };
+
+static const char *const bystander_names[] = { "touches its memory, getppid()",
+					       "advises 4 KiB of unique data" };
+
+/* Shared with the bystanders: the stop flag and each one's iteration times. */
+struct watch {
+	volatile int stop, started[BYSTANDERS];
+	size_t n[BYSTANDERS];
+	float us[BYSTANDERS][WATCH_MAX];
+};
+
+enum watch_scene { QUIET, UPM_MERGING, KSM_MERGING, SCENES };
+
+static const char *const scene_names[] = { "quiet", "UPM, 16 advisers", "KSM unthrottled" };
+
+struct watch_kind {
+	struct watch *w;
+	enum bystander_kind kind;
+};
+
+static int bystander_main(void *arg)
+{
+	const struct watch_kind *k = arg;
+	struct watch *w = k->w;
+	size_t touch = 16, pages = 4096, at = 0;
+	char *mem = map_anon(pages);
+	uint64_t round = 0;
+
+	if (!mem)
+		return 1;
+	memset(mem, 1, pages * page_size);
+	w->started[k->kind] = 1;
+	while (!w->stop && w->n[k->kind] < WATCH_MAX) {
+		double t;
+
+		usleep(1000);
+		t = now_s();
+		if (k->kind == TOUCHER) {
+			for (size_t i = 0; i < touch; i++, at = (at + 1) % pages)
+				mem[at * page_size] += 1;
+			if (getppid() < 0)
+				return 1;
+		} else {
+			fill_page(mem, round, 0xb157a + getpid());
+			round++;
+			if (advise(mem, 1))
+				return 1;
+		}
+		w->us[k->kind][w->n[k->kind]++] = (float)((now_s() - t) * 1e6);
+	}
+	return 0;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Starts both bystanders; returns once each is in its loop. */
+static int watch_start(struct watch *w, pid_t *pids)
+{
+	static struct watch_kind kinds[BYSTANDERS];
+
+	memset(w, 0, offsetof(struct watch, us));
+	for (int k = 0; k < BYSTANDERS; k++) {
+		kinds[k] = (struct watch_kind){ w, k };
+		pids[k] = spawn(bystander_main, &kinds[k]);
+	}
+	for (int i = 0; i < 10000 && !(w->started[TOUCHER] && w->started[SMALL_ADVISER]); i++)
+		usleep(1000);
+	return w->started[TOUCHER] && w->started[SMALL_ADVISER] ? 0 : -1;
+}
+
+/* Stops the bystanders; p50 and p99 of each one's iterations, in microseconds. */
+static int watch_stop(struct watch *w, const pid_t *pids, double pct[BYSTANDERS][2])
+{
+	int failed = 0;
+
+	w->stop = 1;
+	for (int k = 0; k < BYSTANDERS; k++) {
+		size_t n = w->n[k];
+
+		failed |= wait_exit(pids[k]);
+		if (n < 100)
+			return -1;
+		qsort(w->us[k], n, sizeof(float), cmp_float);
+		pct[k][0] = w->us[k][n / 2];
+		pct[k][1] = w->us[k][n * 99 / 100];
+	}
+	return failed ? -1 : 0;
+}
+
+/* The 16 processes holding the same weights; all advised by UPM or by ksmd. */
+static int watch_merging(struct watch *w, enum watch_scene scene, double pct[BYSTANDERS][2],
+			 double *seconds)
+{
+	size_t pages = (size_t)WATCH_MIB << 20 >> 12, expect = (WATCH_ADVISERS - 1) * pages;
+	struct holder h[WATCH_ADVISERS];
+	pid_t pids[BYSTANDERS];
+	int started = 0, failed = 0;
+	double t, reply;
+
+	for (; started < WATCH_ADVISERS; started++)
+		if (holder_start(&h[started], pages, 8080, 100))
+			break;
+	if (started < WATCH_ADVISERS || watch_start(w, pids)) {
+		while (started--)
+			holder_stop(&h[started]);
+		return -1;
+	}
+	t = now_s();
+	if (scene == QUIET) {
+		sleep(5);
+	} else if (scene == UPM_MERGING) {
+		char c = 'u';
+
+		/* All at once: every holder gets its command before any reply is read. */
+		for (int i = 0; i < WATCH_ADVISERS; i++)
+			failed |= write(h[i].cmd, &c, 1) != 1;
+		for (int i = 0; i < WATCH_ADVISERS; i++)
+			failed |= read(h[i].reply, &reply, sizeof(reply)) != sizeof(reply) ||
+				  reply < 0;
+		failed |= shared_frames(h[0].pid, h[0].addr, h[WATCH_ADVISERS - 1].pid,
+					h[WATCH_ADVISERS - 1].addr, pages) != (long)pages;
+	} else {
+		for (int i = 0; i < WATCH_ADVISERS; i++)
+			failed |= holder_ask(&h[i], 'k') != 0;
+		ksm_write("pages_to_scan", KSM_FAST_PAGES);
+		ksm_write("sleep_millisecs", 0);
+		ksm_write("run", 1);
+		while (!failed && ksm_read("pages_sharing") < (long)expect && now_s() - t < 600)
+			usleep(10 * 1000);
+		failed |= ksm_read("pages_sharing") < (long)expect;
+	}
+	*seconds = now_s() - t;
+	if (watch_stop(w, pids, pct))
+		failed = 1;
+	if (scene == KSM_MERGING) {
+		ksm_write("run", 2);
+		ksm_write("run", 0);
+	}
+	for (int i = 0; i < started; i++)
+		holder_stop(&h[i]);
+	return failed || wait_index_empty(120) ? -1 : 0;
+}
+
 static double mib_s(double mib, double t)
 {
 	return t > 0 ? mib / t : 0;
@@ -679,6 +842,7 @@ static struct results {
 	struct cow cow;
 	double scale[ARRAY_SIZE(scale_n)][SCALE_MODES];
 	double large[ARRAY_SIZE(large_gib)][2];
+	double bystander[SCENES][BYSTANDERS][2], bystander_s[SCENES];
 } res;
 
 static int bench_throughput(void)
@@ -828,6 +992,35 @@ static int bench_scaling(void)
 	return 0;
 }
 
+static int bench_bystanders(void)
+{
+	struct watch *w = map_shared(sizeof(*w));
+	double (*pct)[BYSTANDERS][2] = res.bystander;
+
+	if (!w)
+		return -1;
+	printf("\nbystanders: p50 / p99 of one iteration's work (us), and p99 against quiet; %d "
+	       "processes merge %d MiB each of the same weights\n", WATCH_ADVISERS, WATCH_MIB);
+	printf("  %-20s %-9s", "", "seconds");
+	for (int k = 0; k < BYSTANDERS; k++)
+		printf("  %-38s", bystander_names[k]);
+	printf("\n");
+	for (int scene = 0; scene < SCENES; scene++) {
+		if (watch_merging(w, scene, pct[scene], &res.bystander_s[scene])) {
+			fprintf(stderr, "bystanders: %s failed\n", scene_names[scene]);
+			return -1;
+		}
+		printf("  %-20s %7.1f  ", scene_names[scene], res.bystander_s[scene]);
+		for (int k = 0; k < BYSTANDERS; k++)
+			printf("  %8.0f / %8.0f  (%5.2fx)         ", pct[scene][k][0], pct[scene][k][1],
+			       pct[scene][k][1] / pct[QUIET][k][1]);
+		printf("\n");
+	}
+	printf("  goals: the toucher's p99 within 1.2x of quiet; the small adviser's under 1000 us\n");
+	munmap(w, sizeof(*w));
+	return 0;
+}
+
 /* Bytes per page of a slab measurement over the throughput run's pages. */
 static double per_page(long bytes)
 {
@@ -896,6 +1089,14 @@ static int write_json(const char *path)
 		res.cow.merged_us, res.cow.fork_us, res.cow.plain_us, res.cow.advised_unique_us);
 	json_by_count(f, "scaling_s", scale_n, &res.scale[0][0], ARRAY_SIZE(scale_n), SCALE_MODES);
 	json_by_count(f, "large_s", large_gib, &res.large[0][0], ARRAY_SIZE(large_gib), 2);
+	fprintf(f, "  \"bystanders_us\": {");
+	for (int scene = 0; scene < SCENES; scene++)
+		fprintf(f, "%s\"%s\": {\"seconds\": %.1f, \"toucher_p50_p99\": [%.0f, %.0f], "
+			"\"small_adviser_p50_p99\": [%.0f, %.0f]}", scene ? ", " : "",
+			scene_names[scene], res.bystander_s[scene], res.bystander[scene][TOUCHER][0],
+			res.bystander[scene][TOUCHER][1], res.bystander[scene][SMALL_ADVISER][0],
+			res.bystander[scene][SMALL_ADVISER][1]);
+	fprintf(f, "},\n");
 	fprintf(f,
 		"  \"slab_bytes_per_page\": {\"upm_candidate\": [%.1f, %.1f], "
 		"\"upm_merged\": [%.1f, %.1f], \"ksm_merged\": [%.1f, %.1f]}\n}\n",
@@ -937,7 +1138,7 @@ int main(int argc, char **argv)
 {
 	static int (*const sections[])(void) = { bench_throughput, bench_ksm_default,
 						 bench_fresh_frame, bench_small_advises,
-						 bench_cow, bench_scaling };
+						 bench_cow, bench_scaling, bench_bystanders };
 
 	if (argc > 1 && !strcmp(argv[1], "pair"))
 		return pair_only(argc > 2 ? strtoul(argv[2], NULL, 10) : 64);
@@ -954,6 +1155,10 @@ int main(int argc, char **argv)
 	if (argc > 1 && !strcmp(argv[1], "scaling")) {
 		setvbuf(stdout, NULL, _IOLBF, 0);
 		return scaling_table((argc > 2 ? strtoul(argv[2], NULL, 10) : 128) << 20 >> 12) ? 1 : 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "bystanders")) {
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		return bench_bystanders() ? 1 : 0;
 	}
 	if (argc > 1 && !strcmp(argv[1], "small"))
 		return small_only(argc > 2 ? strtol(argv[2], NULL, 10) : 100);
