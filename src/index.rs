@@ -82,8 +82,12 @@ use kernel::{
 /// Entries tried per advised page: bounds the work that colliding pages can cause.
 pub(crate) const MAX_PROBES: usize = 8;
 
-/// Shards of the index, each with its own lock (a power of two).
-const SHARDS: usize = 64;
+/// Shards of the index, each with its own lock (a power of two). Enough that a page of other
+/// contents than those many advisers merge at once rarely shares their shard: with 64, a
+/// process advising one page of unique data while 16 advisers merged the same weights waited
+/// 15-19 ms at p99 (1 page in 64 behind up to 16 merges); with 1024, 0.4-0.6 ms (bystanders
+/// section of upm_bench, release kernel in TCG). 1024 shards cost 64-128 KiB (lockdep doubles a mutex).
+const SHARDS: usize = 1024;
 
 /// Entries examined per hold of a shard lock by the sweep.
 const SWEEP_BATCH: usize = 64;
