@@ -149,7 +149,7 @@ impl Upm {
             Ok(())
         });
         if walked == Err(EINTR) {
-            call.abandon();
+            call.abandon(0);
             return walked;
         }
         self.finish(&call)?;

@@ -178,9 +178,10 @@ impl<'a> Call<'a> {
         !self.drained.replace(true)
     }
 
-    /// Counts what the call leaves for its end as skipped because busy: it was interrupted.
-    pub(crate) fn abandon(&self) {
-        let left = self.deferred.take().len() + self.busy_candidates.take().len();
+    /// Counts what the interrupted call leaves as skipped because busy: `taken` pages already
+    /// taken out of the deferred ones, the deferred pages still kept and the busy candidates.
+    pub(crate) fn abandon(&self, taken: usize) {
+        let left = taken + self.deferred.take().len() + self.busy_candidates.take().len();
         STATS.skip(Skip::Busy, left as u64);
     }
 }
@@ -217,8 +218,7 @@ impl Upm {
         }
         call.stage.set(Stage::Retry);
         let interrupted = || {
-            let left = deferred.len() + call.busy_candidates.take().len();
-            STATS.skip(Skip::Busy, left as u64);
+            call.abandon(deferred.len());
             EINTR
         };
         if let Some(twin) = call.busy_twin.take() {
@@ -234,8 +234,7 @@ impl Upm {
                 None => Outcome::Skipped(Skip::Other),
             };
             if let Err(e) = call.record(addr, outcome) {
-                let left = deferred.len() - i - 1 + call.busy_candidates.take().len();
-                STATS.skip(Skip::Busy, left as u64);
+                call.abandon(deferred.len() - i - 1);
                 return Err(e);
             }
         }
