@@ -22,17 +22,24 @@
 # since they were last caught. Commit tests/vm/mutants/caught after a run.
 # Exits non-zero if any mutant survives.
 #
-#   scripts/mutants.sh [--ci] [MUTANT_NAME...]
+# With --repeat N, a mutant's tests run N times in its boot (each module mutant in a boot of
+# its own), and it is caught only if they catch it every time: for race mutants, whose catch
+# must not depend on luck.
+#
+#   scripts/mutants.sh [--ci] [--repeat N] [MUTANT_NAME...]
 set -uo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "$0")/env.sh"
 cd "$UPM_ROOT" || exit 1
 
-ci=0
-if [ "${1:-}" = --ci ]; then
-	ci=1
-	shift
-fi
+ci=0 repeat=1
+while (($#)); do
+	case "$1" in
+	--ci) ci=1; shift ;;
+	--repeat) repeat=$2; shift 2 ;;
+	*) break ;;
+	esac
+done
 kbuild=$(upm_kbuild_dir debug)
 mbuild=$UPM_CACHE/build-mutant
 work=$UPM_CACHE/mutants
@@ -67,9 +74,9 @@ digest() { # patch
 	printf '%s\n' "${files[@]}" | sort -u | xargs cat | sha256sum | cut -d' ' -f1
 }
 
-# verdict NAME PATCH LOG: records caught/survived from the mutant's test log.
-verdict() {
-	local name=$1 patch=$2 log=$3 tests failed by="" t timed_out checked
+# catchers PATCH LOG: the mutant's tests that caught it in LOG, one run of them.
+catchers() {
+	local patch=$1 log=$2 tests failed by="" t timed_out checked
 	tests=$(caught_by "$patch")
 	failed=$(sed -n 's/^FAIL \([^ :]*\).*/\1/p' "$log" | tr '\n' ' ')
 	# A test that only timed out (no check of its failed first), or found the index not empty
@@ -87,6 +94,24 @@ verdict() {
 			by+="$t "
 		fi
 	done
+	echo "$by"
+}
+
+# verdict NAME PATCH LOG: records caught/survived from the mutant's test log, in which its
+# tests ran $repeat times, each run after a line "mutant run I".
+verdict() {
+	local name=$1 patch=$2 log=$3 by i runs=0 caught_runs=0
+	if ((repeat == 1)); then
+		by=$(catchers "$patch" "$log")
+	else
+		for ((i = 1; i <= repeat; i++)); do
+			awk -v i="$i" '/^mutant run [0-9]+$/{on = ($3 == i)} on' "$log" >"$log.$i"
+			grep -q "^mutant run $i\$" "$log.$i" && runs=$((runs + 1))
+			[ -n "$(catchers "$patch" "$log.$i")" ] && caught_runs=$((caught_runs + 1))
+		done
+		by="$(catchers "$patch" "$log")(in $caught_runs of $repeat runs)"
+		((caught_runs == repeat)) || by=""
+	fi
 	if [ -n "$by" ]; then
 		caught=$((caught + 1))
 		summary+=("caught   $name by: $by")
@@ -94,7 +119,9 @@ verdict() {
 		sort -k2 "$record.new" >"$record" && rm -f "$record.new"
 		return 0
 	fi
-	summary+=("SURVIVED $name: none of [$tests] failed a check (timed out or not run: ${timed_out:-none}; other failures: ${failed:-none}; $log)")
+	local note=""
+	((repeat == 1)) || note=" in $((repeat - caught_runs)) of $repeat runs ($runs ran)"
+	summary+=("SURVIVED $name: none of [$(caught_by "$patch")] failed a check$note (a test that only timed out does not count; $log)")
 	return 1
 }
 
@@ -104,7 +131,8 @@ run_alone() {
 	shift 2
 	# shellcheck disable=SC2046 # one word per test
 	UPM_STRESS_SECS=20 UPM_KMEMLEAK=0 UPM_VM_IDLE_TIMEOUT=${UPM_VM_IDLE_TIMEOUT:-420} scripts/vm-run.sh "$@" -- \
-		"tests/build/upm_tests $(caught_by "$patch")" >"$log" 2>&1
+		"for i in \$(seq $repeat); do echo \"mutant run \$i\"; tests/build/upm_tests $(caught_by "$patch"); done" \
+		>"$log" 2>&1
 	verdict "$name" "$patch" "$log" || survived=$((survived + 1))
 	upm_log "${summary[-1]}"
 }
@@ -192,7 +220,13 @@ for name in "${modules[@]}"; do
 	make -s -C "$kbuild" M="$dir" LLVM=1 modules >"$work/$name.build.log" 2>&1 ||
 		{ upm_log "$name does not build: $work/$name.build.log"; exit 2; }
 done
-((${#modules[@]})) && run_modules_together "${modules[@]}"
+if ((repeat > 1)); then
+	for name in "${modules[@]}"; do
+		run_alone "$name" "tests/vm/mutants/$name.patch" --flavour debug --module "$work/$name/src/upm.ko"
+	done
+elif ((${#modules[@]})); then
+	run_modules_together "${modules[@]}"
+fi
 
 for name in "${kernels[@]}"; do
 	upm_log "mutant $name: $(head -1 "tests/vm/mutants/$name.patch")"

@@ -102,6 +102,7 @@ uint64_t xxh64_page(const uint64_t *p);
 struct race {
 	char *a;
 	size_t pages;
+	long pace_ns; /* a write every pace_ns, or as fast as it can */
 	volatile int stop;
 	long writes, lost;
 };

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
@@ -722,39 +723,119 @@ static enum result test_started_before_load(void)
 /* ---- writes racing with the merge ---- */
 
 /*
- * Two races at once: pages against their stable twins, and pages of zeroes (word 0 flips
- * between 0 and a sequence number) against the zero page.
+ * The kernel's debugfs knob that holds every UPM merge in its windows (patch 0014), and the
+ * windows it counts: per merge path, those held and those in which a page was written.
+ */
+#define WINDOWS "/sys/kernel/debug/upm/"
+#define WINDOW_DELAY_US 2000
+enum { WINDOW_PATHS = 3, WINDOWS_PER_PATH = 2 };
+
+static const char *const window_path[WINDOW_PATHS] = { "pair", "stable", "zero" };
+static const char *const window_name[WINDOWS_PER_PATH] = { "before_wrprotect", "before_map" };
+
+struct windows {
+	long held[WINDOW_PATHS][WINDOWS_PER_PATH], written[WINDOW_PATHS][WINDOWS_PER_PATH];
+};
+
+static int read_windows(struct windows *w)
+{
+	FILE *f = fopen(WINDOWS "windows", "r");
+	char path[16], window[32];
+	long held, written;
+	int found = 0;
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%15s %31s held %ld written %ld", path, window, &held, &written) == 4)
+		for (int p = 0; p < WINDOW_PATHS; p++)
+			for (int i = 0; i < WINDOWS_PER_PATH; i++)
+				if (!strcmp(path, window_path[p]) && !strcmp(window, window_name[i])) {
+					w->held[p][i] = held;
+					w->written[p][i] = written;
+					found++;
+				}
+	fclose(f);
+	return found == WINDOW_PATHS * WINDOWS_PER_PATH ? 0 : -1;
+}
+
+/* The fewest windows written through on any path since @before. */
+static long fewest_written(const struct windows *before)
+{
+	struct windows now;
+	long fewest = LONG_MAX;
+
+	if (read_windows(&now))
+		return -1;
+	for (int p = 0; p < WINDOW_PATHS; p++)
+		for (int i = 0; i < WINDOWS_PER_PATH; i++)
+			if (now.written[p][i] - before->written[p][i] < fewest)
+				fewest = now.written[p][i] - before->written[p][i];
+	return fewest;
+}
+
+/*
+ * Two writers race the merges: one over pages against their twins (pairs, then stable
+ * pages), one over pages of zeroes (word 0 flips between 0 and a sequence number) against the
+ * zero page. Where the kernel can widen the windows of a merge (fault injection's debugfs),
+ * every merge is held 2 ms in each, and the writers write each page every 8 ms: rounds go on
+ * until a write landed in each window of each path a few times, and every other round unmerges
+ * the pairs so that the next one pairs again.
+ * Elsewhere the writes land where chance puts them, for 10 s.
  */
 static enum result test_racing_writes(void)
 {
 	struct race r = { .pages = 64 }, z = { .pages = 64 };
 	long merged = counter("pages_merged"), collisions = counter("hash_collisions"), calls = 0;
-	long zero_merged = counter("pages_zero_merged"), advise_failed = 0;
+	long zero_merged = counter("pages_zero_merged"), advise_failed = 0, fewest = 0;
+	int widened = access(WINDOWS "window_delay_us", F_OK) == 0;
 	pthread_t writer, zero_writer;
+	struct windows before, after;
+	time_t start, end;
 	char *b;
-	time_t end;
 
 	z.a = map_anon(z.pages);
 	CHECK(z.a && map_twins(&r.a, &b, r.pages, 351) == 0, "setup");
 	memset(z.a, 0, z.pages * page_size);
-	CHECK(advise(b, r.pages) == 0, "advise the twin: stable pages to merge with");
+	CHECK(advise(b, r.pages) == 0, "advise the twin: candidates to pair with");
+	CHECK(!widened || read_windows(&before) == 0, "read " WINDOWS "windows");
+	/* Each page written every 8 ms, so some merges also win. */
+	if (widened)
+		r.pace_ns = z.pace_ns = 8000000 / r.pages;
 	CHECK(pthread_create(&writer, NULL, flip_words, &r) == 0, "writer");
 	if (pthread_create(&zero_writer, NULL, flip_words, &z)) {
 		r.stop = 1;
 		pthread_join(writer, NULL);
 		CHECK(0, "zero-page writer");
 	}
-	for (end = time(NULL) + 10; time(NULL) < end; calls++)
-		advise_failed += advise(r.a, r.pages) != 0 || advise(z.a, z.pages) != 0;
+	if (widened && write_long(WINDOWS "window_delay_us", WINDOW_DELAY_US))
+		advise_failed = -1;
+	start = time(NULL);
+	end = start + (widened ? 60 : 10);
+	for (; advise_failed == 0 && !r.lost && !z.lost && time(NULL) < end; calls++) {
+		/* Pairs with b's candidates, then merges what was written since into their pages. */
+		advise_failed += advise(r.a, r.pages) != 0 || advise(r.a, r.pages) != 0 ||
+				 advise(z.a, z.pages) != 0;
+		if (!widened)
+			continue;
+		fewest = fewest_written(&before);
+		if (fewest >= 3 && time(NULL) >= start + 5)
+			break;
+		if (calls % 2) /* the next round pairs again; the one after meets stable pages */
+			advise_failed += unmerge(r.a, r.pages) != 0 || unmerge(b, r.pages) != 0 ||
+					 advise(b, r.pages) != 0;
+	}
+	if (widened && write_long(WINDOWS "window_delay_us", 0))
+		advise_failed++;
 	r.stop = z.stop = 1;
 	pthread_join(writer, NULL);
 	pthread_join(zero_writer, NULL);
 	collisions = counter("hash_collisions") - collisions;
 	zero_merged = counter("pages_zero_merged") - zero_merged;
-	fprintf(stderr, "    %ld advise calls, %ld + %ld writes, %ld merges, %ld zero pages, "
-		"%ld compares failed\n", calls, r.writes, z.writes,
+	fprintf(stderr, "    %ld rounds in %ld s, %ld + %ld writes, %ld merges, %ld zero pages, "
+		"%ld compares failed\n", calls, (long)(time(NULL) - start), r.writes, z.writes,
 		counter("pages_merged") - merged, zero_merged, collisions);
-	CHECK(advise_failed == 0, "%ld advise calls failed", advise_failed);
+	CHECK(advise_failed == 0, "%ld advise calls failed (or the delay could not be set)",
+	      advise_failed);
 	CHECK(r.lost == 0, "%ld of %ld writes lost", r.lost, r.writes);
 	CHECK(z.lost == 0, "%ld of %ld writes to zeroed pages lost", z.lost, z.writes);
 	CHECK(counter("pages_merged") - merged > 0, "no merge raced with the writer");
@@ -765,6 +846,20 @@ static enum result test_racing_writes(void)
 	CHECK(collisions > 0, "no write landed between hash and write-protect");
 	CHECK(check_pages(r.a, r.pages, 351, 1) < 0 && check_pages(b, r.pages, 351, 1) < 0,
 	      "contents");
+	if (widened) {
+		/* The premise, per path and window: writes landed there, on purpose. */
+		CHECK(read_windows(&after) == 0, "read " WINDOWS "windows");
+		for (int p = 0; p < WINDOW_PATHS; p++)
+			for (int i = 0; i < WINDOWS_PER_PATH; i++) {
+				long held = after.held[p][i] - before.held[p][i];
+				long written = after.written[p][i] - before.written[p][i];
+
+				fprintf(stderr, "    %s %s: %ld windows held, %ld written\n",
+					window_path[p], window_name[i], held, written);
+				CHECK(written > 0, "no write landed in %s's window %s (%ld held)",
+				      window_path[p], window_name[i], held);
+			}
+	}
 	return PASS;
 }
 

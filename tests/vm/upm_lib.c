@@ -488,6 +488,14 @@ uint64_t xxh64_page(const uint64_t *p)
  * on stale contents (hashed before a write, not compared after the write-protect) would
  * lose that write.
  */
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
 void *flip_words(void *arg)
 {
 	struct race *r = arg;
@@ -504,6 +512,10 @@ void *flip_words(void *arg)
 			last[i] = last[i] == orig[i] ? ++seq | 1ull << 63 : orig[i];
 			*w = last[i];
 			r->writes++;
+			/* Paced by the clock in the vDSO: no system call flushes the TLB. */
+			if (r->pace_ns)
+				for (uint64_t t = now_ns(); now_ns() - t < (uint64_t)r->pace_ns;)
+					;
 		}
 	} while (!r->stop);
 	for (size_t i = 0; i < r->pages; i++)
