@@ -86,7 +86,8 @@ pub(crate) const MAX_PROBES: usize = 8;
 /// contents than those many advisers merge at once rarely shares their shard: with 64, a
 /// process advising one page of unique data while 16 advisers merged the same weights waited
 /// 15-19 ms at p99 (1 page in 64 behind up to 16 merges); with 1024, 0.4-0.6 ms (bystanders
-/// section of upm_bench, release kernel in TCG). 1024 shards cost 64-128 KiB (lockdep doubles a mutex).
+/// section of upm_bench, release kernel in TCG). 1024 shards cost 64-128 KiB (lockdep doubles
+/// a mutex).
 const SHARDS: usize = 1024;
 
 /// Entries examined per hold of a shard lock by the sweep.
@@ -360,17 +361,19 @@ impl ContentIndex {
     pub(crate) fn forget_range(&self, mm: &Mm, start: usize, end: usize) -> Result {
         let id = mm_id(mm);
         loop {
-            let place = {
+            // The next place in the range, found and taken in one hold of the lock.
+            let key = {
                 let mut places = self.places.lock();
                 let Some(cursor) = places.cursor_lower_bound(&(id, start)) else {
                     return Ok(());
                 };
-                *cursor.current().0
+                let place = *cursor.current().0;
+                if place.0 != id || place.1 >= end {
+                    return Ok(());
+                }
+                self.take_place_locked(&mut places, place)
             };
-            if place.0 != id || place.1 >= end {
-                return Ok(());
-            }
-            if let Some(key) = self.take_place(place) {
+            if let Some(key) = key {
                 // Its entry is stale now: drop it while nobody else can.
                 let mut shard = self.shards[key.shard()].lock_killable()?;
                 drop(shard.entries.remove(&key));
@@ -381,7 +384,11 @@ impl ContentIndex {
     /// Takes the place of the candidate at `place` out of the map, and gives back the key of
     /// its entry, which is stale from now on.
     fn take_place(&self, place: (usize, usize)) -> Option<Key> {
-        let key = self.places.lock().remove(&place)?;
+        self.take_place_locked(&mut self.places.lock(), place)
+    }
+
+    fn take_place_locked(&self, places: &mut Places, place: (usize, usize)) -> Option<Key> {
+        let key = places.remove(&place)?;
         self.candidates.fetch_sub(1, Ordering::Relaxed);
         Some(key)
     }

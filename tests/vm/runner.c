@@ -6,8 +6,9 @@
  *
  * Each test runs in its own child process, checks real outcomes (page contents against the
  * pattern they were filled with, pagemap frame numbers, RSS, sysfs counters) and leaves no
- * merged memory behind: every test starts by waiting for an empty stable tree, and the
- * runner puts ksmd and the module's tunables back as they were after each one.
+ * merged memory behind: every test starts by waiting for an empty stable tree, runs in a
+ * fresh memory cgroup, and must give back what it took (check_given_back()); the runner puts
+ * ksmd and the module's tunables back as they were after each one.
  *
  * The tests live in files by subject, each exporting only its table (harness.h); what they
  * share is in upm_lib.c. A test's verdict thus depends on its own file, upm_lib.c,
@@ -16,6 +17,7 @@
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,8 +31,86 @@ static int test_timeout(const struct test *t)
 	return t->timeout ? t->timeout() : 300;
 }
 
+/*
+ * What a test must give back besides the stable tree: the gauges of UPM's and KSM's sharing,
+ * the memory charged to the cgroup it ran in, and the machine's anonymous pages.
+ */
+static const char *const gauges[] = {
+	UPM_SYSFS_DIR "/pages_shared",	   UPM_SYSFS_DIR "/pages_sharing",
+	UPM_SYSFS_DIR "/pages_unshared",   UPM_SYSFS_DIR "/zero_pages",
+	"/sys/kernel/mm/ksm/pages_shared", "/sys/kernel/mm/ksm/pages_sharing",
+	"/sys/kernel/mm/ksm/ksm_zero_pages",
+};
+#define TEST_CGROUP "/sys/fs/cgroup/upm-test"
+/* Per-CPU vmstat deltas not yet folded into the global count (2 vCPUs). */
+#define ANON_SLACK_PAGES 512
+/* Charges that an RCU grace period frees after the exit (task structs, stacks) may trail. */
+#define CGROUP_SLACK_BYTES (64 << 10)
+
+struct baseline {
+	long gauge[ARRAY_SIZE(gauges)];
+	long anon_pages;
+};
+
+static void take_baseline(struct baseline *b)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(gauges); i++)
+		b->gauge[i] = read_long(gauges[i]);
+	b->anon_pages = key_value("/proc/vmstat", "nr_anon_pages");
+}
+
+/* A fresh memory cgroup for the test; what the test moves elsewhere is not counted. */
+static int make_test_cgroup(void)
+{
+	write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+	rmdir(TEST_CGROUP);
+	return mkdir(TEST_CGROUP, 0755) || access(TEST_CGROUP "/memory.current", F_OK) ? -1 : 0;
+}
+
+/* Bytes still charged to the test's cgroup, in memory or in swap. */
+static long cgroup_charged(void)
+{
+	long swapped = read_long(TEST_CGROUP "/memory.swap.current");
+
+	return read_long(TEST_CGROUP "/memory.current") + (swapped > 0 ? swapped : 0);
+}
+
+/*
+ * After the test's exit: 0 if it gave everything back within 5 s, or -1 with what it kept.
+ * memory.high = 0 drains the per-CPU charge caches and reclaims what can be reclaimed (with
+ * no OOM kill, unlike memory.max): what is still charged then is held by someone.
+ */
+static int check_given_back(const struct baseline *before)
+{
+	struct baseline now;
+	long charged = 0;
+	int kept = 1;
+
+	write_long(TEST_CGROUP "/memory.high", 0);
+	for (int i = 0; i < 100 && kept; i++) {
+		if (i)
+			usleep(50 * 1000);
+		take_baseline(&now);
+		charged = cgroup_charged();
+		kept = charged < 0 || charged > CGROUP_SLACK_BYTES ||
+		       now.anon_pages - before->anon_pages > ANON_SLACK_PAGES;
+		for (size_t g = 0; g < ARRAY_SIZE(gauges); g++)
+			kept |= now.gauge[g] != before->gauge[g];
+	}
+	if (!kept)
+		return 0;
+	fprintf(stderr, "    not given back after the exit: %ld bytes charged to " TEST_CGROUP
+		", nr_anon_pages %+ld\n", charged, now.anon_pages - before->anon_pages);
+	for (size_t g = 0; g < ARRAY_SIZE(gauges); g++)
+		if (now.gauge[g] != before->gauge[g])
+			fprintf(stderr, "    %s: %ld, %ld before the test\n", gauges[g],
+				now.gauge[g], before->gauge[g]);
+	return -1;
+}
+
 static enum result run_one(const struct test *t)
 {
+	struct baseline before;
 	pid_t pid;
 	int status;
 
@@ -39,10 +119,17 @@ static enum result run_one(const struct test *t)
 			counter("stable_nodes"));
 		return FAIL;
 	}
+	if (make_test_cgroup()) {
+		fprintf(stderr, "    no memory cgroup for the test: %s\n", strerror(errno));
+		return FAIL;
+	}
+	take_baseline(&before);
 	fflush(NULL);
 	pid = fork();
 	if (pid == 0) {
 		setpgid(0, 0); /* the test and every process it starts */
+		if (write_long(TEST_CGROUP "/cgroup.procs", 0))
+			_exit(FAIL);
 		_exit(t->fn());
 	}
 	setpgid(pid, pid);
@@ -95,6 +182,8 @@ static enum result run_one(const struct test *t)
 			counter("stable_nodes"));
 		return FAIL;
 	}
+	if (WEXITSTATUS(status) == PASS && check_given_back(&before))
+		return FAIL;
 	return WEXITSTATUS(status);
 }
 
@@ -183,6 +272,9 @@ int main(int argc, char **argv)
 			failed++;
 		}
 	}
+	/* The last test's cgroup: its helpers may still be on their way out. */
+	for (int i = 0; i < 100 && rmdir(TEST_CGROUP) && errno == EBUSY; i++)
+		usleep(50 * 1000);
 	printf("vm: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;
 }
