@@ -1758,6 +1758,119 @@ static enum result test_process_counters(void)
 	return PASS;
 }
 
+/*
+ * ksm_stat through a history: twins merged, a quarter of one side written (copy on write), a
+ * quarter of the other unmapped, a quarter moved by mremap. UPM (the sweep drops the items of
+ * written and unmapped mappings) and ksmd (its scans do) must agree on ksm_merging_pages
+ * after each step; UPM's rmap items are one per merged mapping, and the process profit is
+ * KSM's formula over them. ksmd unmerges an area that mremap moves and merges it again at its
+ * next scan; UPM's merges move along, items and all.
+ */
+enum { STAT_MERGED, STAT_WRITTEN, STAT_UNMAPPED, STAT_MOVED, STAT_STEPS };
+
+struct stat_history {
+	int use_ksmd;
+	long merging[STAT_STEPS], rmap_items[STAT_STEPS], profit[STAT_STEPS], passes[STAT_STEPS];
+	volatile int failed; /* the step that failed, plus one, or 0 */
+};
+
+/* UPM's merged mappings after each step: after mremap, all of them still. */
+static const long stat_expect[STAT_STEPS] = { 2 * N, 2 * N - N / 4, 2 * N - N / 2,
+					       2 * N - N / 2 };
+
+/*
+ * Lets ksmd (two full scans) or UPM's sweep see what changed, then reads this process's
+ * ksm_stat. The sweep prunes the items of a bounded number of nodes per pass: it is given up
+ * to 20 passes to reach the expected count.
+ */
+static int stat_step(struct stat_history *h, int step)
+{
+	for (int pass = 0; pass < (h->use_ksmd ? 1 : 20); pass++) {
+		if (h->use_ksmd ? write_long(KSM_DIR "run", 1) || ksm_full_scans(2) ||
+					  write_long(KSM_DIR "run", 0)
+				: wait_sweep_passes(1))
+			return -1;
+		h->merging[step] = key_value("/proc/self/ksm_stat", "ksm_merging_pages");
+		h->rmap_items[step] = key_value("/proc/self/ksm_stat", "ksm_rmap_items");
+		h->profit[step] = key_value("/proc/self/ksm_stat", "ksm_process_profit");
+		h->passes[step] = pass + 1;
+		if (h->merging[step] == stat_expect[step])
+			break;
+	}
+	return 0;
+}
+
+static int stat_history_child(void *arg)
+{
+	struct stat_history *h = arg;
+	const size_t q = N / 4;
+	char *a, *b, *to;
+
+	h->failed = STAT_MERGED + 1;
+	if ((h->use_ksmd ? ksm_twins(&a, &b, N, 401) : upm_twins(&a, &b, N, 401)) ||
+	    stat_step(h, STAT_MERGED))
+		return 1;
+	h->failed = STAT_WRITTEN + 1;
+	for (size_t i = 0; i < q; i++) /* each its own contents: nothing to merge again */
+		*(uint64_t *)(a + i * page_size) = ~(uint64_t)i;
+	if (stat_step(h, STAT_WRITTEN))
+		return 1;
+	h->failed = STAT_UNMAPPED + 1;
+	if (munmap(b + q * page_size, q * page_size) || stat_step(h, STAT_UNMAPPED))
+		return 1;
+	h->failed = STAT_MOVED + 1;
+	to = mmap(NULL, q * page_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (to == MAP_FAILED ||
+	    mremap(a + 2 * q * page_size, q * page_size, q * page_size,
+		   MREMAP_MAYMOVE | MREMAP_FIXED, to) != to || stat_step(h, STAT_MOVED))
+		return 1;
+	h->failed = 0;
+	return 0;
+}
+
+static enum result test_ksm_stat_history(void)
+{
+	static const char *const step_name[STAT_STEPS] = { "merged", "written", "unmapped",
+							   "moved" };
+	struct stat_history *h = map_shared(2 * sizeof(*h));
+	const long item = 64; /* sizeof(struct ksm_rmap_item) on 64-bit */
+	int status[2];
+
+	CHECK(h, "shared map");
+	h[1].use_ksmd = 1;
+	for (int m = 0; m < 2; m++) {
+		status[m] = wait_exit(spawn(stat_history_child, &h[m]));
+		if (h[m].use_ksmd)
+			ksm_stop();
+	}
+	for (int step = 0; step < STAT_STEPS; step++)
+		fprintf(stderr, "    %-8s UPM merging %ld items %ld profit %ld (%ld sweep passes) | "
+			"ksmd %ld %ld %ld\n", step_name[step], h[0].merging[step],
+			h[0].rmap_items[step], h[0].profit[step], h[0].passes[step],
+			h[1].merging[step], h[1].rmap_items[step], h[1].profit[step]);
+	CHECK(status[0] == 0 && status[1] == 0, "UPM's history %d (failed at step %d), ksmd's %d "
+	      "(failed at step %d)", status[0], h[0].failed, status[1], h[1].failed);
+	for (int step = 0; step < STAT_STEPS; step++) {
+		const struct stat_history *u = &h[0], *k = &h[1];
+
+		CHECK(u->merging[step] == stat_expect[step],
+		      "%s: UPM's ksm_merging_pages %ld, expected %ld", step_name[step],
+		      u->merging[step], stat_expect[step]);
+		CHECK(k->merging[step] == u->merging[step],
+		      "%s: ksm_merging_pages: ksmd %ld, UPM %ld", step_name[step],
+		      k->merging[step], u->merging[step]);
+		CHECK(u->rmap_items[step] == u->merging[step],
+		      "%s: UPM's ksm_rmap_items %ld for %ld merged mappings", step_name[step],
+		      u->rmap_items[step], u->merging[step]);
+		CHECK(u->profit[step] == u->merging[step] * (long)page_size - u->rmap_items[step] * item &&
+			      k->profit[step] == k->merging[step] * (long)page_size -
+							 k->rmap_items[step] * item,
+		      "%s: ksm_process_profit UPM %ld, ksmd %ld: not KSM's formula", step_name[step],
+		      u->profit[step], k->profit[step]);
+	}
+	return PASS;
+}
+
 /* Whether the page at p holds what fill_page(..., i, seed) writes. */
 static int holds(const void *p, size_t i, uint64_t seed)
 {
@@ -2275,6 +2388,8 @@ static enum result test_node_sharing_capped(void)
 const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
+	{ "ksm_stat_history", test_ksm_stat_history,
+	  "ksm_stat after copy on write, munmap and mremap, against ksmd's" },
 	{ "candidate_changed", test_candidate_changed,
 	  "a candidate written after its advise never merges, even by one byte anywhere" },
 	{ "move_pages", test_move_pages, "move_pages(MOVE_ALL) moves merged pages as ksmd's" },
