@@ -91,7 +91,7 @@ demo-compare: setup
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
-		"cd tests/demo && python3 demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
+		"cd tests/demo && \$${UPM_PYTHON:-python3} demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.

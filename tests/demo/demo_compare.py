@@ -167,6 +167,15 @@ class Instance:
             self.proc.wait()
 
 
+def command_all(instances, line):
+    """Sends a command to every instance before reading any reply: the instances serve their
+    requests at the same time, as a fleet does, on every vCPU."""
+    for inst in instances:
+        inst.commands.write(line + "\n")
+        inst.commands.flush()
+    return [inst.reply() for inst in instances]
+
+
 def pss_kib(pids):
     total = 0
     for pid in pids:
@@ -239,12 +248,11 @@ def run_strategy(strategy, args, model_path, tmp):
             sample()
             time.sleep(0.2)
         before_requests = pss_kib([i.pid for i in instances] + extra_pids)
-        answers = [inst.command(f"serve {args.requests}")["answers"] for inst in instances]
+        answers = [r["answers"] for r in command_all(instances, f"serve {args.requests}")]
         after_requests = pss_kib([i.pid for i in instances] + extra_pids)
         # Divergence: every instance warms the same cache; then each is advised again (a
         # no-op but for UPM), and the strategy gets --rehold seconds to merge it.
-        for inst in instances:
-            inst.command("warm")
+        command_all(instances, "warm")
         diverged = pss_kib([i.pid for i in instances] + extra_pids)
         readvise_ms = [inst.command("advise")["advise_ms"] for inst in instances]
         t_warm = time.monotonic()
