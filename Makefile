@@ -92,6 +92,7 @@ demo-compare: setup
 	$(MAKE) test-programs
 	UPM_VM_MEM=8G UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
 		"cd tests/demo && \$${UPM_PYTHON:-python3} demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
+	scripts/results-page.py
 
 # UPM against KSM and the floor in the same VM, on the release kernel (no debug options), in a
 # guest large enough for the 4 GiB ranges. Figures are printed and written to results/bench.json.
@@ -104,7 +105,8 @@ bench: setup
 	# of the two fake NUMA nodes swapped out 27648 pages of a 4 GiB pair before their twins
 	# came (skipped as not present, by design), and the run failed its all-merged check.
 	UPM_VM_MEM=12G UPM_VM_APPEND=slab_nomerge UPM_RESULTS_DIR=$(CURDIR)/results scripts/vm-run.sh --flavour release -- \
-		'swapoff -a && tests/build/upm_bench $(BENCH_MIB) "$$UPM_VM_OUT/results/bench.json"'
+		'swapoff -a && UPM_COMMIT=$(shell git rev-parse --short=12 HEAD) tests/build/upm_bench $(BENCH_MIB) "$$UPM_VM_OUT/results/bench.json"'
+	scripts/results-page.py
 
 # Deliberately broken variants of the module and the kernel series: the suite must fail on each.
 mutants: setup

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
-"""Writes the generated sections of docs/figures.md from results/*.json.
+"""Writes the generated sections of docs/figures.md and README.md from results/*.json.
 
 Each section sits between a begin and an end marker and says when, at which commit and with
 which command its figures were measured. Sections whose results file is missing are left as
@@ -11,7 +11,7 @@ import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-PAGE = os.path.join(ROOT, "docs", "figures.md")
+PAGES = (os.path.join(ROOT, "docs", "figures.md"), os.path.join(ROOT, "README.md"))
 
 
 def mib(kib):
@@ -95,7 +95,82 @@ def demo_compare_section(r):
     return "\n".join(lines)
 
 
-SECTIONS = {"demo": ("results/demo.json", demo_section),
+def rate(s, mib):
+    return f"{mib / s:.0f} MiB/s" if s > 0 else "skipped (too little memory)"
+
+
+def bench_section(r):
+    mib, cpus = r["mib"], r["vcpus"]
+    upm_full = r["throughput"][-1]["upm_first_s"] + r["throughput"][-1]["upm_second_s"]
+
+    def versus(name, s):
+        return (f"{name} {s:.1f} s ({s / upm_full:.0f}x UPM's time)" if s > 0
+                else f"{name} did not finish within its limit")
+
+    lines = [
+        f"`upm_bench {mib}` in the release VM (kernel {r['kernel']}, {cpus} vCPUs), "
+        f"{r['date']}, commit `{r['commit']}`, one boot.",
+        "",
+        f"Two processes hold the same {mib} MiB of pseudo-random pages (0%, 50% or 100% of the "
+        "second's pages have a twin in the first), one madvise each; KSM unthrottled "
+        "(`MADV_MERGEABLE`, 10000 pages a pass, no sleep) merges the same data; the floor is a "
+        "userspace xxh64 of both copies plus a memcmp of each pair. MiB/s over both copies:",
+        "",
+        "| duplicates | UPM | KSM unthrottled | floor | UPM/KSM | UPM/floor |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in r["throughput"]:
+        lines.append(f"| {t['dup_percent']}% | {t['upm_mib_s']:.0f} | {t['ksm_mib_s']:.0f} | "
+                     f"{t['floor_mib_s']:.0f} | {t['upm_mib_s'] / t['ksm_mib_s']:.2f}x | "
+                     f"{t['upm_mib_s'] / t['floor_mib_s']:.2f}x |")
+    lines += [
+        "",
+        f"Time to fully merged at 100% duplicates: UPM {upm_full:.2f} s; "
+        f"{versus('KSM at its defaults (100 pages / 20 ms)', r['ksm_default_s'])}; "
+        f"{versus('KSM with `advisor_mode=scan-time`', r['ksm_advisor_s'])}.",
+        "",
+        f"Advisers at the same moment, {mib // 2} MiB each (MiB/s in all, and against N = 1; "
+        f"goal 0.8 x min(N, {cpus})):",
+        "",
+        "| N | goal | the same weights | their own twins | a domain each |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    one = r["scaling_s"]["1"]
+    for n, times in r["scaling_s"].items():
+        cells = [f"{int(n) * mib / 2 / t:.0f} MiB/s, {one[m] / t * int(n):.2f}x"
+                 for m, t in enumerate(times)]
+        lines.append(f"| {n} | {0.8 * min(int(n), cpus):.1f}x | {' | '.join(cells)} |")
+    scenes = r["bystanders_us"]
+    lines += ["", "Bystanders (p50 / p99 of one iteration's work, us) while 16 advisers merge "
+              "2 GiB of the same weights, and while KSM unthrottled merges it:", "",
+              "| scene | seconds | toucher | small adviser |", "| --- | --- | --- | --- |"]
+    for name, b in scenes.items():
+        lines.append(f"| {name} | {b['seconds']:.1f} | {b['toucher_p50_p99'][0]:.0f} / "
+                     f"{b['toucher_p50_p99'][1]:.0f} | {b['small_adviser_p50_p99'][0]:.0f} / "
+                     f"{b['small_adviser_p50_p99'][1]:.0f} |")
+    cow, slab, small = r["cow_us"], r["slab_bytes_per_page"], r["small_advise_us"]
+    large = "; ".join(f"{g} GiB: {rate(t[0], 1024 * int(g))} first, {rate(t[1], 1024 * int(g))} "
+                      "second" for g, t in r["large_s"].items())
+    lines += [
+        "",
+        f"- First write to a merged page {cow['merged']:.1f} us, to a fork-shared page "
+        f"{cow['fork']:.1f} us ({cow['merged'] / cow['fork']:.2f}x); to a page advised with no "
+        f"twin {cow['advised_unique']:.2f} us, never advised {cow['unshared']:.2f} us.",
+        f"- Slab bytes per page: a UPM candidate {slab['upm_candidate'][0]:.1f} (module) + "
+        f"{slab['upm_candidate'][1]:.1f} (kernel); a merged page, two mappings, "
+        f"{slab['upm_merged'][0]:.1f} + {slab['upm_merged'][1]:.1f}; KSM's "
+        f"{slab['ksm_merged'][0]:.1f} + {slab['ksm_merged'][1]:.1f}.",
+        "- Small advises of unique pages, 4 KiB / 64 KiB a call: " + ", ".join(
+            f"`{p}` {v[0]:.1f} / {v[1]:.1f} us" for p, v in small.items()) + ".",
+        f"- One process, twin regions of {large}.",
+        f"- The second call with `fresh_frame=1`: {r['fresh_frame_second_s']:.2f} s against "
+        f"{r['default_second_s']:.2f} s.",
+    ]
+    return "\n".join(lines)
+
+
+SECTIONS = {"bench": ("results/bench.json", bench_section),
+            "demo": ("results/demo.json", demo_section),
             "demo_compare": ("results/demo_compare.json", demo_compare_section)}
 
 
@@ -114,17 +189,22 @@ def render(page):
 
 
 def main():
-    with open(PAGE, encoding="utf-8") as f:
-        page = f.read()
-    new = render(page)
-    if sys.argv[1:] == ["--check"]:
-        if new != page:
-            print("docs/figures.md differs from results/*.json: run scripts/results-page.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    with open(PAGE, "w", encoding="utf-8") as f:
-        f.write(new)
+    stale = []
+    for page_path in PAGES:
+        with open(page_path, encoding="utf-8") as f:
+            page = f.read()
+        new = render(page)
+        if new == page:
+            continue
+        if sys.argv[1:] == ["--check"]:
+            stale.append(os.path.relpath(page_path, ROOT))
+            continue
+        with open(page_path, "w", encoding="utf-8") as f:
+            f.write(new)
+    if stale:
+        print(f"{', '.join(stale)} differ from results/*.json: run scripts/results-page.py",
+              file=sys.stderr)
+        return 1
     return 0
 
 
