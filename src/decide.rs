@@ -152,8 +152,24 @@ impl Upm {
                 .map_err(|_| MergeError::NoMemory)?;
             return Ok(Outcome::Recorded);
         }
+        // Where the twins start in `probes`: the first may have been found stale below.
+        let mut first = 0;
+        if large && hash != self.zero_hash {
+            // KSM's rule: split a huge page only when one of its pages has a twin, known by a
+            // full compare. Candidates that changed since they were hashed leave it whole.
+            if let Mapped::Large(page) = vma.get_page(addr) {
+                match self.first_twin(call, guard, &mut index, addr, &page, &probes) {
+                    Some(twin) => first = twin,
+                    None => {
+                        index
+                            .insert_candidate(mm, addr)
+                            .map_err(|_| MergeError::NoMemory)?;
+                        return Ok(Outcome::Recorded);
+                    }
+                }
+            }
+        }
         if large {
-            // KSM's rule: split a huge page only when one of its pages has a twin.
             vma.split_large_page(addr).map_err(|_| MergeError::Busy)?;
         }
         let page = match vma.get_page(addr) {
@@ -182,11 +198,12 @@ impl Upm {
         // Tries left: an entry found stale is dropped and costs none (each is dropped once).
         let (mut tries, mut wanted) = (MAX_PROBES, MAX_PROBES);
         loop {
-            for (i, (key, probe)) in probes.iter().enumerate() {
+            for (i, (key, probe)) in probes.iter().enumerate().skip(first) {
                 match self.try_twin(call, guard, &mut index, &advised, key, probe)? {
                     Tried::Merged(node, promoted) => {
                         index.forget_candidate(mm, addr);
-                        self.absorb(&mut index, call, guard, &probes[i + 1..], &node, addr);
+                        let rest = &probes[i + 1..];
+                        self.absorb(&mut index, call, guard, rest, &node, &page, addr);
                         return Ok(Outcome::Merged { promoted });
                     }
                     Tried::Dropped => continue,
@@ -202,6 +219,7 @@ impl Upm {
                     let from = last.order + 1;
                     wanted = tries;
                     probes = index.probe(from, wanted);
+                    first = 0;
                 }
                 _ => break,
             }
@@ -257,7 +275,7 @@ impl Upm {
             // This very page, advised again.
             return Ok(Tried::Kept);
         }
-        let pair = self.with_candidate(call, guard, twin_mm, twin_addr, |twin_vma, twin| {
+        let pair = self.with_candidate(call, guard, twin_mm, twin_addr, page, |twin_vma, twin| {
             // The candidate, advised first, keeps its frame: the new page is the one replaced.
             let fresh_frame = enabled(&TUNABLES.fresh_frame);
             twin_vma.merge_pair(twin, vma, page, call.domain.tag(), fresh_frame)
@@ -289,6 +307,54 @@ impl Upm {
         }
     }
 
+    /// The first of `probes` that may be a twin of `page`, the page of a huge page at `addr`: a
+    /// live stable page, or a candidate holding the same bytes now (or one that cannot be
+    /// looked at now: its pairing decides). Twins found changed or gone leave the index here.
+    /// `None` if none is left, so that the huge page need not be split.
+    fn first_twin(
+        &self,
+        call: &Call<'_>,
+        guard: &MmapReadGuard<'_>,
+        index: &mut Index<'_>,
+        addr: usize,
+        page: &UserPage,
+        probes: &[(Key, Probe)],
+    ) -> Option<usize> {
+        for (i, (key, probe)) in probes.iter().enumerate() {
+            let (twin_mm, twin_addr) = match probe {
+                Probe::Merged(node) => {
+                    if node.try_mapcount().is_ok() {
+                        return Some(i);
+                    }
+                    drop(index.remove(key));
+                    STATS.stable_pages_freed.inc();
+                    continue;
+                }
+                Probe::Candidate(twin_mm, twin_addr) => (twin_mm, *twin_addr),
+            };
+            if mm_id(twin_mm) == mm_id(call.mm) && twin_addr == addr {
+                continue;
+            }
+            let same = self.with_candidate(call, guard, twin_mm, twin_addr, page, |_, twin| {
+                if twin.same_contents(page) {
+                    Ok(())
+                } else {
+                    Err(MergeError::Differ)
+                }
+            });
+            match same {
+                Err(PairError::Stale) => drop(index.remove(key)),
+                Err(PairError::Page(MergeError::Differ)) => {
+                    STATS.hash_collisions.inc();
+                    drop(index.remove(key));
+                }
+                _ => return Some(i),
+            }
+        }
+        // Entries past the probed ones may be twins: the pairing looks further.
+        (probes.len() == MAX_PROBES).then_some(probes.len())
+    }
+
     /// Merges the other candidates of the same contents into `node`, the page just merged: a
     /// candidate whose twin was busy when it was advised is not left behind, nor one whose own
     /// mm is busy now (it is paired from its side at the end of the call).
@@ -299,6 +365,7 @@ impl Upm {
         guard: &MmapReadGuard<'_>,
         rest: &[(Key, Probe)],
         node: &UpmNode,
+        page: &UserPage,
         addr: usize,
     ) {
         for (key, probe) in rest {
@@ -308,9 +375,10 @@ impl Upm {
             if mm_id(twin_mm) == mm_id(call.mm) && *twin_addr == addr {
                 continue;
             }
-            let merged = self.with_candidate(call, guard, twin_mm, *twin_addr, |twin_vma, twin| {
-                twin_vma.merge_into(twin, node)
-            });
+            let merged =
+                self.with_candidate(call, guard, twin_mm, *twin_addr, page, |twin_vma, twin| {
+                    twin_vma.merge_into(twin, node)
+                });
             match merged {
                 Ok(()) => {
                     drop(index.remove(key));

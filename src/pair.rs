@@ -26,18 +26,20 @@ pub(crate) enum PairError {
 
 impl Upm {
     /// Calls `merge` with the candidate page of `twin_mm` at `twin_addr` and its VMA, locked,
-    /// if the candidate is still in the caller's domain.
+    /// if the candidate is still in the caller's domain. `like` is the page it should equal: a
+    /// candidate in a huge page is compared with it before the huge page is split.
     pub(crate) fn with_candidate<T>(
         &self,
         call: &Call<'_>,
         guard: &MmapReadGuard<'_>,
         twin_mm: &Mm,
         twin_addr: usize,
+        like: &UserPage,
         merge: impl FnOnce(&MergeableVma, &UserPage) -> Result<T, MergeError>,
     ) -> Result<T, PairError> {
         if mm_id(twin_mm) == mm_id(call.mm) {
             let twin_vma = guard.vma_lookup(twin_addr).ok_or(PairError::Stale)?;
-            return with_candidate_page(twin_vma, twin_addr, merge);
+            return with_candidate_page(twin_vma, twin_addr, like, merge);
         }
         // Dropped with mmput_async(): never tear an address space down under the index lock.
         let user = MmWithUser::into_mmput_async(twin_mm.mmget_not_zero().ok_or(PairError::Stale)?);
@@ -49,20 +51,26 @@ impl Upm {
         // Never wait for another process's mmap_lock while holding ours: trylock it.
         let twin_guard = user.mmap_read_trylock().ok_or(PairError::Busy)?;
         let twin_vma = twin_guard.vma_lookup(twin_addr).ok_or(PairError::Stale)?;
-        with_candidate_page(twin_vma, twin_addr, merge)
+        with_candidate_page(twin_vma, twin_addr, like, merge)
     }
 }
 
 /// Calls `merge` with the candidate page at `twin_addr` of `twin_vma`, a huge page split
-/// first.
+/// first if the candidate's page in it holds the contents of `like`.
 fn with_candidate_page<T>(
     twin_vma: &VmaRef,
     twin_addr: usize,
+    like: &UserPage,
     merge: impl FnOnce(&MergeableVma, &UserPage) -> Result<T, MergeError>,
 ) -> Result<T, PairError> {
     let twin_vma = MergeableVma::from_vma(twin_vma).ok_or(PairError::Stale)?;
     let mut twin = twin_vma.get_page(twin_addr);
-    if matches!(twin, Mapped::Large(_)) {
+    if let Mapped::Large(page) = &twin {
+        // KSM's rule: a huge page is split for a twin only, known by a full compare. A
+        // candidate that changed since it was hashed keeps its huge page.
+        if !page.same_contents(like) {
+            return Err(PairError::Page(MergeError::Differ));
+        }
         drop(twin);
         twin_vma
             .split_large_page(twin_addr)

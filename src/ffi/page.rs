@@ -75,4 +75,25 @@ impl UserPage {
         unsafe { bindings::kunmap_local(addr) };
         hash
     }
+
+    /// Whether `self` and `other` hold the same bytes right now. Neither is write-protected, so
+    /// `true` only says that a merge is worth trying: the merge compares again once it is.
+    pub(crate) fn same_contents(&self, other: &UserPage) -> bool {
+        // SAFETY: Both pages are valid and referenced; both mappings are released below.
+        let (a, b) = unsafe {
+            (
+                bindings::kmap_local_page(self.as_ptr()),
+                bindings::kmap_local_page(other.as_ptr()),
+            )
+        };
+        // SAFETY: Each mapping covers `PAGE_SIZE` bytes, read by C code only (as for the hash).
+        let same = unsafe { bindings::memcmp(a, b, PAGE_SIZE) } == 0;
+        // SAFETY: Both were mapped above, in this context; local mappings are released in the
+        // reverse order.
+        unsafe {
+            bindings::kunmap_local(b);
+            bindings::kunmap_local(a);
+        }
+        same
+    }
 }

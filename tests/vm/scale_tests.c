@@ -496,12 +496,79 @@ static enum result test_range_churn(void)
 	return PASS;
 }
 
+/* Pages of [p, p + pages) that are part of a transparent huge page (KPF_THP), or -1. */
+static long thp_pages(const char *p, size_t pages)
+{
+	int fd = open("/proc/kpageflags", O_RDONLY);
+	long n = 0;
+
+	if (fd < 0)
+		return -1;
+	for (size_t i = 0; i < pages; i++) {
+		uint64_t pfn = pfn_of(p + i * page_size), flags = 0;
+
+		if (pfn && pread(fd, &flags, sizeof(flags), pfn * 8) == sizeof(flags))
+			n += !!(flags & (1ULL << 22)); /* KPF_THP */
+	}
+	close(fd);
+	return n;
+}
+
+/* Flips the last byte of each page: the page changes, its huge page stays whole. */
+static void touch_last_bytes(char *p, size_t pages)
+{
+	for (size_t i = 0; i < pages; i++)
+		p[(i + 1) * page_size - 1] ^= 1;
+}
+
+/*
+ * Huge pages are split only for a twin a full compare found, as KSM does: a huge page whose
+ * pages meet candidates of their hash that changed since they were advised stays whole, and
+ * so does the candidates' huge page. Once the candidates hold those contents again, both are
+ * split and merge.
+ */
+static enum result test_thp_stale_twin(void)
+{
+	size_t pages = AT_ONCE_PAGES;
+	char *a = huge_aligned(pages), *b = huge_aligned(pages);
+	long collisions = counter("hash_collisions");
+
+	CHECK(a && b, "mmap");
+	fill_pages(a, pages, 91, 1);
+	fill_pages(b, pages, 91, 1);
+	SKIP_IF(thp_pages(a, pages) != (long)pages || thp_pages(b, pages) != (long)pages,
+		"no THP was allocated");
+	CHECK(advise(a, pages) == 0 && thp_pages(a, pages) == (long)pages,
+	      "a huge page with no twin split: %ld pages left", thp_pages(a, pages));
+	touch_last_bytes(a, pages); /* every candidate of a is stale from now on */
+	CHECK(advise(b, pages) == 0, "advise b");
+	CHECK(thp_pages(b, pages) == (long)pages && thp_pages(a, pages) == (long)pages,
+	      "split for stale candidates: %ld of b's, %ld of a's pages still huge",
+	      thp_pages(b, pages), thp_pages(a, pages));
+	CHECK(counter("hash_collisions") - collisions == (long)pages,
+	      "each stale candidate compared once: %ld", counter("hash_collisions") - collisions);
+	CHECK(count_pfn_equal(a, b, pages) == 0, "merged with stale candidates");
+	touch_last_bytes(a, pages); /* a is b's twin again */
+	CHECK(advise(a, pages) == 0, "advise a again");
+	CHECK(count_pfn_equal(a, b, pages) == pages, "merged once twins: %zu of %zu",
+	      count_pfn_equal(a, b, pages), pages);
+	CHECK(thp_pages(a, pages) == 0 && thp_pages(b, pages) == 0, "huge after merging");
+	CHECK(check_pages(a, pages, 91, 1) < 0 && check_pages(b, pages, 91, 1) < 0, "contents");
+	munmap(a, pages * page_size);
+	munmap(b, pages * page_size);
+	CHECK(wait_tree_empty() == 0, "index empty after unmap: %ld candidates, %ld nodes",
+	      counter("candidates"), counter("stable_nodes"));
+	return PASS;
+}
+
 const struct test scale_tests[] = {
 	{ "sixteen_processes", test_sixteen_processes, "16 processes; counters 0 after exit" },
 	{ "many_processes", test_many_processes, "128 processes share one set of frames" },
 	{ "advisers_at_once", test_advisers_at_once,
 	  "8 processes advise a huge page of the same contents together: one set of frames" },
 	{ "gib_range", test_gib_range, "1 GiB ranges, every 64th page present: merged, intact" },
+	{ "thp_stale_twin", test_thp_stale_twin,
+	  "a huge page meeting changed candidates stays whole, theirs too; split once twins" },
 	{ "range_churn", test_range_churn,
 	  "munmap, mremap, mprotect, DONTNEED inside advise and unmerge calls: every read right" },
 };
