@@ -305,8 +305,16 @@ def summarise(results):
 def plot(results, path, n):
     fig, ax = demo_function.new_figure(path, (8, 4.8))
     for name, r in results.items():
-        ax.plot([s["t"] for s in r["samples"]], [s["pss_kib"] / 1024 for s in r["samples"]],
-                label=name)
+        # No samples while the instances serve and warm their caches: a gap, not a line.
+        t, pss, count = [], [], 0
+        for s in r["samples"]:
+            if t and s["t"] - t[-1] > 10 and s["instances"] == count:
+                t.append(float("nan"))
+                pss.append(float("nan"))
+            t.append(s["t"])
+            pss.append(s["pss_kib"] / 1024)
+            count = s["instances"]
+        ax.plot(t, pss, label=name)
     ax.set_xlabel("seconds since the first instance started")
     ax.set_ylabel(f"sum of PSS of {n} instances (MiB)")
     demo_function.save_figure(fig, ax, path, "ResNet-50 on ONNX Runtime: UPM against KSM and fork")
@@ -324,12 +332,18 @@ def main():
                         help="seconds given to merge again after the instances diverged")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--out", default=os.environ.get("UPM_VM_OUT", ".") + "/results")
+    parser.add_argument("--replot", metavar="JSON", help="only plot a run's demo_compare.json")
     args = parser.parse_args()
     if args.instance:
         instance(*args.instance)
         return 0
     if args.zygote:
         zygote(*args.zygote)
+        return 0
+    if args.replot:
+        with open(args.replot, encoding="ascii") as f:
+            run = json.load(f)
+        plot(run["strategies"], os.path.join(args.out, "demo_compare.png"), run["instances"])
         return 0
     strategies = args.strategies.split(",")
     unknown = set(strategies) - set(STRATEGIES)
