@@ -203,7 +203,7 @@ impl Upm {
                     Tried::Merged(node, promoted) => {
                         index.forget_candidate(mm, addr);
                         let rest = &probes[i + 1..];
-                        self.absorb(&mut index, call, guard, rest, &node, &page, addr);
+                        self.absorb(&mut index, call, guard, rest, &node, &advised);
                         return Ok(Outcome::Merged { promoted });
                     }
                     Tried::Dropped => continue,
@@ -365,9 +365,9 @@ impl Upm {
         guard: &MmapReadGuard<'_>,
         rest: &[(Key, Probe)],
         node: &UpmNode,
-        page: &UserPage,
-        addr: usize,
+        advised: &Advised<'_>,
     ) {
+        let Advised { page, addr, .. } = *advised;
         for (key, probe) in rest {
             let Probe::Candidate(twin_mm, twin_addr) = probe else {
                 continue;
