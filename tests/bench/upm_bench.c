@@ -879,29 +879,40 @@ static int bench_throughput(void)
 	return 0;
 }
 
+/* ksmd's time to fully merged at 100% duplicates, or -1 past `limit` seconds: KSM's way. */
+static double ksm_full_merge(long to_scan, double limit)
+{
+	return run_ksm(res.pages, 100 + ARRAY_SIZE(dups) - 1, 100, res.pages, to_scan, 20, limit,
+		       NULL);
+}
+
+/* Prints how ksmd, set up as `how`, compares with UPM's `upm` seconds. */
+static void print_against_upm(const char *how, double ksm, double limit, double upm)
+{
+	const char *over = ksm < 0 ? "> " : "";
+
+	ksm = ksm < 0 ? limit : ksm;
+	printf("  KSM %s: %s%.1f s: UPM %s%.0fx faster\n", how, over, ksm, over, ksm / upm);
+}
+
 static int bench_ksm_default(void)
 {
 	const struct throughput *full = &res.tp[ARRAY_SIZE(dups) - 1];
-	double upm = full->upm_first + full->upm_second, limit = 180, ksm;
+	double upm = full->upm_first + full->upm_second, limit = 180;
+	char how[96];
 
-	res.ksm_default = run_ksm(res.pages, 100 + ARRAY_SIZE(dups) - 1, 100, res.pages, 100, 20,
-				  limit, NULL);
-	ksm = res.ksm_default < 0 ? limit : res.ksm_default;
-	printf("\ntime to fully merged, 100%% duplicates: UPM %.3f s, KSM at its defaults "
-	       "(100 pages / 20 ms) %s%.1f s: UPM %s%.0fx faster\n",
-	       upm, res.ksm_default < 0 ? "> " : "", ksm, res.ksm_default < 0 ? "> " : "",
-	       ksm / upm);
+	res.ksm_default = ksm_full_merge(100, limit);
+	printf("\ntime to fully merged, 100%% duplicates: UPM %.3f s\n", upm);
+	print_against_upm("at its defaults (100 pages / 20 ms)", res.ksm_default, limit, upm);
 	/* ksmd's own answer to slow merging: the advisor sizes each scan to its target time. */
 	if (write_str("/sys/kernel/mm/ksm/advisor_mode", "scan-time"))
 		return -1;
-	res.ksm_advisor = run_ksm(res.pages, 100 + ARRAY_SIZE(dups) - 1, 100, res.pages, 0, 20,
-				  limit, NULL);
+	res.ksm_advisor = ksm_full_merge(0, limit);
 	if (write_str("/sys/kernel/mm/ksm/advisor_mode", "none"))
 		return -1;
-	ksm = res.ksm_advisor < 0 ? limit : res.ksm_advisor;
-	printf("the same, KSM with advisor_mode=scan-time (target %ld s per scan) %s%.1f s: "
-	       "UPM %s%.0fx faster\n", ksm_read("advisor_target_scan_time"),
-	       res.ksm_advisor < 0 ? "> " : "", ksm, res.ksm_advisor < 0 ? "> " : "", ksm / upm);
+	snprintf(how, sizeof(how), "with advisor_mode=scan-time (target %ld s per scan)",
+		 ksm_read("advisor_target_scan_time"));
+	print_against_upm(how, res.ksm_advisor, limit, upm);
 	return 0;
 }
 

@@ -156,9 +156,12 @@ class Instance:
             raise RuntimeError(f"instance {self.pid} ended")
         return json.loads(line)
 
-    def command(self, line):
+    def send(self, line):
         self.commands.write(line + "\n")
         self.commands.flush()
+
+    def command(self, line):
+        self.send(line)
         return self.reply()
 
     def stop(self):
@@ -171,8 +174,7 @@ def command_all(instances, line):
     """Sends a command to every instance before reading any reply: the instances serve their
     requests at the same time, as a fleet does, on every vCPU."""
     for inst in instances:
-        inst.commands.write(line + "\n")
-        inst.commands.flush()
+        inst.send(line)
     return [inst.reply() for inst in instances]
 
 
