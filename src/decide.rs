@@ -13,7 +13,7 @@ use crate::{
     call::{Call, Outcome},
     domain::Domain,
     ffi::{
-        mm::MmapReadGuard,
+        mm::{Mm, MmapReadGuard},
         page::UserPage,
         upm::{self, Mapped, MergeError, MergeableVma, UpmNode},
     },
@@ -255,8 +255,7 @@ impl Upm {
                         Ok(Tried::Kept)
                     }
                     Err(MergeError::NodeGone) => {
-                        drop(index.remove(key));
-                        STATS.stable_pages_freed.inc();
+                        drop_freed_node(index, key);
                         Ok(Tried::Dropped)
                     }
                     // Kept for its sharers' counts, but probed last from now on: this page
@@ -271,8 +270,7 @@ impl Upm {
             }
             Probe::Candidate(twin_mm, twin_addr) => (twin_mm, *twin_addr),
         };
-        if mm_id(twin_mm) == mm_id(call.mm) && twin_addr == addr {
-            // This very page, advised again.
+        if is_advised_page(call, twin_mm, twin_addr, addr) {
             return Ok(Tried::Kept);
         }
         let pair = self.with_candidate(call, guard, twin_mm, twin_addr, page, |twin_vma, twin| {
@@ -298,9 +296,7 @@ impl Upm {
                 Ok(Tried::Dropped)
             }
             Err(PairError::Page(MergeError::Differ)) => {
-                // One of the two changed since it was hashed.
-                STATS.hash_collisions.inc();
-                drop(index.remove(key));
+                drop_changed_candidate(index, key);
                 Ok(Tried::Dropped)
             }
             Err(PairError::Page(e)) => Err(e),
@@ -326,13 +322,12 @@ impl Upm {
                     if node.try_mapcount().is_ok() {
                         return Some(i);
                     }
-                    drop(index.remove(key));
-                    STATS.stable_pages_freed.inc();
+                    drop_freed_node(index, key);
                     continue;
                 }
                 Probe::Candidate(twin_mm, twin_addr) => (twin_mm, *twin_addr),
             };
-            if mm_id(twin_mm) == mm_id(call.mm) && twin_addr == addr {
+            if is_advised_page(call, twin_mm, twin_addr, addr) {
                 continue;
             }
             let same = self.with_candidate(call, guard, twin_mm, twin_addr, page, |_, twin| {
@@ -344,10 +339,7 @@ impl Upm {
             });
             match same {
                 Err(PairError::Stale) => drop(index.remove(key)),
-                Err(PairError::Page(MergeError::Differ)) => {
-                    STATS.hash_collisions.inc();
-                    drop(index.remove(key));
-                }
+                Err(PairError::Page(MergeError::Differ)) => drop_changed_candidate(index, key),
                 _ => return Some(i),
             }
         }
@@ -372,7 +364,7 @@ impl Upm {
             let Probe::Candidate(twin_mm, twin_addr) = probe else {
                 continue;
             };
-            if mm_id(twin_mm) == mm_id(call.mm) && *twin_addr == addr {
+            if is_advised_page(call, twin_mm, *twin_addr, addr) {
                 continue;
             }
             let merged =
@@ -398,6 +390,25 @@ impl Upm {
             }
         }
     }
+}
+
+/// Whether the candidate of `twin_mm` at `twin_addr` is the page being advised at `addr`:
+/// this very page, advised again, is never its own twin.
+fn is_advised_page(call: &Call<'_>, twin_mm: &Mm, twin_addr: usize, addr: usize) -> bool {
+    mm_id(twin_mm) == mm_id(call.mm) && twin_addr == addr
+}
+
+/// Drops the candidate at `key`: its page or the advised one changed since it was hashed,
+/// which counts as a hash collision.
+fn drop_changed_candidate(index: &mut Index<'_>, key: &Key) {
+    STATS.hash_collisions.inc();
+    drop(index.remove(key));
+}
+
+/// Drops the merged page at `key`: nothing maps it any more, and its node dies with it.
+fn drop_freed_node(index: &mut Index<'_>, key: &Key) {
+    drop(index.remove(key));
+    STATS.stable_pages_freed.inc();
 }
 
 /// The counter of a page left unmerged by `e`.
