@@ -389,15 +389,16 @@ static int outlive_child(char *a, char *b, pid_t parent)
 static int outlive_parent(void *arg)
 {
 	struct outlive *o = arg;
+	pid_t pid, parent = getpid();
 	char *a, *b;
-	pid_t pid;
 
 	if (map_twins(&a, &b, N, 43) || advise(a, N) || advise(b, N))
 		return 1;
 	o->merged = count_pfn_equal(a, b, N) == N;
+	/* Not the child's getppid(): the parent may have exited before the child first runs. */
 	pid = fork();
 	if (pid == 0)
-		_exit(outlive_child(a, b, getppid()));
+		_exit(outlive_child(a, b, parent));
 	o->child = pid;
 	return pid < 0;
 }
