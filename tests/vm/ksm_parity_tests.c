@@ -1300,10 +1300,14 @@ static long move_all_in(pid_t pid, char *base)
 	return moved;
 }
 
+#define RECLAIM_SECS 60
+
 /*
  * Reclaims cgroup `cg` (a merged page is young in every mapping and is activated first: keep
  * up the pressure) until the N pages at bases[k] of pids[k] are swap entries in every one:
- * returns how many pages are, which needs every mapping found by an rmap walk.
+ * returns how many pages are, which needs every mapping found by an rmap walk. The bound is
+ * time, not rounds: a fast kernel runs through hundreds of rounds before a page mapped three
+ * times has aged out of every mapping.
  */
 static long reclaim_all(const char *cg, const pid_t *pids, char *const *bases, int count)
 {
@@ -1311,9 +1315,16 @@ static long reclaim_all(const char *cg, const pid_t *pids, char *const *bases, i
 	uint64_t entries[N];
 	unsigned char all[N];
 	long swapped = 0;
+	struct timespec start, now;
 
 	snprintf(path, sizeof(path), "/sys/fs/cgroup/%s/memory.reclaim", cg);
-	for (int round = 0; round < 300 && swapped < N; round++) {
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (int round = 0; swapped < N; round++) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - start.tv_sec >= RECLAIM_SECS)
+			break;
+		if (round)
+			usleep(10 * 1000);
 		write_str(path, "64M");
 		memset(all, 1, sizeof(all));
 		for (int k = 0; k < count; k++) {
