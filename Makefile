@@ -15,7 +15,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1
 
-.PHONY: all module setup kernel kernel-info test-programs test mutants mutants-module mutants-ci demo demo-compare bench check \
+.PHONY: all module setup kernel kernel-info test-programs test test-release mutants mutants-module mutants-ci demo demo-compare bench check \
 	checkpatch clippy fmt install \
 	rust-analyzer clean help
 
@@ -27,6 +27,7 @@ help:
 	@echo "make kernel          build the patched kernel (FLAVOUR=debug|release)"
 	@echo "make kernel-info     show the cached kernel's version and patches"
 	@echo "make test            setup, kernel, module, then the test suite in the debug VM"
+	@echo "make test-release    the parity, scaling, stress and race tests in the release kernel (CI)"
 	@echo "make test-programs   only build the tests' programs and the preload shim (host)"
 	@echo "make test FLAVOUR=release   the same suite on the release kernel"
 	@echo "make test TESTS=...  run only the named tests (see tests/upm_tests --list)"
@@ -70,6 +71,15 @@ test: setup
 	$(MAKE) test-programs
 	UPM_FLAVOUR=$(FLAVOUR) UPM_STRESS_SECS=$(STRESS_SECS) UPM_STRESS_SEED=$(STRESS_SEED) \
 		scripts/run-tests.sh $(TESTS)
+
+# The tests whose windows the release kernel's timing moves most (no KASAN, no lockdep: several
+# times faster): every parity test against ksmd, the scaling and concurrency tests, the stress
+# test and racing_writes. CI runs them after make test.
+RELEASE_TESTS = $(shell sed -n 's/^\t{ "\([a-z0-9_]*\)", test_.*/\1/p' \
+	tests/vm/ksm_parity_tests.c tests/vm/scale_tests.c tests/vm/stress_tests.c) racing_writes
+
+test-release:
+	$(MAKE) test FLAVOUR=release TESTS="$(RELEASE_TESTS)"
 
 # The demo's figures describe what users run: the release kernel. Writes results/demo.{json,png}.
 DEMO_INSTANCES ?= 16
