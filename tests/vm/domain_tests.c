@@ -876,14 +876,6 @@ static void collide(uint64_t *page, const uint64_t *target)
 				      inverse(XXH_PRIME64_2);
 }
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /*
  * Seconds to advise `pages` fresh pages, random or made to collide with `target`, best of
  * three. Every round has its own contents (`seed`), so no page meets a stale entry of an
@@ -904,10 +896,10 @@ static double advise_time(size_t pages, const uint64_t *target, uint64_t seed, l
 			for (size_t i = 0; i < pages; i++)
 				collide((uint64_t *)(p + i * page_size), target);
 		*merged -= counter("pages_merged");
-		t = now();
+		t = monotonic_seconds();
 		if (advise(p, pages))
 			return -1;
-		t = now() - t;
+		t = monotonic_seconds() - t;
 		*merged += counter("pages_merged");
 		/* Unmerging drops the candidates: every round starts from the same index. */
 		if (unmerge(p, pages))

@@ -21,6 +21,8 @@ struct test {
 	enum result (*fn)(void);
 	const char *what;
 	int (*timeout)(void); /* seconds it may take; NULL: 300 */
+	/* It may skip on a kernel without fault injection (failslab, fail_page_alloc). */
+	int needs_fault_injection;
 };
 
 #define CHECK(cond, ...)                                                        \
@@ -87,6 +89,8 @@ int module_loaded(void);
 int module_unload(void);
 int module_load(void);
 pid_t spawn(int (*fn)(void *), void *arg);
+/* CLOCK_MONOTONIC in seconds: for elapsed times and deadlines. */
+double monotonic_seconds(void);
 int wait_exit(pid_t pid);
 void *map_shared(size_t bytes);
 #define XXH_PRIME64_1 0x9E3779B185EBCA87ull

@@ -41,14 +41,6 @@ struct many {
 
 static struct many *many;
 
-static double mono_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* `pages` pages at a huge-page boundary, for THP (the child exits without unmapping). */
 static char *huge_aligned(size_t pages)
 {
@@ -78,9 +70,9 @@ static int child_fill_advise_wait(void *arg)
 		while (!many->go)
 			usleep(50);
 	}
-	many->start[i] = mono_s();
+	many->start[i] = monotonic_seconds();
 	many->advised[i] = 1 + (advise(b, pages) ? errno : 0);
-	many->end[i] = mono_s();
+	many->end[i] = monotonic_seconds();
 	pause(); /* killed by the parent */
 	return 0;
 }

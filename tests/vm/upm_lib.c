@@ -415,6 +415,14 @@ int module_load(void)
 }
 
 /* Fork a child that runs fn(arg) and exits with its result. */
+double monotonic_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 pid_t spawn(int (*fn)(void *), void *arg)
 {
 	pid_t pid = fork();
@@ -488,13 +496,6 @@ uint64_t xxh64_page(const uint64_t *p)
  * on stale contents (hashed before a write, not compared after the write-protect) would
  * lose that write.
  */
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
 
 void *flip_words(void *arg)
 {
@@ -514,7 +515,8 @@ void *flip_words(void *arg)
 			r->writes++;
 			/* Paced by the clock in the vDSO: no system call flushes the TLB. */
 			if (r->pace_ns)
-				for (uint64_t t = now_ns(); now_ns() - t < (uint64_t)r->pace_ns;)
+				for (double t = monotonic_seconds();
+				     monotonic_seconds() - t < r->pace_ns / 1e9;)
 					;
 		}
 	} while (!r->stop);

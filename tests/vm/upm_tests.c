@@ -714,10 +714,9 @@ static enum result test_kill_during_advise(void)
 	int started[2];
 	struct long_advise l = { .pages = 16384 };
 	long merged = counter("pages_merged"), at_kill, bound;
-	struct timespec t0, t1;
 	pid_t pid;
 	char c;
-	double secs;
+	double killed_at, secs;
 
 	CHECK(pipe(started) == 0, "pipe");
 	l.started = started[1];
@@ -726,14 +725,13 @@ static enum result test_kill_during_advise(void)
 	/* Kill as soon as the pairing is under way. */
 	while (counter("pages_merged") == merged)
 		usleep(1000);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	killed_at = monotonic_seconds();
 	CHECK(kill(pid, SIGKILL) == 0, "kill");
 	/* The signal is pending from here: the call ends with the batch it is pairing. */
 	at_kill = counter("pages_merged") - merged;
 	bound = (at_kill / 512 + 1) * 512;
 	CHECK(wait_exit(pid) == 128 + SIGKILL, "killed");
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	secs = t1.tv_sec - t0.tv_sec + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	secs = monotonic_seconds() - killed_at;
 	merged = counter("pages_merged") - merged;
 	fprintf(stderr, "    died %.3f s after SIGKILL, %ld of %zu pages merged (%ld when it was "
 		"sent)\n", secs, merged, l.pages, at_kill);
