@@ -157,7 +157,7 @@ static enum result test_counts_while_moving(void)
 	pthread_t mover;
 	long freed = counter("stable_pages_freed"), readings = 0, upm_off = 0, ksm_off = 0;
 	long nodes;
-	struct timespec start, now;
+	double start;
 
 	CHECK(access("/sys/devices/system/node/node1", F_OK) == 0,
 	      "two NUMA nodes (boot with numa=fake=2)");
@@ -173,14 +173,13 @@ static enum result test_counts_while_moving(void)
 	m.sets[0] = ua;
 	m.sets[1] = ka;
 	CHECK(pthread_create(&mover, NULL, move_back_and_forth, &m) == 0, "mover thread");
-	clock_gettime(CLOCK_MONOTONIC, &start);
+	start = monotonic_seconds();
 	do {
 		upm_off += counter("pages_shared") != N || counter("pages_sharing") != N;
 		ksm_off += read_long(KSM_DIR "pages_shared") != N ||
 			   read_long(KSM_DIR "pages_sharing") != N;
 		readings++;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-	} while (now.tv_sec - start.tv_sec < 3);
+	} while (monotonic_seconds() - start < 3);
 	m.stop = 1;
 	pthread_join(mover, NULL);
 	ksm_stop();
@@ -933,7 +932,6 @@ static enum result test_candidate_changed(void)
 	return PASS;
 }
 
-/* Per-process counters count UPM's merges as ksmd's; ksm_zero_pages survives fork + exit. */
 /* Waits until ksmd has finished `scans` more full scans; -1 after 120 s. */
 static int ksm_full_scans(int scans)
 {
@@ -1315,14 +1313,10 @@ static long reclaim_all(const char *cg, const pid_t *pids, char *const *bases, i
 	uint64_t entries[N];
 	unsigned char all[N];
 	long swapped = 0;
-	struct timespec start, now;
+	double start = monotonic_seconds();
 
 	snprintf(path, sizeof(path), "/sys/fs/cgroup/%s/memory.reclaim", cg);
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	for (int round = 0; swapped < N; round++) {
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - start.tv_sec >= RECLAIM_SECS)
-			break;
+	for (int round = 0; swapped < N && monotonic_seconds() - start < RECLAIM_SECS; round++) {
 		if (round)
 			usleep(10 * 1000);
 		write_str(path, "64M");
@@ -1733,6 +1727,7 @@ out:
 	return r;
 }
 
+/* Per-process counters count UPM's merges as ksmd's; ksm_zero_pages survives fork + exit. */
 static enum result test_process_counters(void)
 {
 	char *ua, *ub, *z = map_anon(N);
@@ -1767,6 +1762,183 @@ static enum result test_process_counters(void)
 	CHECK(read_long("/proc/self/ksm_merging_pages") == N, "ksm_merging_pages %ld after unmerge",
 	      read_long("/proc/self/ksm_merging_pages"));
 	return PASS;
+}
+
+/*
+ * KSM zero pages across fork, with ksmd placing them and with UPM. A process holds zero pages
+ * in four ranges: one its children inherit, one MADV_DONTFORK (they do not get it), one
+ * MADV_WIPEONFORK (they get it empty), and one that a second thread keeps dropping
+ * (MADV_DONTNEED) and zeroing again, to be merged again, while the first thread forks over and
+ * over. Every child's ksm_zero_pages must be the zero pages it maps; once the children and
+ * the process are gone, the system's ksm_zero_pages is back where it started. A child that
+ * took the count its parent had when fork began, not what fork copied, fails both.
+ */
+#define ZERO_FORKS 200
+
+enum { ZERO_KEPT, ZERO_DONTFORK, ZERO_WIPEONFORK, ZERO_CHURNED, ZERO_RANGES };
+
+struct zero_history {
+	int use_ksmd;
+	uint64_t zpfn;
+	char *range[ZERO_RANGES];
+	volatile int stop, failed; /* failed: the setup step that failed, plus one */
+	volatile long churns;
+	long forks_changed;  /* forks during which the process's zero pages changed */
+	long children_off;   /* children whose count was not what they map */
+	long child_count, child_maps; /* the first of them */
+	long own_count, own_maps, global_before, global_at_end;
+};
+
+/* The KSM zero pages @pid maps in the history's ranges (pagemap; nothing else is read). */
+static long zero_pages_mapped(const struct zero_history *h, pid_t pid)
+{
+	uint64_t frames[N];
+	long n = 0;
+
+	for (int r = 0; r < ZERO_RANGES; r++) {
+		if (pfns_in(pid, (uintptr_t)h->range[r], N, frames))
+			return -1;
+		for (size_t i = 0; i < N; i++)
+			n += frames[i] == h->zpfn;
+	}
+	return n;
+}
+
+static long own_zero_pages(void)
+{
+	return key_value("/proc/self/ksm_stat", "ksm_zero_pages");
+}
+
+/* Waits until every page of the ranges maps the zero page (ksmd: 120 s at most). */
+static int zero_pages_placed(struct zero_history *h)
+{
+	for (int r = 0; r < ZERO_RANGES; r++) {
+		memset(h->range[r], 0, N * page_size);
+		if (h->use_ksmd ? madvise(h->range[r], N * page_size, MADV_MERGEABLE) :
+				  advise(h->range[r], N))
+			return -1;
+	}
+	for (int i = 0; i < 1200 && zero_pages_mapped(h, getpid()) != ZERO_RANGES * N; i++)
+		usleep(100 * 1000);
+	return zero_pages_mapped(h, getpid()) == ZERO_RANGES * N ? 0 : -1;
+}
+
+/* Drops the churned range's pages one by one and zeroes them again (UPM: advises them). */
+static void *churn_zero_pages(void *arg)
+{
+	struct zero_history *h = arg;
+
+	for (size_t i = 0; !h->stop; i = (i + 1) % N, h->churns++) {
+		char *page = h->range[ZERO_CHURNED] + i * page_size;
+
+		madvise(page, page_size, MADV_DONTNEED);
+		page[0] = 0;
+		if (!h->use_ksmd)
+			advise(page, 1);
+	}
+	return NULL;
+}
+
+/* A child's verdict: its count is what it maps (read until ksmd holds still between). */
+static int zero_child(struct zero_history *h)
+{
+	long count = -1, maps = -2;
+
+	for (int i = 0; i < 100; i++) {
+		count = own_zero_pages();
+		maps = zero_pages_mapped(h, getpid());
+		if (own_zero_pages() == count)
+			break;
+	}
+	if (count == maps)
+		return 0;
+	if (__sync_fetch_and_add(&h->children_off, 1) == 0)
+		h->child_count = count, h->child_maps = maps;
+	return 1;
+}
+
+static int zero_history_process(void *arg)
+{
+	struct zero_history *h = arg;
+	int advice[ZERO_RANGES] = { 0, MADV_DONTFORK, MADV_WIPEONFORK, 0 };
+	pthread_t churner;
+
+	for (int r = 0; r < ZERO_RANGES; r++) {
+		h->range[r] = map_anon(N);
+		if (!h->range[r] || (advice[r] && madvise(h->range[r], N * page_size, advice[r])))
+			return h->failed = 1;
+	}
+	if (zero_pages_placed(h))
+		return h->failed = 2;
+	if (pthread_create(&churner, NULL, churn_zero_pages, h))
+		return h->failed = 3;
+	for (int f = 0; f < ZERO_FORKS; f++) {
+		long before = own_zero_pages();
+		pid_t child = fork();
+
+		if (child == 0)
+			_exit(zero_child(h));
+		h->forks_changed += own_zero_pages() != before;
+		if (child < 0 || waitpid(child, NULL, 0) != child)
+			h->failed = 4;
+	}
+	h->stop = 1;
+	pthread_join(churner, NULL);
+	/* ksmd may still merge a page it saw churned: read until it holds still between. */
+	for (int i = 0; i < 100; i++) {
+		h->own_count = own_zero_pages();
+		h->own_maps = zero_pages_mapped(h, getpid());
+		h->global_at_end = read_long(KSM_DIR "ksm_zero_pages");
+		if (own_zero_pages() == h->own_count)
+			break;
+	}
+	return h->failed;
+}
+
+/* One history; then ksm_zero_pages must come back to where it was within 5 s. */
+static enum result zero_history(struct zero_history *h)
+{
+	const char *who = h->use_ksmd ? "ksmd" : "UPM";
+	long now = -1;
+
+	h->global_before = read_long(KSM_DIR "ksm_zero_pages");
+	CHECK(wait_exit(spawn(zero_history_process, h)) == 0 && !h->failed,
+	      "%s's history: step %d failed", who, h->failed);
+	for (int i = 0; i < 100 && (now = read_long(KSM_DIR "ksm_zero_pages")) != h->global_before;
+	     i++)
+		usleep(50 * 1000);
+	fprintf(stderr, "    %s: %d forks, %ld while the zero pages changed (%ld churns); "
+		"children off: %ld; ksm_zero_pages %+ld after the exit\n",
+		who, ZERO_FORKS, h->forks_changed, h->churns, h->children_off,
+		now - h->global_before);
+	CHECK(h->forks_changed >= ZERO_FORKS / 10, "%s: the premise, zero pages changing while "
+	      "a fork runs, held in only %ld forks", who, h->forks_changed);
+	CHECK(h->children_off == 0, "%s: a child counted %ld zero pages and maps %ld", who,
+	      h->child_count, h->child_maps);
+	CHECK(h->own_count == h->own_maps, "%s: the process counts %ld zero pages, maps %ld", who,
+	      h->own_count, h->own_maps);
+	CHECK(h->global_at_end - h->global_before == h->own_count,
+	      "%s: ksm_zero_pages %+ld with the children gone, the process maps %ld", who,
+	      h->global_at_end - h->global_before, h->own_count);
+	CHECK(now == h->global_before, "%s: ksm_zero_pages %+ld after the exit", who,
+	      now - h->global_before);
+	return PASS;
+}
+
+static enum result test_zero_pages_at_fork(void)
+{
+	struct zero_history *h = map_shared(2 * sizeof(*h));
+	long use_zero_pages = read_long(KSM_DIR "use_zero_pages");
+	enum result r;
+
+	CHECK(h, "alloc");
+	h[0] = (struct zero_history){ .use_ksmd = 1, .zpfn = zero_pfn() };
+	h[1] = (struct zero_history){ .use_ksmd = 0, .zpfn = h[0].zpfn };
+	CHECK(write_long(KSM_DIR "use_zero_pages", 1) == 0 && ksm_start() == 0, "ksmd");
+	r = zero_history(&h[0]);
+	ksm_stop();
+	write_long(KSM_DIR "use_zero_pages", use_zero_pages);
+	return r == PASS ? zero_history(&h[1]) : r;
 }
 
 /*
@@ -2211,16 +2383,14 @@ static long move_time_ns(char *p, int moves)
 	if (moves > (int)ARRAY_SIZE(t))
 		return -1;
 	for (int i = 0; i < moves; i++) {
-		struct timespec s, e;
 		void *page = p;
 		int node = !node_of(p), status = -1;
+		double start = monotonic_seconds();
 
-		clock_gettime(CLOCK_MONOTONIC, &s);
 		if (syscall(SYS_move_pages, 0, 1, &page, &node, &status, MPOL_MF_MOVE_ALL) ||
 		    status != node)
 			return -1;
-		clock_gettime(CLOCK_MONOTONIC, &e);
-		t[i] = (e.tv_sec - s.tv_sec) * 1000000000l + e.tv_nsec - s.tv_nsec;
+		t[i] = (monotonic_seconds() - start) * 1e9;
 	}
 	for (int i = 1; i < moves; i++) /* insertion sort: a few dozen values */
 		for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
@@ -2399,6 +2569,8 @@ static enum result test_node_sharing_capped(void)
 const struct test parity_tests[] = {
 	{ "process_counters", test_process_counters,
 	  "ksm_stat, ksm_merging_pages, smaps KSM count UPM; zero pages across fork" },
+	{ "zero_pages_at_fork", test_zero_pages_at_fork,
+	  "a child counts the KSM zero pages fork copied, as ksmd's, while they change" },
 	{ "ksm_stat_history", test_ksm_stat_history,
 	  "ksm_stat after copy on write, munmap and mremap, against ksmd's" },
 	{ "candidate_changed", test_candidate_changed,
