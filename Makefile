@@ -100,8 +100,8 @@ demo-compare: setup
 	scripts/build-kernel.sh release
 	$(MAKE) module FLAVOUR=release
 	$(MAKE) test-programs
-	# The instances serve their requests in one command each, silently: 100 requests take
-	# 15 minutes or more per strategy under TCG, past vm-run.sh's default idle limit.
+	# The instances serve their requests in rounds with a progress line each (100 requests
+	# take 15 minutes or more per strategy under TCG); the idle limit is raised as a margin.
 	UPM_VM_MEM=8G UPM_VM_IDLE_TIMEOUT=3600 UPM_RESULTS_DIR=$(CURDIR)/results \
 		scripts/vm-run.sh --flavour release -- \
 		"cd tests/demo && \$${UPM_PYTHON:-python3} demo_compare.py --instances $(DEMO_INSTANCES) $(DEMO_COMPARE_ARGS) --out \$$UPM_VM_OUT/results"
