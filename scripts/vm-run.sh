@@ -84,7 +84,7 @@ set +e
 # the caches of KSM's and UPM's rmap (consistency, red zones, poisoning, owner tracking):
 # the debug kernel's KASAN finds a use after free; these find a list or free-pointer broken.
 mkfifo "$out/stream"
-timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
+timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag ${UPM_VM_QEMU_OPTS:+"--qemu-opts=$UPM_VM_QEMU_OPTS"} -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
 	--append "numa=fake=2 movablecore=1G $slub_debug ${UPM_VM_APPEND:-}" \
 	-e "UPM_VM_OUT=$out UPM_LOAD_MODULE=$load_module UPM_MODULE=$module UPM_PYTHON=$python \
 UPM_STRESS_SECS=${UPM_STRESS_SECS-} UPM_STRESS_SEED=${UPM_STRESS_SEED-} UPM_KMEMLEAK=${UPM_KMEMLEAK:-1} \
