@@ -36,10 +36,12 @@
 //! the decision about one page (lookup, merge, recording) holds only the lock of its contents'
 //! shard, so advisers of other contents and of other domains proceed in parallel, and a wait
 //! inside one merge (a folio lock, a huge page split, reclaim) holds up only the contents of one
-//! shard in [`SHARDS`]. Where each (mm, address) has its candidate is kept apart, in
-//! [`ContentIndex::places`], which is locked only to read or change one place and never across
-//! a merge: a candidate whose place moved on (its page was advised again with other contents
-//! while its old shard was busy) is stale, and dropped when a lookup or the sweep meets it.
+//! shard in [`SHARDS`]. Where each (mm, address) has its candidate is kept apart, in the
+//! places map ([`ContentIndex::places`]), split by process into [`PLACE_SHARDS`] shards, each
+//! locked only to read or change one place and never across a merge: a candidate whose place
+//! moved on (its page was advised again with other contents while its old shard was busy) is
+//! stale, and dropped when a lookup or the sweep meets it. No lock of the module is shared by
+//! every adviser on the machine.
 //!
 //! # Lock order
 //!
@@ -56,8 +58,9 @@
 //! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives;
 //!    the lock of [`crate::groups::Groups`], to find a process's domain, at any point after
 //!    step 1 and with nothing taken inside it;
-//! 5. the places lock ([`ContentIndex::places`]), innermost: taken with or without a shard
-//!    lock, for a lookup or a change of one place, and nothing is taken or allocated inside it.
+//! 5. the lock of the places of one process ([`ContentIndex::places`]), innermost: taken with
+//!    or without a shard lock, for a lookup or a change of one place, never two at once, and
+//!    nothing is taken or allocated inside it.
 //!
 //! The sweep's own lock ([`ContentIndex::sweep`]) is taken before a shard's, by the sweep only.
 
@@ -75,7 +78,10 @@ use kernel::{
     new_mutex,
     prelude::*,
     rbtree::{RBTree, RBTreeNode},
-    sync::Mutex,
+    sync::{
+        lock::{mutex::MutexBackend, Guard},
+        Mutex,
+    },
     types::ARef,
 };
 
@@ -89,6 +95,11 @@ pub(crate) const MAX_PROBES: usize = 8;
 /// section of upm_bench, release kernel in TCG). 1024 shards cost 64-128 KiB (lockdep doubles
 /// a mutex).
 const SHARDS: usize = 1024;
+
+/// Shards of the places map (a power of two), by process: the places of one process are in
+/// one shard, so an unmerge finds its range there, and advisers in different processes share a
+/// places lock only when their processes fall in the same shard.
+const PLACE_SHARDS: usize = 64;
 
 /// Entries examined per hold of a shard lock by the sweep.
 const SWEEP_BATCH: usize = 64;
@@ -240,14 +251,19 @@ pub(crate) struct Shard {
 /// The place of each candidate: (mm, address) to the key of its entry.
 type Places = RBTree<(usize, usize), Key>;
 
+/// The places shard that holds the places of the process `mm_id` identifies.
+fn places_shard_of(mm_id: usize) -> usize {
+    // mm_structs are slab objects of a kilobyte or more: their low bits say little.
+    (mm_id.wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize) >> 32) % PLACE_SHARDS
+}
+
 /// The content-hash index and its locks.
 #[pin_data]
 pub(crate) struct ContentIndex {
     shards: KVec<Pin<KBox<KillableMutex<Shard>>>>,
-    /// Where each (mm, address) has its candidate; an entry whose place holds another key is
-    /// stale. See the lock order above.
-    #[pin]
-    places: Mutex<Places>,
+    /// Where each (mm, address) has its candidate, by [`places_shard_of`] its mm; an entry
+    /// whose place holds another key is stale. See the lock order above.
+    places: KVec<Pin<KBox<Mutex<Places>>>>,
     /// The sweep's position, taken by the sweep only.
     #[pin]
     sweep: Mutex<SweepPass>,
@@ -285,9 +301,16 @@ impl ContentIndex {
                 GFP_KERNEL,
             )?;
         }
+        let mut places = KVec::with_capacity(PLACE_SHARDS, GFP_KERNEL)?;
+        for _ in 0..PLACE_SHARDS {
+            places.push(
+                KBox::pin_init(new_mutex!(RBTree::new(), "upm_index_places"), GFP_KERNEL)?,
+                GFP_KERNEL,
+            )?;
+        }
         Ok(pin_init!(Self {
             shards,
-            places <- new_mutex!(RBTree::new(), "upm_index_places"),
+            places,
             sweep <- new_mutex!(
                 SweepPass {
                     shard: 0,
@@ -321,9 +344,15 @@ impl ContentIndex {
         })
     }
 
+    /// Locks the places of the process `mm_id` identifies.
+    fn places(&self, mm_id: usize) -> Guard<'_, Places, MutexBackend> {
+        self.places[places_shard_of(mm_id)].lock()
+    }
+
     /// Whether the page of `mm` at `addr` is a candidate.
     pub(crate) fn has_candidate(&self, mm: &Mm, addr: usize) -> bool {
-        self.places.lock().get(&(mm_id(mm), addr)).is_some()
+        let place = (mm_id(mm), addr);
+        self.places(place.0).get(&place).is_some()
     }
 
     /// Drops the candidate of `mm` at `addr` if it was recorded with other contents than
@@ -341,7 +370,7 @@ impl ContentIndex {
         hash: u64,
     ) -> Result {
         let place = (mm_id(mm), addr);
-        let Some(old) = self.places.lock().get(&place).copied() else {
+        let Some(old) = self.places(place.0).get(&place).copied() else {
             return Ok(());
         };
         if old.content() != (domain, hash) {
@@ -363,7 +392,7 @@ impl ContentIndex {
         loop {
             // The next place in the range, found and taken in one hold of the lock.
             let key = {
-                let mut places = self.places.lock();
+                let mut places = self.places(id);
                 let Some(cursor) = places.cursor_lower_bound(&(id, start)) else {
                     return Ok(());
                 };
@@ -384,7 +413,7 @@ impl ContentIndex {
     /// Takes the place of the candidate at `place` out of the map, and gives back the key of
     /// its entry, which is stale from now on.
     fn take_place(&self, place: (usize, usize)) -> Option<Key> {
-        self.take_place_locked(&mut self.places.lock(), place)
+        self.take_place_locked(&mut self.places(place.0), place)
     }
 
     fn take_place_locked(&self, places: &mut Places, place: (usize, usize)) -> Option<Key> {
@@ -396,7 +425,7 @@ impl ContentIndex {
     /// Removes the place of the candidate at `place` if it is the entry `key`; false if the
     /// place moved on to a newer candidate (the entry at `key` is stale).
     fn unplace(&self, place: (usize, usize), key: &Key) -> bool {
-        let mut places = self.places.lock();
+        let mut places = self.places(place.0);
         if places.get(&place) != Some(key) {
             return false;
         }
@@ -407,7 +436,8 @@ impl ContentIndex {
 
     /// Whether `key` is still the candidate of its place.
     fn is_placed(&self, mm: &Mm, addr: usize, key: &Key) -> bool {
-        self.places.lock().get(&(mm_id(mm), addr)) == Some(key)
+        let place = (mm_id(mm), addr);
+        self.places(place.0).get(&place) == Some(key)
     }
 
     /// Runs the next part of the sweep pass: looks at up to [`SWEEP_PER_RUN`] entries, drops
@@ -727,7 +757,7 @@ impl Index<'_> {
         let place = (mm_id(mm), addr);
         let content = (self.domain, self.hash);
         let recorded = move |old: &Key| old.content() == content;
-        if self.owner.places.lock().get(&place).is_some_and(recorded) {
+        if self.owner.places(place.0).get(&place).is_some_and(recorded) {
             return Ok(());
         }
         let key = self.next_key(Rank::Candidate);
@@ -739,7 +769,7 @@ impl Index<'_> {
         };
         let entry_node = RBTreeNode::new(key, entry, GFP_KERNEL_ACCOUNT)?;
         let old = {
-            let mut places = self.owner.places.lock();
+            let mut places = self.owner.places(place.0);
             match places.get(&place).copied() {
                 // Recorded by another thread of its process meanwhile.
                 Some(old) if recorded(&old) => return Ok(()),
