@@ -1781,7 +1781,7 @@ struct zero_history {
 	int use_ksmd;
 	uint64_t zpfn;
 	char *range[ZERO_RANGES];
-	volatile int stop, failed; /* failed: the setup step that failed, plus one */
+	volatile int stop, failed; /* failed: the step that failed (1-4), or 0 */
 	volatile long churns;
 	long forks_changed;  /* forks during which the process's zero pages changed */
 	long children_off;   /* children whose count was not what they map */
@@ -1839,17 +1839,29 @@ static void *churn_zero_pages(void *arg)
 	return NULL;
 }
 
-/* A child's verdict: its count is what it maps (read until ksmd holds still between). */
+/*
+ * Reads this process's ksm_zero_pages, the zero pages it maps and, with @global, the system's
+ * ksm_zero_pages, until its own count holds still across the reads: ksmd may still be placing
+ * a zero page it saw churned.
+ */
+static void read_zero_pages(struct zero_history *h, long *count, long *maps, long *global)
+{
+	for (int i = 0; i < 100; i++) {
+		*count = own_zero_pages();
+		*maps = zero_pages_mapped(h, getpid());
+		if (global)
+			*global = read_long(KSM_DIR "ksm_zero_pages");
+		if (own_zero_pages() == *count)
+			return;
+	}
+}
+
+/* A child's verdict: its count is what it maps. */
 static int zero_child(struct zero_history *h)
 {
-	long count = -1, maps = -2;
+	long count, maps;
 
-	for (int i = 0; i < 100; i++) {
-		count = own_zero_pages();
-		maps = zero_pages_mapped(h, getpid());
-		if (own_zero_pages() == count)
-			break;
-	}
+	read_zero_pages(h, &count, &maps, NULL);
 	if (count == maps)
 		return 0;
 	if (__sync_fetch_and_add(&h->children_off, 1) == 0)
@@ -1884,14 +1896,7 @@ static int zero_history_process(void *arg)
 	}
 	h->stop = 1;
 	pthread_join(churner, NULL);
-	/* ksmd may still merge a page it saw churned: read until it holds still between. */
-	for (int i = 0; i < 100; i++) {
-		h->own_count = own_zero_pages();
-		h->own_maps = zero_pages_mapped(h, getpid());
-		h->global_at_end = read_long(KSM_DIR "ksm_zero_pages");
-		if (own_zero_pages() == h->own_count)
-			break;
-	}
+	read_zero_pages(h, &h->own_count, &h->own_maps, &h->global_at_end);
 	return h->failed;
 }
 
@@ -1900,10 +1905,12 @@ static enum result zero_history(struct zero_history *h)
 {
 	const char *who = h->use_ksmd ? "ksmd" : "UPM";
 	long now = -1;
+	int status;
 
 	h->global_before = read_long(KSM_DIR "ksm_zero_pages");
-	CHECK(wait_exit(spawn(zero_history_process, h)) == 0 && !h->failed,
-	      "%s's history: step %d failed", who, h->failed);
+	status = wait_exit(spawn(zero_history_process, h));
+	CHECK(status == 0 && !h->failed, "%s's history failed: exit status %d, step %d", who,
+	      status, h->failed);
 	for (int i = 0; i < 100 && (now = read_long(KSM_DIR "ksm_zero_pages")) != h->global_before;
 	     i++)
 		usleep(50 * 1000);

@@ -414,7 +414,7 @@ int module_load(void)
 	return ret;
 }
 
-/* Fork a child that runs fn(arg) and exits with its result. */
+/* Seconds on CLOCK_MONOTONIC: what every test and the runner time with. */
 double monotonic_seconds(void)
 {
 	struct timespec ts;
@@ -423,6 +423,7 @@ double monotonic_seconds(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Fork a child that runs fn(arg) and exits with its result. */
 pid_t spawn(int (*fn)(void *), void *arg)
 {
 	pid_t pid = fork();
@@ -496,7 +497,6 @@ uint64_t xxh64_page(const uint64_t *p)
  * on stale contents (hashed before a write, not compared after the write-protect) would
  * lose that write.
  */
-
 void *flip_words(void *arg)
 {
 	struct race *r = arg;
