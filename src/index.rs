@@ -40,8 +40,9 @@
 //! places map ([`ContentIndex::places`]), split by process into [`PLACE_SHARDS`] shards, each
 //! locked only to read or change one place and never across a merge: a candidate whose place
 //! moved on (its page was advised again with other contents while its old shard was busy) is
-//! stale, and dropped when a lookup or the sweep meets it. No lock of the module is shared by
-//! every adviser on the machine.
+//! stale, and dropped when a lookup or the sweep meets it. No lock of the index is shared by
+//! every adviser on the machine (the group table's, [`crate::groups`], is read once per call
+//! and per pairing with another process, under `domain_policy=group` only).
 //!
 //! # Lock order
 //!
