@@ -56,9 +56,9 @@
 //!    and in the sweep, to check that its area is still mapped). A pairing that fails on it is
 //!    retried at the end of the call from the candidate's side: with none of the caller's
 //!    locks held, the candidate's `mmap_lock` is then taken as the advised mm's of step 1;
-//! 4. folio locks, the kernel's `upm_lock` and the page table locks, inside the C primitives;
-//!    the lock of [`crate::groups::Groups`], to find a process's domain, at any point after
-//!    step 1 and with nothing taken inside it;
+//! 4. folio locks, the kernel's node stripe and slot locks and the page table locks, inside
+//!    the C primitives (their order is in `mm/ksm.c`); the lock of [`crate::groups::Groups`],
+//!    to find a process's domain, at any point after step 1 and with nothing taken inside it;
 //! 5. the lock of the places of one process ([`ContentIndex::places`]), innermost: taken with
 //!    or without a shard lock, for a lookup or a change of one place, never two at once, and
 //!    nothing is taken or allocated inside it.
