@@ -73,7 +73,8 @@ idle_timeout=${UPM_VM_IDLE_TIMEOUT:-$((900 + ${UPM_STRESS_SECS:-60}))}
 vm_timeout=${UPM_VM_TIMEOUT:-14400}
 
 slub_debug=
-[ "$flavour" = debug ] && slub_debug=slub_debug=FZPU,ksm_rmap_item,ksm_stable_node,ksm_mm_slot,upm_node
+[ "$flavour" = debug ] &&
+	slub_debug="slub_debug=FZPU,ksm_rmap_item,ksm_stable_node,ksm_mm_slot,upm_node kasan_multi_shot"
 start=$(date +%s.%N)
 set +e
 # The guest's output (its stdout and stderr, both on our stdout) goes through a FIFO: QEMU
@@ -83,6 +84,8 @@ set +e
 # ZONE_MOVABLE (movablecore=) so a memory block can go offline. SLUB checks the objects of
 # the caches of KSM's and UPM's rmap (consistency, red zones, poisoning, owner tracking):
 # the debug kernel's KASAN finds a use after free; these find a list or free-pointer broken.
+# KASAN reports every bad access (kasan_multi_shot), not only the boot's first: a test that
+# reads the kernel log for its own history's reports must see them.
 mkfifo "$out/stream"
 timeout --kill-after=30 "$vm_timeout" vng --run "$image" $kvm_flag ${UPM_VM_QEMU_OPTS:+"--qemu-opts=$UPM_VM_QEMU_OPTS"} -m "${UPM_VM_MEM:-4G}" -p 2 --rwdir="$out" --cwd "$PWD" \
 	--append "numa=fake=2 movablecore=1G $slub_debug ${UPM_VM_APPEND:-}" \

@@ -1509,8 +1509,8 @@ static int swapped_b(void *arg)
 	return check_pages(h->b, N, SWAPPED_SEED, 1) >= 0;
 }
 
-/* Reads (so swaps in) the N pages of `pid` at `base` through its mm: 0 if they hold the seed's. */
-static int read_in(pid_t pid, char *base)
+/* Reads (so swaps in) the N pages of `pid` at `base` through its mm: 0 if they hold seed's. */
+static int read_in(pid_t pid, char *base, uint64_t seed)
 {
 	char *copy = malloc(N * page_size);
 	struct iovec local = { copy, N * page_size }, remote = { base, N * page_size };
@@ -1519,7 +1519,7 @@ static int read_in(pid_t pid, char *base)
 	if (!copy)
 		return -1;
 	bad = process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)(N * page_size) ||
-	      check_pages(copy, N, SWAPPED_SEED, 1) >= 0;
+	      check_pages(copy, N, seed, 1) >= 0;
 	free(copy);
 	return bad ? -1 : 0;
 }
@@ -1599,7 +1599,8 @@ static int run_swapped(struct swapped_history *h)
 		swapped_wait(h, 4);
 	}
 	/* Swapped in by the fork child first, then by A, then by B. */
-	if (!h->failed && (read_in(h->c, h->a) || read_in(a, h->a) || read_in(b, h->b)))
+	if (!h->failed && (read_in(h->c, h->a, SWAPPED_SEED) || read_in(a, h->a, SWAPPED_SEED) ||
+			    read_in(b, h->b, SWAPPED_SEED)))
 		h->failed = 8;
 	if (!h->failed) {
 		h->frames_ab = frames_shared(a, h->a, b, h->b);
@@ -1665,6 +1666,220 @@ static enum result test_unmerge_swapped(void)
 		      h[0].moved[k], N);
 	CHECK(h[1].ksm_in_a <= h[0].ksm_in_a, "A maps %ld KSM pages after unmerging (ksmd: %ld)",
 	      h[1].ksm_in_a, h[0].ksm_in_a);
+	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
+	return PASS;
+}
+
+/* ---- swapping in a page whose first reader has exited ---- */
+
+#define SWAPIN_SEED 521
+#define SWAPIN_CG_NAME "upm_swapin_test"
+#define SWAPIN_CG "/sys/fs/cgroup/" SWAPIN_CG_NAME
+
+/*
+ * P and Q are forked from one process after it mapped their range (untouched, so each has an
+ * anon_vma tree of its own, at the same address) and hold the same pages, merged. Reclaim
+ * swaps them out of both mappings and the merged frames leave the swap cache. P reads its
+ * pages back: new frames, which stay in the swap cache for Q's swap entries and point at
+ * P's anon_vma. P exits, which frees that anon_vma (ksmd's rmap items hold it until ksmd
+ * scans again: it scans before Q reads). Then Q reads its pages: each must be a copy of
+ * P's frame, and the kernel must not read P's freed anon_vma to decide so.
+ */
+struct swapin_history {
+	int use_ksmd;
+	volatile int step; /* 1: P marked; 2: Q marked; 3: P exits; 4: end */
+	volatile int failed;
+	char *base;
+	uint64_t p_frames[N];
+	long merged, swapped, fresh_in_p, swapcached, reused, reports;
+};
+
+static void swapin_wait(struct swapin_history *h, int step)
+{
+	while (h->step < step && !h->failed)
+		usleep(10 * 1000);
+}
+
+/* P (step 1) or Q (step 2): fills and marks the range, then waits to be told to exit. */
+static int swapin_member(struct swapin_history *h, int step)
+{
+	fill_pages(h->base, N, SWAPIN_SEED, 1);
+	if (h->use_ksmd ? madvise(h->base, N * page_size, MADV_MERGEABLE) : advise(h->base, N))
+		return h->failed = step;
+	h->step = step;
+	swapin_wait(h, step == 1 ? 3 : 4);
+	return check_pages(h->base, N, SWAPIN_SEED, 1) >= 0;
+}
+
+static int swapin_p(void *arg)
+{
+	return swapin_member(arg, 1);
+}
+
+static int swapin_q(void *arg)
+{
+	return swapin_member(arg, 2);
+}
+
+/* The kernel log from its current end on: kernel_reports() reads what is logged later. */
+static int kmsg_from_now(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+
+	if (fd >= 0)
+		lseek(fd, 0, SEEK_END);
+	return fd;
+}
+
+/* Records logged since kmsg_from_now() that report a bug (KASAN's reports among them). */
+static long kernel_reports(int fd)
+{
+	char record[8192];
+	long reports = 0;
+	ssize_t len;
+
+	while ((len = read(fd, record, sizeof(record) - 1)) > 0 || (len < 0 && errno == EPIPE)) {
+		if (len <= 0)
+			continue; /* records overwritten while we read: go on with the next */
+		record[len] = '\0';
+		reports += strstr(record, "BUG:") || strstr(record, "WARNING:");
+	}
+	return reports;
+}
+
+/* ksmd, unthrottled, until Q shares P's frames, then paused. */
+static int swapin_ksmd(struct swapin_history *h, pid_t p, pid_t q)
+{
+	long shared = 0;
+
+	if (ksm_start())
+		return -1;
+	for (int i = 0; i < 1200 && shared < N; i++) {
+		usleep(100 * 1000);
+		shared = frames_shared(p, h->base, q, h->base);
+	}
+	return shared < N ? -1 : write_long(KSM_DIR "run", 0);
+}
+
+/* Pages at which `pid` maps the frame P had swapped in. */
+static long frames_of_p(struct swapin_history *h, pid_t pid)
+{
+	uint64_t frames[N];
+	long n = 0;
+
+	if (pfns_in(pid, (uintptr_t)h->base, N, frames))
+		return -1;
+	for (size_t i = 0; i < N; i++)
+		n += frames[i] && frames[i] == h->p_frames[i];
+	return n;
+}
+
+/* P's part: merged, swapped out of both, swapped in by P; then P exits. */
+static void swapin_by_p(struct swapin_history *h, pid_t p, pid_t q)
+{
+	pid_t pids[2] = { p, q };
+	char *bases[2] = { h->base, h->base };
+
+	if (h->use_ksmd && swapin_ksmd(h, p, q))
+		h->failed = 3;
+	if (h->failed)
+		return;
+	h->merged = frames_shared(p, h->base, q, h->base);
+	h->swapped = reclaim_all(SWAPIN_CG_NAME, pids, bases, 2);
+	/* Unmapped everywhere and written out: more pressure frees the merged frames. */
+	for (int i = 0; i < 10; i++)
+		write_str(SWAPIN_CG "/memory.reclaim", "64M");
+	if (read_in(p, h->base, SWAPIN_SEED) || pfns_in(p, (uintptr_t)h->base, N, h->p_frames))
+		h->failed = 4;
+	h->fresh_in_p = N - ksm_pages_in(p, h->base);
+}
+
+/* One history, in the cgroup: the figures land in h. */
+static int run_swapin(struct swapin_history *h)
+{
+	pid_t p, q;
+	int kmsg, rc;
+
+	h->base = map_anon(N);
+	if (!h->base)
+		return 20;
+	p = spawn(swapin_p, h);
+	swapin_wait(h, 1);
+	q = spawn(swapin_q, h);
+	swapin_wait(h, 2);
+	if (!h->failed)
+		swapin_by_p(h, p, q);
+	h->step = 3;
+	rc = wait_exit(p);
+	/* ksmd drops the exited P's rmap items, and with them P's anon_vma, when it scans. */
+	if (!h->failed && h->use_ksmd && (ksm_start() || ksm_full_scans(2) ||
+					  write_long(KSM_DIR "run", 0)))
+		h->failed = 5;
+	/* The anon_vma is freed a grace period after its last put: let that pass. */
+	usleep(200 * 1000);
+	h->swapcached = key_value("/proc/vmstat", "nr_swapcached");
+	kmsg = kmsg_from_now();
+	if (!h->failed && read_in(q, h->base, SWAPIN_SEED))
+		h->failed = 6;
+	h->reused = frames_of_p(h, q);
+	h->reports = kmsg < 0 ? -1 : kernel_reports(kmsg);
+	if (kmsg >= 0)
+		close(kmsg);
+	h->step = 4;
+	rc |= wait_exit(q);
+	ksm_stop();
+	munmap(h->base, N * page_size);
+	fprintf(stderr,
+		"    %s: %ld of %d pairs merged, swapped out of both: %ld; P swapped in %ld "
+		"fresh frames and exited; %ld pages in the swap cache; Q maps %ld of P's frames, "
+		"kernel reports %ld\n",
+		h->use_ksmd ? "ksmd" : "UPM ", h->merged, N, h->swapped, h->fresh_in_p,
+		h->swapcached, h->reused, h->reports);
+	return h->failed ? 10 + h->failed : rc;
+}
+
+/*
+ * Swapping in pages whose frame the twin's first reader brought in and left with its exit,
+ * by ksmd's and by UPM's merges in the same boot: the twin gets copies with its contents,
+ * and nothing reads the anon_vma the reader's exit freed.
+ */
+static enum result test_swapin_after_exit(void)
+{
+	struct swapin_history *h = map_shared(2 * sizeof(*h));
+
+	CHECK(h, "shared map");
+	CHECK(proc_kb("/proc/meminfo", "SwapTotal") > 0, "swap configured (zram)");
+	CHECK(write_str("/sys/fs/cgroup/cgroup.subtree_control", "+memory") == 0, "memory controller");
+	rmdir(SWAPIN_CG);
+	CHECK(mkdir(SWAPIN_CG, 0755) == 0, "cgroup");
+	for (int i = 0; i < 2; i++) {
+		pid_t child = fork();
+		int rc;
+
+		h[i].use_ksmd = i == 0;
+		if (child == 0)
+			_exit(join_cgroup(SWAPIN_CG_NAME) ? 1 : run_swapin(&h[i]));
+		rc = wait_exit(child);
+		if (rc) {
+			rmdir(SWAPIN_CG);
+			CHECK(rc == 0, "%s history: %d (a copy changed, or step %d failed)",
+			      i ? "UPM" : "ksmd", rc, h[i].failed);
+		}
+	}
+	rmdir(SWAPIN_CG);
+	for (int i = 0; i < 2; i++) {
+		const char *who = i ? "UPM" : "ksmd";
+
+		CHECK(h[i].merged == N && h[i].swapped >= N / 2,
+		      "premise (%s): %ld merged, %ld swapped out of both", who, h[i].merged,
+		      h[i].swapped);
+		CHECK(h[i].fresh_in_p >= N / 2 && h[i].swapcached >= N / 2,
+		      "premise (%s): P swapped in %ld fresh frames, %ld pages in the swap cache",
+		      who, h[i].fresh_in_p, h[i].swapcached);
+		CHECK(h[i].reused == 0, "%s: Q maps %ld frames of the exited P", who, h[i].reused);
+		CHECK(h[i].reports == 0, "%s: the kernel logged %ld bug reports while Q swapped in",
+		      who, h[i].reports);
+	}
 	CHECK(wait_tree_empty() == 0, "UPM's index empties: %ld nodes", counter("stable_nodes"));
 	return PASS;
 }
@@ -2604,6 +2819,8 @@ const struct test parity_tests[] = {
 	  "master + 8 workers and a second instance: one frame, movable after the master exits" },
 	{ "unmerge_swapped", test_unmerge_swapped,
 	  "unmerged while swapped out, swapped in: intact, private, movable, as with ksmd" },
+	{ "swapin_after_exit", test_swapin_after_exit,
+	  "swapped in after the twin's first reader exited: copied, no freed anon_vma read" },
 	{ "vmsplice", test_vmsplice, "a spliced page keeps its contents; a pipe's page never merges" },
 	{ "process_vm_rw", test_process_vm_rw,
 	  "process_vm_readv/writev on merged pages as on ksmd's; twins untouched" },
