@@ -140,6 +140,8 @@ impl Upm {
             };
             STATS.pages_scanned.add(pages);
             for addr in (from..to).step_by(PAGE_SIZE) {
+                // With both vCPUs merging, a woken task waits for this: not for a whole batch.
+                task::cond_resched();
                 if let Err(e) = call.record(addr, self.decide(&call, guard, vma, addr)) {
                     // Interrupted: the pages after it were counted as scanned, and are left.
                     STATS.skip(Skip::Busy, ((to - addr) / PAGE_SIZE - 1) as u64);
